@@ -1,0 +1,61 @@
+"""Tokenizer conversion: Meta's ``tokenizer.model`` → Hugging Face tokenizer files.
+
+Two kinds exist: Llama 3.x ships a tiktoken BPE file (base64 token + rank per line),
+Llama 1/2 and Code Llama ship a SentencePiece model (protobuf).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from ..errors import InputError
+
+TokenizerKind = Literal["tiktoken", "sentencepiece"]
+
+__all__ = ["TokenizerKind", "detect_tokenizer_kind", "tokenizer_files"]
+
+
+def detect_tokenizer_kind(path: Path) -> TokenizerKind:
+    """Tell a tiktoken BPE file from a SentencePiece model by its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(256)
+    if not head:
+        raise InputError(f"{path} is empty; download tokenizer.model again.")
+    first_line = head.split(b"\n", 1)[0]
+    parts = first_line.split(b" ")
+    if len(parts) == 2 and parts[1].strip().isdigit():
+        return "tiktoken"
+    # A SentencePiece ModelProto starts with field 1 (pieces), wire type 2: tag byte 0x0A.
+    if head[:1] == b"\x0a":
+        return "sentencepiece"
+    raise InputError(
+        f"{path} is neither a tiktoken BPE file (Llama 3) nor a SentencePiece model (Llama 1/2); "
+        "check that it is Meta's tokenizer.model."
+    )
+
+
+def tokenizer_files(
+    tokenizer_model: Path,
+    *,
+    version: str,
+    instruct: bool,
+    context_length: int,
+) -> dict[str, bytes]:
+    """Return the Hugging Face tokenizer files (name → content) for a Meta tokenizer.
+
+    ``version`` is a release version from ``releases.VERSIONS`` ("1", "2", "code", "3",
+    "3.1", "3.2", "3.3"); it selects special-token names, eos and the chat template.
+    """
+    kind = detect_tokenizer_kind(tokenizer_model)
+    if kind == "tiktoken":
+        from .tiktoken_bpe import llama3_tokenizer_files
+
+        return llama3_tokenizer_files(
+            tokenizer_model, version=version, instruct=instruct, context_length=context_length
+        )
+    from .sentencepiece_bpe import sentencepiece_tokenizer_files
+
+    return sentencepiece_tokenizer_files(
+        tokenizer_model, version=version, instruct=instruct, context_length=context_length
+    )

@@ -1,0 +1,75 @@
+"""The tensor dtypes a Llama checkpoint uses, and exact conversions between them without torch.
+
+numpy has no bfloat16, so bf16 data travels as raw ``uint16`` and is converted with bit
+operations that round exactly as torch does (round-to-nearest-even, NaN kept quiet).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["DTYPES", "DType", "cast", "dtype_by_name"]
+
+
+@dataclass(frozen=True)
+class DType:
+    """One element type: its safetensors code, torch name and numpy storage dtype."""
+
+    safetensors: str  # "BF16", "F16", ...
+    torch_name: str  # "bfloat16", "float16", ...
+    storage: np.dtype  # how the raw bytes are held in numpy
+
+    @property
+    def itemsize(self) -> int:
+        return self.storage.itemsize
+
+    def __str__(self) -> str:
+        return self.torch_name
+
+
+BF16 = DType("BF16", "bfloat16", np.dtype("<u2"))
+F16 = DType("F16", "float16", np.dtype("<f2"))
+F32 = DType("F32", "float32", np.dtype("<f4"))
+F64 = DType("F64", "float64", np.dtype("<f8"))
+I64 = DType("I64", "int64", np.dtype("<i8"))
+I32 = DType("I32", "int32", np.dtype("<i4"))
+I16 = DType("I16", "int16", np.dtype("<i2"))
+I8 = DType("I8", "int8", np.dtype("i1"))
+U8 = DType("U8", "uint8", np.dtype("u1"))
+BOOL = DType("BOOL", "bool", np.dtype("?"))
+
+DTYPES: dict[str, DType] = {d.torch_name: d for d in (BF16, F16, F32, F64, I64, I32, I16, I8, U8, BOOL)}
+_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
+_FLOATS = {BF16, F16, F32, F64}
+
+
+def dtype_by_name(name: str) -> DType:
+    """Look up a dtype by torch name or a common alias (``bf16``, ``fp16``, ``fp32``)."""
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose one of bfloat16, float16, float32")
+    return DTYPES[key]
+
+
+def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+
+
+def cast(data: np.ndarray, src: DType, dst: DType) -> np.ndarray:
+    """Convert ``data`` (held as ``src.storage``) to ``dst``, rounding exactly as torch's ``.to()``."""
+    if src == dst:
+        return data
+    if src not in _FLOATS or dst not in _FLOATS:
+        raise ValueError(f"cannot convert {src} to {dst}: only floating-point casts are supported")
+    as_float = _bf16_to_f32(data) if src == BF16 else data
+    if dst == BF16:
+        return _f32_to_bf16(as_float.astype(np.float32, copy=False))
+    return as_float.astype(dst.storage)

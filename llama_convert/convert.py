@@ -1,0 +1,199 @@
+"""The library's verbs: ``inspect`` a Meta folder and ``convert`` it into a Hugging Face folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .dtypes import DType, dtype_by_name
+from .errors import MissingFileError
+from .execute import write_weights
+from .hf_config import config_json, generation_config_json
+from .io.torch_zip import TorchCheckpoint
+from .output import atomic_output_dir, check_destination, check_free_space
+from .plan import ConversionPlan, build_plan, parse_size
+from .releases import Version
+from .spec import ModelSpec, detect
+from .tokenizer import tokenizer_files
+
+__all__ = ["ConversionResult", "Progress", "convert", "plan_conversion"]
+
+_TOKENIZER_ALLOWANCE = 32 << 20  # tokenizer + configs, for the free-space check
+
+
+class Progress:
+    """Progress sink; the CLI passes a terminal bar, the library default does nothing."""
+
+    def start(self, total: int, label: str) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ConversionResult:
+    """What ``convert`` did."""
+
+    spec: ModelSpec
+    destination: Path
+    files: tuple[str, ...]
+    bytes_written: int
+    seconds: float
+    verified: bool  # checksums were checked against checklist.chk and matched
+    notes: tuple[str, ...]
+
+
+def _as_dtype(dtype: str | DType | None) -> DType | None:
+    return dtype_by_name(dtype) if isinstance(dtype, str) else dtype
+
+
+def plan_conversion(
+    src: str | os.PathLike[str],
+    *,
+    dtype: str | DType | None = None,
+    max_shard_size: str | int = "5GB",
+    llama_version: Version | None = None,
+    instruct: bool | None = None,
+    fold_kv_heads: bool = True,
+) -> ConversionPlan:
+    """Detect the model in ``src`` and plan its conversion without writing anything."""
+    spec = detect(src, llama_version=llama_version, instruct=instruct, fold_kv_heads=fold_kv_heads)
+    with TorchCheckpoint(spec.shards[0]) as first:
+        order = list(first.tensors)
+    return build_plan(spec, dtype=_as_dtype(dtype), max_shard_size=parse_size(max_shard_size), source_order=order)
+
+
+def _write_json(path: Path, data: object) -> None:
+    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_metadata(spec: ModelSpec, dtype: DType, out: Path, *, tokenizer: bool) -> list[str]:
+    files = {"config.json": config_json(spec, dtype), "generation_config.json": generation_config_json(spec)}
+    for name, data in files.items():
+        _write_json(out / name, data)
+    names = list(files)
+    if tokenizer:
+        names += _write_tokenizer(spec, out)
+    return names
+
+
+def _write_tokenizer(spec: ModelSpec, out: Path) -> list[str]:
+    assert spec.folder.tokenizer is not None
+    contents = tokenizer_files(
+        spec.folder.tokenizer,
+        version=spec.release.version,
+        instruct=spec.instruct,
+        context_length=spec.release.context_length,
+    )
+    for name, data in contents.items():
+        (out / name).write_bytes(data)
+    return list(contents)
+
+
+class _BackgroundVerify:
+    """Checksum verification running beside the conversion; its verdict is collected before commit."""
+
+    def __init__(self, src: Path, progress: Progress | None) -> None:
+        from .verify import verify_checksums
+
+        self._src = src
+        self.report = None
+        self.error: BaseException | None = None
+        self.missing_checklist = False
+
+        def run() -> None:
+            try:
+                self.report = verify_checksums(src)
+            except MissingFileError:
+                self.missing_checklist = True
+            except BaseException as exc:  # re-raised in the caller's thread
+                self.error = exc
+
+        self._thread = threading.Thread(target=run, name="llama-convert-verify", daemon=True)
+        self._thread.start()
+
+    def result(self) -> bool:
+        """Wait; raise ChecksumError on mismatch; return whether a checklist was verified."""
+        from .verify import raise_for_report
+
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        if self.missing_checklist or self.report is None:
+            return False
+        raise_for_report(self.report, self._src)
+        return True
+
+
+def convert(
+    src: str | os.PathLike[str],
+    dst: str | os.PathLike[str],
+    *,
+    dtype: str | DType | None = None,
+    max_shard_size: str | int = "5GB",
+    llama_version: Version | None = None,
+    instruct: bool | None = None,
+    force: bool = False,
+    verify: bool = True,
+    tokenizer: bool = True,
+    tokenizer_only: bool = False,
+    fold_kv_heads: bool = True,
+    progress: Progress | None = None,
+    on_plan: Callable[[ConversionPlan], None] | None = None,
+) -> ConversionResult:
+    """Convert the Meta checkpoint folder ``src`` into a Hugging Face model folder ``dst``.
+
+    Nothing appears at ``dst`` unless the whole conversion (and, with ``verify``, the
+    checksum check against checklist.chk) succeeded.
+    """
+    started = time.perf_counter()
+    progress = progress or Progress()
+    dst = Path(dst)
+    check_destination(dst.absolute(), force=force)
+    plan = plan_conversion(
+        src,
+        dtype=dtype,
+        max_shard_size=max_shard_size,
+        llama_version=llama_version,
+        instruct=instruct,
+        fold_kv_heads=fold_kv_heads,
+    )
+    spec = plan.spec
+    if on_plan is not None:
+        on_plan(plan)
+    notes = list(spec.notes)
+    weight_bytes = 0 if tokenizer_only else plan.total_size
+    check_free_space(dst.absolute(), weight_bytes + _TOKENIZER_ALLOWANCE)
+    verifier = _BackgroundVerify(spec.folder.root, progress) if verify and not tokenizer_only else None
+    with atomic_output_dir(dst, force=force) as tmp:
+        names: list[str] = []
+        if tokenizer_only:
+            names += _write_tokenizer(spec, tmp)
+        else:
+            progress.start(plan.total_size, f"Converting {spec.name}")
+            try:
+                names += write_weights(plan, tmp, advance=progress.advance)
+            finally:
+                progress.finish()
+            names += _write_metadata(spec, plan.dtype, tmp, tokenizer=tokenizer)
+        verified = verifier.result() if verifier is not None else False
+        if verifier is not None and not verified:
+            notes.append("no checklist.chk found: checksums were not verified.")
+    return ConversionResult(
+        spec=spec,
+        destination=dst,
+        files=tuple(names),
+        bytes_written=weight_bytes,
+        seconds=time.perf_counter() - started,
+        verified=verified,
+        notes=tuple(notes),
+    )

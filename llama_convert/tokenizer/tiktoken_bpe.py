@@ -1,0 +1,265 @@
+"""Llama 3.x ``tokenizer.model`` (tiktoken BPE ranks) → Hugging Face tokenizer files.
+
+Meta's file lists each token's bytes (base64) and its rank. tiktoken encodes a pre-token by first
+looking the whole pre-token up, then repeatedly merging the adjacent pair whose concatenation has
+the lowest rank. The Hugging Face form reproduces that with a byte-level BPE model whose merge
+list holds, for every multi-byte token, the one pair tiktoken's algorithm joins last to build it,
+ordered by the rank of the result; ``ignore_merges`` gives the whole-pre-token lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Final
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
+
+from ..errors import InputError
+from .chat_templates import chat_template
+
+__all__ = [
+    "LLAMA3_PATTERN",
+    "NUM_BASE_TOKENS",
+    "derive_merges",
+    "llama3_tokenizer_files",
+    "read_ranks",
+    "special_token_names",
+]
+
+# Meta's pre-tokenizer regex (``pat_str`` of the Llama 3 tokenizer).
+LLAMA3_PATTERN: Final = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+NUM_BASE_TOKENS: Final = 128_000
+NUM_SPECIAL_TOKENS: Final = 256
+BOS: Final = "<|begin_of_text|>"
+EOS_BASE: Final = "<|end_of_text|>"
+EOS_INSTRUCT: Final = "<|eot_id|>"
+
+# Named special tokens by offset from NUM_BASE_TOKENS, as Hugging Face names them; every other
+# offset is ``<|reserved_special_token_N|>`` with N counting up from 0 in id order. Meta's own
+# tokenizer class names 128005 and 128011 differently; the published Hugging Face files use these.
+_LLAMA3_NAMED: Final[dict[int, str]] = {
+    0: "<|begin_of_text|>",
+    1: "<|end_of_text|>",
+    6: "<|start_header_id|>",
+    7: "<|end_header_id|>",
+    9: "<|eot_id|>",
+}
+_LLAMA3_1_NAMED: Final[dict[int, str]] = {
+    **_LLAMA3_NAMED,
+    4: "<|finetune_right_pad_id|>",
+    8: "<|eom_id|>",
+    10: "<|python_tag|>",
+}
+_NAMED_BY_VERSION: Final[dict[str, dict[int, str]]] = {
+    "3": _LLAMA3_NAMED,
+    "3.1": _LLAMA3_1_NAMED,
+    "3.2": _LLAMA3_1_NAMED,
+    "3.3": _LLAMA3_1_NAMED,
+}
+
+
+def llama3_tokenizer_files(
+    tokenizer_model: Path, *, version: str, instruct: bool, context_length: int
+) -> dict[str, bytes]:
+    """Return ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
+    names = special_token_names(version)
+    tokens = read_ranks(tokenizer_model)
+    tokenizer = build_tokenizer(tokens, names)
+    eos = EOS_INSTRUCT if instruct else EOS_BASE
+    config = _tokenizer_config(names, eos=eos, context_length=context_length, template=chat_template(version, instruct))
+    special_map = {"bos_token": _token_entry(BOS), "eos_token": _token_entry(eos)}
+    return {
+        "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
+        "tokenizer_config.json": _dump_json(config),
+        "special_tokens_map.json": _dump_json(special_map),
+    }
+
+
+def special_token_names(version: str) -> list[str]:
+    """Names of the 256 special tokens (ids 128000–128255) for a Llama 3.x release."""
+    try:
+        named = _NAMED_BY_VERSION[version]
+    except KeyError:
+        raise InputError(
+            f"Llama version {version!r} does not use the tiktoken tokenizer.model; "
+            f"expected one of {', '.join(_NAMED_BY_VERSION)}."
+        ) from None
+    names: list[str] = []
+    reserved = 0
+    for offset in range(NUM_SPECIAL_TOKENS):
+        if offset in named:
+            names.append(named[offset])
+        else:
+            names.append(f"<|reserved_special_token_{reserved}|>")
+            reserved += 1
+    return names
+
+
+def read_ranks(path: Path) -> list[bytes]:
+    """Read Meta's ``base64(token) rank`` lines; return token bytes indexed by rank."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read {path} ({exc.strerror}); check the file exists and is readable.") from None
+    by_rank: dict[int, bytes] = {}
+    seen: dict[bytes, int] = {}
+    for number, line in enumerate(data.splitlines(), start=1):
+        if not line.strip():
+            continue
+        token, rank = _parse_line(path, number, line)
+        if rank in by_rank:
+            raise InputError(f"{path} line {number} repeats rank {rank}; download tokenizer.model again.")
+        if token in seen:
+            raise InputError(
+                f"{path} line {number} repeats the token of line {seen[token]}; download tokenizer.model again."
+            )
+        by_rank[rank] = token
+        seen[token] = number
+    _check_complete(path, by_rank)
+    return [by_rank[rank] for rank in range(len(by_rank))]
+
+
+def _parse_line(path: Path, number: int, line: bytes) -> tuple[bytes, int]:
+    parts = line.split()
+    try:
+        if len(parts) != 2 or not parts[1].isdigit():
+            raise ValueError
+        return base64.b64decode(parts[0], validate=True), int(parts[1])
+    except (ValueError, binascii.Error):
+        shown = line[:60].decode("utf-8", "replace")
+        raise InputError(
+            f"{path} line {number} is not 'base64-token rank' (found {shown!r}); download tokenizer.model again."
+        ) from None
+
+
+def _check_complete(path: Path, by_rank: dict[int, bytes]) -> None:
+    if len(by_rank) != NUM_BASE_TOKENS or max(by_rank) != NUM_BASE_TOKENS - 1:
+        raise InputError(
+            f"{path} holds {len(by_rank)} tokens with ranks up to {max(by_rank, default=-1)}, "
+            f"not the {NUM_BASE_TOKENS} ranks 0–{NUM_BASE_TOKENS - 1} of Llama 3; "
+            "download tokenizer.model again."
+        )
+    present = set(by_rank.values())
+    missing = sum(1 for b in range(256) if bytes([b]) not in present)
+    if missing:
+        raise InputError(
+            f"{path} lacks {missing} of the 256 single-byte tokens byte-level BPE needs; "
+            "download tokenizer.model again."
+        )
+
+
+def derive_merges(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """The merge that builds each multi-byte token, in rank order of the result.
+
+    tiktoken's merge loop run on a token's own bytes either ends in that token, and its last
+    step is the merge a Hugging Face BPE needs (inside a longer pre-token the bytes of the token
+    evolve exactly as they do alone until it forms), or it gets stuck: such a token is only ever
+    produced as a whole pre-token, which ``ignore_merges`` covers, and gets no merge. In Meta's
+    file 127,066 tokens end with two lower-ranked parts, 90 are first reachable through a part
+    ranked above themselves, and 588 are whole-pre-token only.
+    """
+    ranks = {token: rank for rank, token in enumerate(tokens)}
+    merges: list[tuple[bytes, bytes]] = []
+    for token in tokens:
+        if len(token) > 1:
+            last = _last_merge(token, ranks)
+            if last is not None:
+                merges.append(last)
+    return merges
+
+
+def _last_merge(token: bytes, ranks: dict[bytes, int]) -> tuple[bytes, bytes] | None:
+    """Run tiktoken's merge loop on ``token``; return its final pair if the loop builds ``token``."""
+    parts = [token[i : i + 1] for i in range(len(token))]
+    no_rank = len(ranks)
+    while len(parts) > 2:
+        best_rank, best = no_rank, -1
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1], no_rank)
+            if rank < best_rank:
+                best_rank, best = rank, i
+        if best < 0:
+            return None
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts[0], parts[1]
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte → printable character map used by byte-level BPE."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def build_tokenizer(tokens: list[bytes], special_names: list[str]) -> Tokenizer:
+    """Assemble the ``tokenizers`` fast tokenizer equivalent to Meta's tiktoken encoding."""
+    byte_map = bytes_to_unicode()
+
+    def to_text(token: bytes) -> str:
+        return "".join(byte_map[b] for b in token)
+
+    vocab = {to_text(token): rank for rank, token in enumerate(tokens)}
+    merges = [(to_text(left), to_text(right)) for left, right in derive_merges(tokens)]
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, byte_fallback=False))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    bos_id = len(tokens) + special_names.index(BOS)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", pair=f"{BOS} $A {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)]
+    )
+    tokenizer.add_special_tokens([_added_token(name) for name in special_names])
+    return tokenizer
+
+
+def _added_token(name: str) -> AddedToken:
+    return AddedToken(name, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
+
+
+def _token_entry(name: str) -> dict[str, object]:
+    return {"content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+
+
+def _tokenizer_config(
+    names: Iterable[str], *, eos: str, context_length: int, template: str | None
+) -> dict[str, object]:
+    config: dict[str, object] = {
+        "added_tokens_decoder": {
+            str(NUM_BASE_TOKENS + offset): {**_token_entry(name), "special": True} for offset, name in enumerate(names)
+        },
+        "bos_token": BOS,
+    }
+    if template is not None:
+        config["chat_template"] = template
+    config.update(
+        {
+            # The published Llama 3 repositories carry ``true``; current transformers ignores it
+            # for BPE tokenizers, whose decoding it would otherwise alter.
+            "clean_up_tokenization_spaces": True,
+            "eos_token": eos,
+            "model_input_names": ["input_ids", "attention_mask"],
+            "model_max_length": context_length,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+        }
+    )
+    return config
+
+
+def _dump_json(value: object) -> bytes:
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

@@ -1,0 +1,299 @@
+"""Checksum verification against the md5 checklists (``checklist.chk``) of Meta's downloads.
+
+Downloads are hundreds of GB and arrive truncated or corrupted often enough that every model comes
+with ``md5sum`` output. Hash in parallel, report, and let :class:`Md5Stream` hash what a converter
+reads anyway instead of reading twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Collection
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ChecksumError, InputError, MissingFileError
+
+__all__ = [
+    "ChecklistEntry",
+    "Md5Stream",
+    "VerifyReport",
+    "expected_checksums",
+    "find_checklists",
+    "hash_file",
+    "raise_for_report",
+    "read_checklist",
+    "verify_checksums",
+]
+
+CHUNK_SIZE = 8 << 20
+_HEX32 = re.compile(r"[0-9a-fA-F]{32}")
+# Files a converter reads from a model folder: present but listed nowhere is worth reporting.
+_CONVERTED = ("*.pth", "*.pt", "params.json", "tokenizer.model")
+# Llama 2 downloads keep tokenizer.model and this checklist next to the model folders.
+_PARENT_CHECKLIST = "tokenizer_checklist.chk"
+_NO_VERIFY = "pass --no-verify to skip checksum verification"
+
+
+@dataclass(frozen=True)
+class ChecklistEntry:
+    """One checklist line: a file name relative to the checklist's folder and its lowercase md5."""
+
+    name: str
+    md5: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """Outcome of :func:`verify_checksums`; file names are relative to the verified folder."""
+
+    checked: tuple[str, ...]
+    missing: tuple[str, ...]
+    mismatched: tuple[tuple[str, str, str], ...]  # (name, expected md5, actual md5)
+    unlisted: tuple[str, ...]  # shards, params or tokenizer present but in no checklist
+    bytes_hashed: int
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every listed file is present and matches; unlisted files are only reported."""
+        return not self.missing and not self.mismatched
+
+
+def find_checklists(src: Path) -> list[Path]:
+    """Return the ``*.chk`` and ``*.md5`` files of the model folder ``src``, then the Llama 2
+    ``tokenizer_checklist.chk`` of its parent when ``src`` has no ``tokenizer.model`` of its own
+    (the layout where one tokenizer next to the model folders serves them all).
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise MissingFileError(f"{src} is not a folder; pass the folder holding checklist.chk and the shards.")
+    found = sorted(
+        p for p in src.iterdir() if p.suffix in (".chk", ".md5") and not p.name.startswith(".") and p.is_file()
+    )
+    shared = src.resolve().parent / _PARENT_CHECKLIST
+    if not (src / "tokenizer.model").exists() and shared.is_file() and shared.parent != src.resolve():
+        found.append(shared)
+    return found
+
+
+def read_checklist(path: Path) -> list[ChecklistEntry]:
+    """Parse one checklist in ``md5sum`` form (``<md5>  <name>``, ``<md5> *<name>``, ``./<name>``)
+    or with reversed columns (``<name> <md5>``), telling them apart by which column is 32 hex digits.
+
+    Blank lines, CRLF and a BOM are fine; any other line raises ``InputError`` naming file and line.
+    """
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path} is not a text checklist; download {path.name} again or {_NO_VERIFY}.") from exc
+    entries = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if (entry := _parse_line(line)) is None:
+            raise InputError(
+                f"{path} line {number} is not a '<md5>  <name>' checksum line: {line!r}; "
+                f"download {path.name} again or {_NO_VERIFY}."
+            )
+        entries.append(entry)
+    return entries
+
+
+def _parse_line(line: str) -> ChecklistEntry | None:
+    if _HEX32.fullmatch(line[:32]) and line[32:33].isspace():
+        md5, name = line[:32], line[33:]
+        if name[:1] in (" ", "*"):  # md5sum's text or binary mode marker
+            name = name[1:]
+    else:
+        parts = line.rsplit(None, 1)
+        if len(parts) != 2 or not _HEX32.fullmatch(parts[1]):
+            return None
+        name, md5 = parts[0].strip(), parts[1]
+    while name.startswith("./"):
+        name = name[2:]
+    return ChecklistEntry(name=name, md5=md5.lower()) if name else None
+
+
+def expected_checksums(src: Path) -> dict[str, str]:
+    """Map every file listed for ``src`` (named relative to ``src``, e.g. ``../tokenizer.model``)
+    to its expected md5; raises :class:`~llama_convert.errors.MissingFileError` without a checklist.
+    """
+    src = Path(src)
+    checklists = find_checklists(src)
+    if not checklists:
+        raise MissingFileError(f"{src} has no checklist.chk to verify the download against; {_NO_VERIFY}.")
+    expected: dict[str, str] = {}
+    for checklist in checklists:
+        prefix = "" if checklist.parent == src else "../"
+        for entry in read_checklist(checklist):
+            name = prefix + entry.name
+            if expected.setdefault(name, entry.md5) != entry.md5:
+                raise InputError(
+                    f"{checklist} lists md5 {entry.md5} for {name} but another checklist in {src} lists "
+                    f"{expected[name]}; remove the stale checklist or {_NO_VERIFY}."
+                )
+    return expected
+
+
+def hash_file(
+    path: Path,
+    *,
+    chunk_size: int = CHUNK_SIZE,
+    progress: Callable[[int], None] | None = None,
+    drop_cache: bool = False,
+) -> str:
+    """Return the md5 hex digest of ``path``, reading ``chunk_size`` bytes at a time.
+
+    ``progress`` receives the size of each chunk. ``drop_cache`` evicts hashed pages from the page
+    cache; the default keeps them because a conversion usually reads the same file right after.
+    """
+    digest = hashlib.md5(usedforsecurity=False)
+    buffer = bytearray(chunk_size)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        fd = f.fileno()
+        _advise(fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
+        offset = 0
+        while n := f.readinto(buffer):
+            digest.update(view[:n])
+            if drop_cache:
+                _advise(fd, offset, n, "POSIX_FADV_DONTNEED")
+            offset += n
+            if progress is not None:
+                progress(n)
+    return digest.hexdigest()
+
+
+def _advise(fd: int, offset: int, length: int, advice: str) -> None:
+    # posix_fadvise is a hint: absent on macOS and Windows, refused by some filesystems.
+    if hasattr(os, "posix_fadvise"):
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(fd, offset, length, getattr(os, advice))
+
+
+def verify_checksums(
+    src: Path,
+    *,
+    workers: int | None = None,
+    progress: Callable[[int], None] | None = None,
+    skip: Collection[str] = (),
+    drop_cache: bool = False,
+) -> VerifyReport:
+    """Hash every file the checklists of ``src`` list, in ``workers`` threads (default: one per
+    file, at most one per CPU), and compare with the expected md5s.
+
+    ``progress`` receives byte counts, one call at a time. Names in ``skip`` are only checked for
+    presence: a caller hashing them while reading (:class:`Md5Stream`) compares them against
+    :func:`expected_checksums`. Raises :class:`~llama_convert.errors.MissingFileError` without a checklist.
+    """
+    start = time.perf_counter()
+    src = Path(src)
+    expected = expected_checksums(src)
+    present = {name: src / name for name in expected if (src / name).is_file()}
+    missing = sorted(name for name in expected if name not in present)
+    # Largest first so the last file to finish is a small one.
+    todo = sorted((n for n in present if n not in skip), key=lambda n: -present[n].stat().st_size)
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    pool_size = workers or max(1, min(len(todo), os.cpu_count() or 1))
+
+    lock = threading.Lock()
+    stop = threading.Event()
+    hashed = 0
+
+    def count(n: int) -> None:
+        nonlocal hashed
+        if stop.is_set():
+            raise CancelledError
+        with lock:
+            hashed += n
+            if progress is not None:
+                progress(n)
+
+    def run(name: str) -> tuple[str, str]:
+        try:
+            return name, hash_file(present[name], progress=count, drop_cache=drop_cache)
+        except OSError as exc:
+            raise InputError(f"Cannot read {present[name]} ({exc.strerror}); check the file or {_NO_VERIFY}.") from exc
+
+    pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="md5")
+    try:
+        actual = dict(pool.map(run, todo))
+    finally:
+        # On an error or Ctrl-C, stop the other threads at their next chunk instead of their last.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+    unlisted = {p.name for pattern in _CONVERTED for p in src.glob(pattern) if p.name not in expected}
+    return VerifyReport(
+        checked=tuple(sorted(actual)),
+        missing=tuple(missing),
+        mismatched=tuple((n, expected[n], actual[n]) for n in sorted(actual) if actual[n] != expected[n]),
+        unlisted=tuple(sorted(unlisted)),
+        bytes_hashed=hashed,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def raise_for_report(report: VerifyReport, src: Path) -> None:
+    """Return if ``report`` is ok, else raise :class:`~llama_convert.errors.ChecksumError` naming
+    every corrupted or missing file with its expected and actual md5."""
+    if report.ok:
+        return
+    problems = [f"{name} has md5 {actual}, expected {expected}" for name, expected, actual in report.mismatched]
+    problems += [f"{name} is missing" for name in report.missing]
+    names = [name for name, _, _ in report.mismatched] + list(report.missing)
+    listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    raise ChecksumError(
+        f"Checksum verification failed in {src}: {'; '.join(problems)}; download {listing} again, or {_NO_VERIFY}."
+    )
+
+
+class Md5Stream:
+    """Incremental md5 of one file, fed (:meth:`feed`) the blocks a reader takes from it anyway.
+
+    Blocks come in increasing offset order; bytes already hashed (overlapping re-reads) are ignored.
+    A gap (bytes the reader skipped, e.g. zip headers) raises ``ValueError`` unless the stream knows
+    the file's ``path``: then it reads gaps itself and :meth:`hexdigest` hashes the tail too.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self._md5 = hashlib.md5(usedforsecurity=False)
+        self._path = None if path is None else Path(path)
+        self.position = 0  # number of leading bytes of the file hashed so far
+
+    def feed(self, offset: int, data: bytes | bytearray | memoryview) -> None:
+        """Hash ``data``, the file's bytes starting at ``offset``."""
+        view = memoryview(data).cast("B")
+        if offset > self.position:
+            self._fill(offset)
+        start = self.position - offset
+        if start < len(view):
+            self._md5.update(view[start:])
+            self.position = offset + len(view)
+
+    def hexdigest(self) -> str:
+        """The md5 of the bytes fed so far (with ``path``: of the whole file)."""
+        if self._path is not None:
+            self._fill(self._path.stat().st_size)
+        return self._md5.hexdigest()
+
+    def _fill(self, until: int) -> None:
+        if self._path is None:
+            raise ValueError(f"Md5Stream got bytes from offset {until} but has hashed only {self.position}")
+        with open(self._path, "rb", buffering=0) as f:
+            f.seek(self.position)
+            while self.position < until:
+                chunk = f.read(min(CHUNK_SIZE, until - self.position))
+                if not chunk:
+                    raise InputError(f"{self._path} ends at byte {self.position}; download it again or {_NO_VERIFY}.")
+                self._md5.update(chunk)
+                self.position += len(chunk)

@@ -1,0 +1,49 @@
+"""llama-convert: Meta's original Llama checkpoints → Hugging Face model folders.
+
+>>> import llama_convert
+>>> result = llama_convert.convert("Meta-Llama-3.1-8B-Instruct", "Llama-3.1-8B-Instruct-hf")
+"""
+
+from __future__ import annotations
+
+from .convert import ConversionResult, Progress, convert, plan_conversion
+from .describe import FolderReport, inspect
+from .errors import (
+    ChecksumError,
+    ConversionError,
+    DestinationExistsError,
+    DiskFullError,
+    InputError,
+    LlamaConvertError,
+    MissingFileError,
+    ShapeMismatchError,
+    UnsafePickleError,
+    UnsupportedError,
+    VerificationError,
+)
+from .spec import ModelSpec, detect
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChecksumError",
+    "ConversionError",
+    "ConversionResult",
+    "DestinationExistsError",
+    "DiskFullError",
+    "FolderReport",
+    "InputError",
+    "LlamaConvertError",
+    "MissingFileError",
+    "ModelSpec",
+    "Progress",
+    "ShapeMismatchError",
+    "UnsafePickleError",
+    "UnsupportedError",
+    "VerificationError",
+    "__version__",
+    "convert",
+    "detect",
+    "inspect",
+    "plan_conversion",
+]

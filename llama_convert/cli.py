@@ -1,0 +1,311 @@
+"""The ``llama-convert`` command: a thin layer over the library that talks and picks exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+from .convert import ConversionResult, Progress, convert
+from .errors import (
+    ChecksumError,
+    ConversionError,
+    DestinationExistsError,
+    DiskFullError,
+    InputError,
+    LlamaConvertError,
+    UnsafePickleError,
+    UnsupportedError,
+    VerificationError,
+)
+from .plan import ConversionPlan
+from .releases import VERSIONS
+
+__all__ = ["EXIT_CODES", "main"]
+
+# Ordered: the first matching class decides. Documented in the README.
+EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
+    (UnsafePickleError, 3),
+    (InputError, 3),
+    (UnsupportedError, 4),
+    (ChecksumError, 5),
+    (VerificationError, 5),
+    (DestinationExistsError, 6),
+    (DiskFullError, 7),
+    (ConversionError, 8),
+    (LlamaConvertError, 9),
+)
+EXIT_INTERRUPTED = 130
+_COMMANDS = ("convert", "inspect", "verify", "demo")
+
+
+class _Bar(Progress):
+    """A tqdm bar on a terminal; nothing otherwise (a one-line summary follows at the end)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._bar = None
+
+    def start(self, total: int, label: str) -> None:
+        if self.enabled:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=label, file=sys.stderr)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+
+def _say(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text, file=sys.stderr)
+
+
+def _describe_plan(args: argparse.Namespace, plan: ConversionPlan) -> None:
+    spec = plan.spec
+    p = spec.params
+    lines = [
+        f"Detected {spec.name}: {spec.release.title} ({spec.version_reason}); "
+        f"{'instruct' if spec.instruct else 'base'} ({spec.instruct_reason}).",
+        f"  {p.n_layers} layers, dim {p.dim}, {p.n_heads} heads / {spec.n_kv_heads} KV heads, vocab {spec.vocab_size}, "
+        f"MP{spec.mp}, {spec.source_dtype} → {plan.dtype}, {len(plan.files)} file(s), {plan.total_size / 1e9:.2f} GB.",
+    ]
+    lines += [f"  note: {note}" for note in spec.notes]
+    _say(args, "\n".join(lines))
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--llama-version", choices=VERSIONS, help="override the detected release")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument("--instruct", dest="instruct", action="store_const", const=True, help="treat as instruct/chat")
+    kind.add_argument("--base", dest="instruct", action="store_const", const=False, help="treat as a base model")
+    parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="output dtype (default: as stored)")
+    parser.add_argument("--max-shard-size", default="5GB", help="largest output file (default 5GB)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llama-convert",
+        description="Convert Meta's original Llama checkpoints into Hugging Face model folders.",
+        epilog="`llama-convert SRC DST` is short for `llama-convert convert SRC DST`.",
+    )
+    parser.add_argument("--version", action="version", version=f"llama-convert {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    conv = sub.add_parser("convert", help="convert a Meta checkpoint folder into a Hugging Face folder")
+    conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, tokenizer.model)")
+    conv.add_argument("dst", type=Path, help="output folder (must not exist or be empty unless --force)")
+    _add_common(conv)
+    conv.add_argument("--force", action="store_true", help="replace an existing destination")
+    conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
+    conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
+    conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
+    conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
+    conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+    conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+    insp = sub.add_parser("inspect", help="describe a folder and what converting it would write")
+    insp.add_argument("src", type=Path)
+    _add_common(insp)
+    insp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk")
+    ver.add_argument("src", type=Path)
+    ver.add_argument("-q", "--quiet", action="store_true")
+    ver.add_argument("--json", action="store_true")
+
+    demo = sub.add_parser("demo", help="synthesize a tiny Llama 3.1 checkpoint, convert it and load it")
+    demo.add_argument("dst", type=Path, nargs="?", help="where to put the demo (default: a temporary folder)")
+    demo.add_argument("-q", "--quiet", action="store_true")
+    return parser
+
+
+def _convert(args: argparse.Namespace) -> int:
+    options = {
+        "dtype": args.dtype,
+        "max_shard_size": args.max_shard_size,
+        "llama_version": args.llama_version,
+        "instruct": args.instruct,
+    }
+    if args.dry_run:
+        from .convert import plan_conversion
+
+        plan = plan_conversion(args.src, fold_kv_heads=not args.keep_kv_heads, **options)
+        _describe_plan(args, plan)
+        for out_file in plan.files:
+            print(f"{out_file.name}  ({out_file.nbytes / 1e9:.2f} GB)")
+            for t in out_file.tensors:
+                how = [f"concat dim {t.concat_dim}" if t.concat_dim is not None else "replicated"]
+                if t.kv_fold > 1:
+                    how.append(f"fold KV heads ×{t.kv_fold}")
+                if t.rotary_heads:
+                    how.append(f"rotary permute {t.rotary_heads} heads")
+                if t.dtype != t.source_dtype:
+                    how.append(f"{t.source_dtype}→{t.dtype}")
+                print(f"  {t.name} {list(t.shape)} {t.dtype} ← {t.source} ({', '.join(how)})")
+        return 0
+    interactive = not args.quiet and not args.json and sys.stderr.isatty()
+    result: ConversionResult = convert(
+        args.src,
+        args.dst,
+        force=args.force,
+        verify=args.verify,
+        tokenizer_only=args.tokenizer_only,
+        fold_kv_heads=not args.keep_kv_heads,
+        progress=_Bar(interactive),
+        on_plan=None if args.quiet or args.json else lambda plan: _describe_plan(args, plan),
+        **options,
+    )
+    if args.json:
+        print(json.dumps(_result_json(result), indent=2))
+        return 0
+    rate = result.bytes_written / max(result.seconds, 1e-9) / 1e6
+    check = "checksums verified" if result.verified else ("checksums NOT verified" if args.verify else "--no-verify")
+    _say(
+        args,
+        f"Wrote {result.destination} ({len(result.files)} files, {result.bytes_written / 1e9:.2f} GB) in "
+        f"{result.seconds:.1f} s ({rate:.0f} MB/s); {check}.",
+    )
+    for note in result.notes:
+        _say(args, f"note: {note}")
+    return 0
+
+
+def _result_json(result: ConversionResult) -> dict:
+    return {
+        "model": result.spec.name,
+        "release": result.spec.release.version,
+        "instruct": result.spec.instruct,
+        "destination": str(result.destination),
+        "files": list(result.files),
+        "bytes_written": result.bytes_written,
+        "seconds": round(result.seconds, 3),
+        "verified": result.verified,
+        "notes": list(result.notes),
+    }
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .describe import inspect
+
+    report = inspect(
+        args.src,
+        dtype=args.dtype,
+        max_shard_size=args.max_shard_size,
+        llama_version=args.llama_version,
+        instruct=args.instruct,
+    )
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+        return 0
+    print(f"{report.path}: {report.summary}")
+    if report.kind != "meta":
+        return 0
+    d = report.details
+    print(f"  release      {d['release']} ({d['version_reason']})")
+    print(f"  size         {d['size']} ({d['parameters'] / 1e9:.2f} B parameters)")
+    print(f"  kind         {'instruct' if d['instruct'] else 'base'} ({d['instruct_reason']})")
+    print(
+        f"  layout       MP{d['model_parallel']}, {d['source_dtype']} → {d['output_dtype']}, {d['tokenizer']} tokenizer"
+    )
+    print("  params       " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+    print(f"  reads        {d['source_bytes'] / 1e9:.2f} GB; writes {d['output_bytes'] / 1e9:.2f} GB")
+    print(
+        f"  needs        {d['disk_needed_bytes'] / 1e9:.2f} GB free; about {d['estimated_seconds']:.0f} s at 500 MB/s"
+    )
+    print("  files        " + ", ".join(d["files"]))
+    for note in d["notes"]:
+        print(f"  note         {note}")
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from .verify import raise_for_report, verify_checksums
+
+    total = sum(p.stat().st_size for p in Path(args.src).iterdir() if p.is_file()) if Path(args.src).is_dir() else 0
+    bar = _Bar(not args.quiet and not args.json and sys.stderr.isatty())
+    bar.start(total, f"Verifying {args.src}")
+    try:
+        report = verify_checksums(args.src, progress=bar.advance)
+    finally:
+        bar.finish()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "checked": list(report.checked),
+                    "missing": list(report.missing),
+                    "mismatched": [list(m) for m in report.mismatched],
+                    "unlisted": list(report.unlisted),
+                    "bytes_hashed": report.bytes_hashed,
+                    "seconds": round(report.seconds, 3),
+                },
+                indent=2,
+            )
+        )
+        return 0 if report.ok else 5
+    raise_for_report(report, Path(args.src))
+    rate = report.bytes_hashed / max(report.seconds, 1e-9) / 1e6
+    _say(
+        args,
+        f"{args.src}: {len(report.checked)} files match checklist.chk "
+        f"({report.bytes_hashed / 1e9:.2f} GB in {report.seconds:.1f} s, {rate:.0f} MB/s).",
+    )
+    for name in report.unlisted:
+        _say(args, f"note: {name} is not listed in any checklist.")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.dst, say=lambda text: _say(args, text))
+    return 0
+
+
+def _exit_code(exc: BaseException) -> int:
+    return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``llama-convert``; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] not in _COMMANDS and not argv[0].startswith("-"):
+        argv.insert(0, "convert")
+    args = _parser().parse_args(argv)
+    handler = {"convert": _convert, "inspect": _inspect, "verify": _verify, "demo": _demo}[args.command]
+    started = time.perf_counter()
+    try:
+        return handler(args)
+    except LlamaConvertError as exc:
+        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return _exit_code(exc)
+    except KeyboardInterrupt:
+        print(
+            f"\ninterrupted after {time.perf_counter() - started:.0f} s; nothing was written "
+            "(temporary files were removed).",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 1
+    except OSError as exc:  # the machine said no (permissions, I/O error): say it plainly
+        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"error: {where}{exc.strerror or exc}; nothing was written.", file=sys.stderr)
+        return 8

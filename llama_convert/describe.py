@@ -1,0 +1,106 @@
+"""``inspect``: say what a folder holds and what converting it would write, without writing."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+from .hf_config import config_json
+from .plan import ConversionPlan
+
+__all__ = ["FolderReport", "inspect"]
+
+_ASSUMED_THROUGHPUT = 500e6  # bytes/s read+write on an ordinary SSD, for the time estimate
+
+
+@dataclass(frozen=True)
+class FolderReport:
+    """What ``inspect`` found. ``kind`` is "meta" (convertible) or "huggingface"."""
+
+    path: Path
+    kind: str
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+    plan: ConversionPlan | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "kind": self.kind, "summary": self.summary, **self.details}
+
+
+def _huggingface_report(path: Path) -> FolderReport:
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path / 'config.json'} is unreadable ({exc}).") from None
+    arch = ", ".join(config.get("architectures") or [config.get("model_type", "unknown")])
+    weights = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
+    size = sum((path / w).stat().st_size for w in weights)
+    summary = (
+        f"a Hugging Face model folder ({arch}, {config.get('num_hidden_layers', '?')} layers, "
+        f"hidden size {config.get('hidden_size', '?')}, {len(weights)} weight files, {size / 1e9:.2f} GB); "
+        "already converted — nothing to do."
+    )
+    return FolderReport(path, "huggingface", summary, {"config": config, "weight_files": weights, "bytes": size})
+
+
+def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:
+    """Describe ``src``: a Meta checkpoint (detected spec, plan, estimates) or a Hugging Face folder.
+
+    ``options`` are those of ``plan_conversion`` (dtype, max_shard_size, llama_version, instruct).
+    """
+    from .convert import plan_conversion
+
+    path = Path(src)
+    if path.is_dir() and (path / "config.json").is_file() and not (path / "params.json").exists():
+        return _huggingface_report(path)
+    plan = plan_conversion(path, **options)
+    spec = plan.spec
+    p = spec.params
+    source_bytes = sum(s.stat().st_size for s in spec.shards)
+    files = [f.name for f in plan.files]
+    if len(files) > 1:
+        files.append("model.safetensors.index.json")
+    files += [
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ]
+    if spec.release.tokenizer_kind == "sentencepiece":
+        files.append("tokenizer.model")
+    details = {
+        "release": spec.release.title,
+        "version": spec.release.version,
+        "version_reason": spec.version_reason,
+        "size": spec.size,
+        "parameters": spec.parameter_count,
+        "instruct": spec.instruct,
+        "instruct_reason": spec.instruct_reason,
+        "model_parallel": spec.mp,
+        "source_dtype": spec.source_dtype.torch_name,
+        "output_dtype": plan.dtype.torch_name,
+        "tokenizer": spec.release.tokenizer_kind,
+        "params": {
+            "dim": p.dim,
+            "n_layers": p.n_layers,
+            "n_heads": p.n_heads,
+            "n_kv_heads": p.n_kv_heads,
+            "vocab_size": spec.vocab_size,
+            "intermediate_size": p.intermediate_size,
+            "norm_eps": p.norm_eps,
+            "rope_theta": spec.rope_theta,
+        },
+        "source_bytes": source_bytes,
+        "output_bytes": plan.total_size,
+        "files": files,
+        "estimated_seconds": round((source_bytes + plan.total_size) / _ASSUMED_THROUGHPUT, 1),
+        "disk_needed_bytes": plan.total_size + (32 << 20),
+        "notes": list(spec.notes),
+        "config": config_json(spec, plan.dtype),
+    }
+    return FolderReport(path, "meta", f"{spec.name} (Meta format, MP{spec.mp})", details, plan)

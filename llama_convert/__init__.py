@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .convert import ConversionResult, Progress, convert, plan_conversion
+from .pipeline import ConversionResult, Progress, convert, plan_conversion
 from .describe import FolderReport, inspect
 from .errors import (
     ChecksumError,

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .convert import ConversionResult, Progress, convert
+from .pipeline import ConversionResult, Progress, convert
 from .errors import (
     ChecksumError,
     ConversionError,
@@ -139,7 +139,7 @@ def _convert(args: argparse.Namespace) -> int:
         "instruct": args.instruct,
     }
     if args.dry_run:
-        from .convert import plan_conversion
+        from .pipeline import plan_conversion
 
         plan = plan_conversion(args.src, fold_kv_heads=not args.keep_kv_heads, **options)
         _describe_plan(args, plan)

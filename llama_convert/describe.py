@@ -52,7 +52,7 @@ def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:
 
     ``options`` are those of ``plan_conversion`` (dtype, max_shard_size, llama_version, instruct).
     """
-    from .convert import plan_conversion
+    from .pipeline import plan_conversion
 
     path = Path(src)
     if path.is_dir() and (path / "config.json").is_file() and not (path / "params.json").exists():

@@ -76,8 +76,14 @@ def merged_meta_state_dict(src: Path, embed_split: int) -> dict:
     return merged
 
 
-def meta_reference_logits(src: Path, tokens: np.ndarray, *, embed_split: int, rope_theta: float | None = None,
-                          scaled_rope_factor: float | None = None) -> np.ndarray:
+def meta_reference_logits(
+    src: Path,
+    tokens: np.ndarray,
+    *,
+    embed_split: int,
+    rope_theta: float | None = None,
+    scaled_rope_factor: float | None = None,
+) -> np.ndarray:
     """Logits of ``llama_models.llama3.model.Transformer`` (Meta's reference code) on the merged weights."""
     import json
     import types

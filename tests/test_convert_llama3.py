@@ -26,7 +26,9 @@ RELEASES = [
 
 
 @pytest.mark.parametrize(("folder", "preset", "version", "instruct", "extra"), RELEASES, ids=[r[0] for r in RELEASES])
-def test_release_converts_and_matches_meta_reference(tmp_path, model_parallel, folder, preset, version, instruct, extra):
+def test_release_converts_and_matches_meta_reference(
+    tmp_path, model_parallel, folder, preset, version, instruct, extra
+):
     extra = dict(extra)
     head_dim = extra.pop("head_dim", 8)
     synth = tiny(preset, head_dim=head_dim, **{"tokenizer": "llama3", **extra})

@@ -156,7 +156,7 @@ def test_truncated_file(tmp_path):
     data = (tmp_path / "x.pth").read_bytes()
     for cut in (len(data) // 2, len(data) - 30, 100):
         (tmp_path / "t.pth").write_bytes(data[:cut])
-        with pytest.raises(InputError, match="truncated|damaged"):
+        with pytest.raises(InputError, match=r"truncated|damaged"):
             TorchCheckpoint(tmp_path / "t.pth")
 
 

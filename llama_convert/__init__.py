@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-from .pipeline import ConversionResult, Progress, convert, plan_conversion
 from .describe import FolderReport, inspect
 from .errors import (
     ChecksumError,
@@ -21,6 +20,7 @@ from .errors import (
     UnsupportedError,
     VerificationError,
 )
+from .pipeline import ConversionResult, Progress, convert, plan_conversion
 from .spec import ModelSpec, detect
 
 __version__ = "0.1.0"

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .pipeline import ConversionResult, Progress, convert
 from .errors import (
     ChecksumError,
     ConversionError,
@@ -23,6 +22,7 @@ from .errors import (
     UnsupportedError,
     VerificationError,
 )
+from .pipeline import ConversionResult, Progress, convert
 from .plan import ConversionPlan
 from .releases import VERSIONS
 

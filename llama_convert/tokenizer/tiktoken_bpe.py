@@ -3,7 +3,7 @@
 Meta's file lists each token's bytes (base64) and its rank. tiktoken encodes a pre-token by first
 looking the whole pre-token up, then repeatedly merging the adjacent pair whose concatenation has
 the lowest rank. The Hugging Face form reproduces that with a byte-level BPE model whose merge
-list holds, for every multi-byte token, the one pair tiktoken's algorithm joins last to build it,
+list holds, for every token tiktoken can build by merging, the pair its algorithm joins last,
 ordered by the rank of the result; ``ignore_merges`` gives the whole-pre-token lookup.
 """
 
@@ -24,6 +24,7 @@ from .chat_templates import chat_template
 __all__ = [
     "LLAMA3_PATTERN",
     "NUM_BASE_TOKENS",
+    "build_tokenizer",
     "derive_merges",
     "llama3_tokenizer_files",
     "read_ranks",
@@ -43,7 +44,8 @@ EOS_INSTRUCT: Final = "<|eot_id|>"
 
 # Named special tokens by offset from NUM_BASE_TOKENS, as Hugging Face names them; every other
 # offset is ``<|reserved_special_token_N|>`` with N counting up from 0 in id order. Meta's own
-# tokenizer class names 128005 and 128011 differently; the published Hugging Face files use these.
+# tokenizer class names 128005 and 128011 differently (so its reserved numbers shift from there);
+# the published Hugging Face files use these names.
 _LLAMA3_NAMED: Final[dict[int, str]] = {
     0: "<|begin_of_text|>",
     1: "<|end_of_text|>",

@@ -21,7 +21,6 @@ is not valid UTF-8 becomes one U+FFFD per byte, where SentencePiece keeps the va
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 import re
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, proc
 from tokenizers.models import BPE
 
 from ..errors import InputError, UnsupportedError
+from .chat_templates import chat_template
 
 if TYPE_CHECKING:
     from sentencepiece.sentencepiece_model_pb2 import ModelProto
@@ -45,8 +45,6 @@ _BPE = 2
 _SPACE = "▁"  # U+2581: SentencePiece's escaped space
 
 _VERSIONS = ("1", "2", "code")
-# Chat template per version for instruct models: Llama 2 chat and Code Llama - Instruct share one.
-_CHAT_TEMPLATES = {"2": "llama2", "code": "llama2"}
 
 
 def sentencepiece_tokenizer_files(
@@ -88,7 +86,7 @@ def sentencepiece_tokenizer_files(
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
     }
-    template = _chat_template(version, instruct)
+    template = chat_template(version, instruct)
     if template is not None:
         config["chat_template"] = template
     return {
@@ -234,15 +232,6 @@ def _normalizer(
     if remove_extra_whitespaces:
         steps.append(normalizers.Replace(Regex(rf"{_SPACE}+\z"), ""))
     return normalizers.Sequence(steps)
-
-
-def _chat_template(version: str, instruct: bool) -> str | None:
-    # One-line switch to the shared chat_templates.chat_template(version, instruct) once it exists.
-    name = _CHAT_TEMPLATES.get(version) if instruct else None
-    if name is None:
-        return None
-    resource = importlib.resources.files("llama_convert.tokenizer") / "templates" / f"{name}.jinja"
-    return resource.read_text(encoding="utf-8")
 
 
 def _json_bytes(obj: dict[str, Any]) -> bytes:

@@ -108,6 +108,17 @@ def _detect_version(folder: MetaFolder, kind: str, dtype: DType) -> tuple[Versio
     p = folder.params
     name = folder.root.resolve().name.lower()
     hinted = next((v for pattern, v in _NAME_HINTS if re.search(pattern, name)), None)
+    llama3_params = p.use_scaled_rope or p.rope_theta == 500000.0 or p.vocab_size == 128256
+    if kind == "sentencepiece" and llama3_params:
+        raise InputError(
+            f"{folder.tokenizer} is a SentencePiece tokenizer (Llama 1/2) but {folder.params_path.name} describes "
+            "Llama 3; put the release's own tokenizer.model beside params.json."
+        )
+    if kind == "tiktoken" and (p.vocab_size in (32000, 32016) or (p.rope_theta or 0) >= 1e6):
+        raise InputError(
+            f"{folder.tokenizer} is a Llama 3 tokenizer but {folder.params_path.name} describes Llama 2 or "
+            "Code Llama; put the release's own tokenizer.model beside params.json."
+        )
     if kind == "tiktoken":
         if not p.use_scaled_rope:
             if hinted not in (None, "3"):
@@ -186,7 +197,13 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], releas
     first = checkpoints[0]
     if "layers.0.attention.wq.weight" not in first.tensors:
         raise InputError(f"{first.path} has no layers.0.attention.wq.weight; this is not a Llama checkpoint shard.")
-    rows = first.tensors["layers.0.attention.wq.weight"].shape[0]
+    wq = first.tensors["layers.0.attention.wq.weight"]
+    if len(wq.shape) != 2 or wq.shape[1] != p.dim:
+        raise ShapeMismatchError(
+            f"{folder.params_path} says dim {p.dim} but {first.path.name} holds layers.0.attention.wq.weight of "
+            f"shape {list(wq.shape)}; the params.json belongs to another model."
+        )
+    rows = wq.shape[0]
     if rows and (p.n_heads * p.head_dim) % rows == 0 and (p.n_heads * p.head_dim) // rows != mp:
         real_mp = (p.n_heads * p.head_dim) // rows
         if real_mp < mp:

@@ -380,13 +380,31 @@ def test_repeated_rank(tmp_path):
 
 
 def test_truncated_file(tmp_path):
-    path = _ranks_file(tmp_path / "tokenizer.model", _valid_lines(1000))
+    data = b"\n".join(_valid_lines(1000))
+    path = tmp_path / "tokenizer.model"
+    path.write_bytes(data[: len(data) - 3])  # cut inside the last line
+    with pytest.raises(InputError, match=r"line 1000 is not 'base64-token rank'"):
+        llama3_tokenizer_files(path, version="3.1", instruct=True, context_length=131072)
+
+
+def test_ranks_with_a_gap(tmp_path):
+    lines = _valid_lines(1000)
+    del lines[500]
+    path = _ranks_file(tmp_path / "tokenizer.model", lines)
     with pytest.raises(InputError) as info:
         llama3_tokenizer_files(path, version="3.1", instruct=True, context_length=131072)
     assert str(info.value) == (
-        f"{path} holds 1000 tokens with ranks up to 999, not the 128000 ranks 0–127999 of Llama 3; "
+        f"{path} holds 999 tokens with ranks up to 999, not the contiguous ranks 0… of a tiktoken BPE file; "
         "download tokenizer.model again."
     )
+
+
+def test_smaller_vocabularies_put_the_specials_after_the_last_rank(tmp_path):
+    path = _ranks_file(tmp_path / "tokenizer.model", _valid_lines(1000))
+    files = llama3_tokenizer_files(path, version="3.1", instruct=True, context_length=131072)
+    config = json.loads(files["tokenizer_config.json"])
+    assert config["added_tokens_decoder"]["1000"]["content"] == "<|begin_of_text|>"
+    assert config["added_tokens_decoder"]["1009"]["content"] == "<|eot_id|>"
 
 
 def test_unknown_version():

@@ -75,7 +75,9 @@ def llama3_tokenizer_files(
     tokens = read_ranks(tokenizer_model)
     tokenizer = build_tokenizer(tokens, names)
     eos = EOS_INSTRUCT if instruct else EOS_BASE
-    config = _tokenizer_config(names, eos=eos, context_length=context_length, template=chat_template(version, instruct))
+    config = _tokenizer_config(
+        names, len(tokens), eos=eos, context_length=context_length, template=chat_template(version, instruct)
+    )
     special_map = {"bos_token": _token_entry(BOS), "eos_token": _token_entry(eos)}
     return {
         "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
@@ -85,7 +87,7 @@ def llama3_tokenizer_files(
 
 
 def special_token_names(version: str) -> list[str]:
-    """Names of the 256 special tokens (ids 128000–128255) for a Llama 3.x release."""
+    """Names of the 256 special tokens (ids 128000–128255 in Meta's file) for a Llama 3.x release."""
     try:
         named = _NAMED_BY_VERSION[version]
     except KeyError:
@@ -142,11 +144,12 @@ def _parse_line(path: Path, number: int, line: bytes) -> tuple[bytes, int]:
 
 
 def _check_complete(path: Path, by_rank: dict[int, bytes]) -> None:
-    if len(by_rank) != NUM_BASE_TOKENS or max(by_rank) != NUM_BASE_TOKENS - 1:
+    # Meta's file has exactly NUM_BASE_TOKENS ranks; fine-tuned or test tokenizers may have other
+    # counts, and the special tokens then follow the last rank, as in Meta's tokenizer class.
+    if not by_rank or max(by_rank) != len(by_rank) - 1:
         raise InputError(
             f"{path} holds {len(by_rank)} tokens with ranks up to {max(by_rank, default=-1)}, "
-            f"not the {NUM_BASE_TOKENS} ranks 0–{NUM_BASE_TOKENS - 1} of Llama 3; "
-            "download tokenizer.model again."
+            "not the contiguous ranks 0… of a tiktoken BPE file; download tokenizer.model again."
         )
     present = set(by_rank.values())
     missing = sum(1 for b in range(256) if bytes([b]) not in present)
@@ -239,11 +242,11 @@ def _token_entry(name: str) -> dict[str, object]:
 
 
 def _tokenizer_config(
-    names: Iterable[str], *, eos: str, context_length: int, template: str | None
+    names: Iterable[str], first_id: int, *, eos: str, context_length: int, template: str | None
 ) -> dict[str, object]:
     config: dict[str, object] = {
         "added_tokens_decoder": {
-            str(NUM_BASE_TOKENS + offset): {**_token_entry(name), "special": True} for offset, name in enumerate(names)
+            str(first_id + offset): {**_token_entry(name), "special": True} for offset, name in enumerate(names)
         },
         "bos_token": BOS,
     }

@@ -123,6 +123,11 @@ def _load_proto(path: Path) -> sentencepiece_model_pb2.ModelProto:
     return proto
 
 
+def _save(proto: sentencepiece_model_pb2.ModelProto, path: Path) -> Path:
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
 def _append_pieces(proto: sentencepiece_model_pb2.ModelProto, pieces: list[str], *, first: bool = False) -> None:
     """Append the normal pieces not there yet, scored below every existing one (as further BPE merges
     would be) or, with ``first``, above every one (merged before all others)."""
@@ -155,7 +160,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     code = _load_proto(llama)
     _append_pieces(code, [*"<>SUFPREMIDOT", "▁<", "SU", "PR", "PRE", "ID", "OT"])
     _append_pieces(code, CODE_LLAMA_EXTRA, first=True)
-    (directory / "code.model").write_bytes(code.SerializeToString())
+    _save(code, directory / "code.model")
     user_defined = _train(directory, "user_defined", user_defined_symbols=INFILL)
     unigram = _train(directory, "unigram", model_type="unigram", vocab_size=800)
     return {"llama": llama, "code": directory / "code.model", "user_defined": user_defined, "unigram": unigram}
@@ -319,8 +324,7 @@ def test_split_digits_is_a_trainer_option_only(models: dict[str, Path], tmp_path
     proto = _load_proto(models["llama"])
     assert proto.trainer_spec.split_digits
     _append_pieces(proto, ["12"], first=True)
-    model = tmp_path / "tokenizer.model"
-    model.write_bytes(proto.SerializeToString())
+    model = _save(proto, tmp_path / "tokenizer.model")
     sp = _sp(model)
     raw = Tokenizer.from_file(str(_convert(model, tmp_path / "hf") / "tokenizer.json"))
     for text in ["12", " 123", "a12b", "2012"]:
@@ -483,8 +487,7 @@ def test_unigram_model_is_unsupported(models: dict[str, Path]) -> None:
 def test_normalization_rule_is_unsupported(models: dict[str, Path], tmp_path: Path) -> None:
     proto = _load_proto(models["llama"])
     proto.normalizer_spec.precompiled_charsmap = b"\x00\x01"
-    path = tmp_path / "tokenizer.model"
-    path.write_bytes(proto.SerializeToString())
+    path = _save(proto, tmp_path / "tokenizer.model")
     with pytest.raises(UnsupportedError, match="uses a normalization rule, which no Llama tokenizer does"):
         sentencepiece_tokenizer_files(path, version="2", instruct=False, context_length=4096)
 
@@ -492,8 +495,7 @@ def test_normalization_rule_is_unsupported(models: dict[str, Path], tmp_path: Pa
 def test_missing_bos_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
     proto = _load_proto(models["llama"])
     proto.trainer_spec.bos_id = -1
-    path = tmp_path / "tokenizer.model"
-    path.write_bytes(proto.SerializeToString())
+    path = _save(proto, tmp_path / "tokenizer.model")
     with pytest.raises(InputError) as excinfo:
         sentencepiece_tokenizer_files(path, version="2", instruct=False, context_length=4096)
     assert str(excinfo.value) == f"{path} has no bos piece at bos_id=-1; download tokenizer.model again."

@@ -31,7 +31,7 @@ def test_release_converts_and_matches_meta_reference(
 ):
     extra = dict(extra)
     head_dim = extra.pop("head_dim", 8)
-    synth = tiny(preset, head_dim=head_dim, **{"tokenizer": "llama3", **extra})
+    synth = tiny(preset, head_dim=head_dim, **{"tokenizer": "small-tiktoken", **extra})
     src = make_checkpoint(tmp_path, folder, synth)
     dst = tmp_path / "hf"
 

@@ -25,7 +25,7 @@ FOLDER = "Meta-Llama-3.1-70B-Instruct"
 def pristine(tmp_path_factory) -> Path:
     """A small valid MP8 Llama 3.1 checkpoint with checklist.chk, copied for each test."""
     root = tmp_path_factory.mktemp("pristine")
-    return synthesize(root / FOLDER, tiny("llama3.1-70b", head_dim=4))
+    return synthesize(root / FOLDER, tiny("llama3.1-70b", head_dim=4, tokenizer="small-tiktoken"))
 
 
 @pytest.fixture
@@ -191,7 +191,7 @@ def small_tmpfs(tmp_path):
 
 
 def test_disk_too_small_is_refused_before_writing(capsys, small_tmpfs):
-    big = tiny("llama3.1-8b", head_dim=64)  # ~40 MB of weights
+    big = tiny("llama3.1-8b", head_dim=64, tokenizer="small-tiktoken")  # ~200 MB of weights
     src = synthesize(small_tmpfs.parent / "Llama3.1-8B", big)
     dst = small_tmpfs / "out"
     expect_error(capsys, src, dst, 7, "GB free", "needs", "free some space")
@@ -203,7 +203,7 @@ def test_disk_filling_up_mid_way(capsys, small_tmpfs, monkeypatch):
     import llama_convert.pipeline as pipeline
 
     monkeypatch.setattr(pipeline, "check_free_space", lambda dst, needed: None)
-    src = synthesize(small_tmpfs.parent / "Llama3.1-8B", tiny("llama3.1-8b", head_dim=64))
+    src = synthesize(small_tmpfs.parent / "Llama3.1-8B", tiny("llama3.1-8b", head_dim=64, tokenizer="small-tiktoken"))
     dst = small_tmpfs / "out"
     expect_error(capsys, src, dst, 7, "ran out of space", "nothing was left behind")
     assert_nothing_written(dst)
@@ -215,9 +215,9 @@ def test_disk_filling_up_mid_way(capsys, small_tmpfs, monkeypatch):
 
 @pytest.fixture(scope="module")
 def slow_source(tmp_path_factory) -> Path:
-    """Big enough (~300 MB) that a signal lands while the weights are being written."""
+    """Big enough (~430 MB) that a signal lands while the weights are being written."""
     root = tmp_path_factory.mktemp("slow")
-    spec = tiny("llama3.1-8b", head_dim=128, n_layers=8, fill="fast")
+    spec = tiny("llama3.1-8b", head_dim=64, n_layers=4, fill="fast", tokenizer="small-tiktoken")
     return synthesize(root / "Llama3.1-8B", spec)
 
 

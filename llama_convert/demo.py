@@ -43,8 +43,12 @@ def run_demo(dst: str | Path | None = None, *, say: Callable[[str], None] = prin
     except ImportError:
         say("3. transformers/torch are not installed, so the model was not loaded; install them to try it.")
         return out
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     messages = [{"role": "user", "content": "Say hello."}]
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     torch.manual_seed(0)

@@ -123,7 +123,7 @@ def hf_logits(dst: Path, tokens: np.ndarray) -> np.ndarray:
     import torch
     from transformers import LlamaForCausalLM
 
-    model = LlamaForCausalLM.from_pretrained(dst, torch_dtype=torch.float32)
+    model = LlamaForCausalLM.from_pretrained(dst, dtype=torch.float32)
     model.eval()
     with torch.inference_mode():
         return model(torch.from_numpy(tokens)).logits.float().numpy()

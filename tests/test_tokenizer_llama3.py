@@ -306,7 +306,7 @@ def test_config_base(base31, hf):
     assert config["bos_token"] == "<|begin_of_text|>"
     assert config["eos_token"] == "<|end_of_text|>"
     assert config["model_max_length"] == 131072
-    assert config["clean_up_tokenization_spaces"] is True
+    assert config["clean_up_tokenization_spaces"] is False
     assert config["model_input_names"] == ["input_ids", "attention_mask"]
     assert config["tokenizer_class"] == "PreTrainedTokenizerFast"
     assert "chat_template" not in config

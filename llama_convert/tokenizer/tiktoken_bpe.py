@@ -254,9 +254,10 @@ def _tokenizer_config(
         config["chat_template"] = template
     config.update(
         {
-            # The published Llama 3 repositories carry ``true``; current transformers ignores it
-            # for BPE tokenizers, whose decoding it would otherwise alter.
-            "clean_up_tokenization_spaces": True,
+            # The published Llama 3 repositories carry ``true``, which makes transformers 4.x strip
+            # spaces before punctuation when decoding (current versions ignore it with a warning).
+            # ``false`` decodes exactly as Meta's tokenizer in every version.
+            "clean_up_tokenization_spaces": False,
             "eos_token": eos,
             "model_input_names": ["input_ids", "attention_mask"],
             "model_max_length": context_length,

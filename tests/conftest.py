@@ -136,6 +136,25 @@ def assert_logits_close(ours: np.ndarray, reference: np.ndarray, rel: float = 1e
     assert err <= rel * scale, f"max |Δlogit| {err:.3g} > {rel} × max |logit| {scale:.3g}"
 
 
+# SentencePiece trainer settings of Meta's Llama tokenizers.
+LLAMA_SPM_TRAINER = dict(
+    model_type="bpe",
+    byte_fallback=True,
+    split_digits=True,
+    allow_whitespace_only_pieces=True,
+    add_dummy_prefix=True,
+    normalization_rule_name="identity",
+    remove_extra_whitespaces=False,
+    pad_id=-1,
+    unk_id=0,
+    bos_id=1,
+    eos_id=2,
+    character_coverage=0.9995,
+    num_threads=1,
+    minloglevel=2,
+)
+
+
 @pytest.fixture(scope="session")
 def sentencepiece_model(tmp_path_factory) -> Path:
     """A small SentencePiece BPE tokenizer.model trained with Llama's trainer settings (512 pieces)."""
@@ -170,22 +189,6 @@ def sentencepiece_model(tmp_path_factory) -> Path:
     lines = [" ".join(rng.choice(words, size=12)) for _ in range(4000)]
     (root / "corpus.txt").write_text("\n".join(lines))
     spm.SentencePieceTrainer.train(
-        input=str(root / "corpus.txt"),
-        model_prefix=str(root / "tokenizer"),
-        model_type="bpe",
-        vocab_size=512,
-        byte_fallback=True,
-        split_digits=True,
-        allow_whitespace_only_pieces=True,
-        add_dummy_prefix=True,
-        normalization_rule_name="identity",
-        remove_extra_whitespaces=False,
-        pad_id=-1,
-        unk_id=0,
-        bos_id=1,
-        eos_id=2,
-        character_coverage=0.99995,
-        num_threads=1,
-        minloglevel=2,
+        input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"), **{**LLAMA_SPM_TRAINER, "vocab_size": 512}
     )
     return root / "tokenizer.model"

@@ -17,29 +17,14 @@ import jinja2
 import pytest
 import sentencepiece as spm
 import transformers
+from conftest import LLAMA_SPM_TRAINER
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Tokenizer
 
 from llama_convert.errors import InputError, UnsupportedError
 from llama_convert.tokenizer.sentencepiece_bpe import sentencepiece_tokenizer_files
 
-LLAMA_TRAINER = dict(
-    model_type="bpe",
-    vocab_size=3000,
-    byte_fallback=True,
-    split_digits=True,
-    allow_whitespace_only_pieces=True,
-    add_dummy_prefix=True,
-    normalization_rule_name="identity",
-    remove_extra_whitespaces=False,
-    pad_id=-1,
-    unk_id=0,
-    bos_id=1,
-    eos_id=2,
-    character_coverage=0.9995,
-    num_threads=1,
-    minloglevel=2,
-)
+LLAMA_TRAINER = {**LLAMA_SPM_TRAINER, "vocab_size": 3000}
 INFILL = ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]
 # The 16 pieces Code Llama 7B/13B have after Llama's 32000 (ids 32000-32015), in their order, as
 # public vocabulary listings show them; their SentencePiece type is not documented.

@@ -6,6 +6,7 @@ Llama 1/2 and Code Llama ship a SentencePiece model (protobuf).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -13,7 +14,12 @@ from ..errors import InputError
 
 TokenizerKind = Literal["tiktoken", "sentencepiece"]
 
-__all__ = ["TokenizerKind", "detect_tokenizer_kind", "tokenizer_files"]
+__all__ = ["TokenizerKind", "detect_tokenizer_kind", "json_bytes", "tokenizer_files"]
+
+
+def json_bytes(value: object) -> bytes:
+    """JSON as the Hugging Face files are written: indented, UTF-8 kept, trailing newline."""
+    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def detect_tokenizer_kind(path: Path) -> TokenizerKind:

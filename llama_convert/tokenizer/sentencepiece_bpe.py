@@ -21,7 +21,6 @@ is not valid UTF-8 becomes one U+FFFD per byte, where SentencePiece keeps the va
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, proc
 from tokenizers.models import BPE
 
 from ..errors import InputError, UnsupportedError
+from . import json_bytes
 from .chat_templates import chat_template
 
 if TYPE_CHECKING:
@@ -92,8 +92,8 @@ def sentencepiece_tokenizer_files(
     return {
         "tokenizer.json": _build_tokenizer(proto).to_str(pretty=True).encode("utf-8"),
         "tokenizer.model": data,
-        "tokenizer_config.json": _json_bytes(config),
-        "special_tokens_map.json": _json_bytes(special),
+        "tokenizer_config.json": json_bytes(config),
+        "special_tokens_map.json": json_bytes(special),
     }
 
 
@@ -232,7 +232,3 @@ def _normalizer(
     if remove_extra_whitespaces:
         steps.append(normalizers.Replace(Regex(rf"{_SPACE}+\z"), ""))
     return normalizers.Sequence(steps)
-
-
-def _json_bytes(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
@@ -19,6 +18,7 @@ from typing import Final
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 
 from ..errors import InputError
+from . import json_bytes
 from .chat_templates import chat_template
 
 __all__ = [
@@ -81,8 +81,8 @@ def llama3_tokenizer_files(
     special_map = {"bos_token": _token_entry(BOS), "eos_token": _token_entry(eos)}
     return {
         "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
-        "tokenizer_config.json": _dump_json(config),
-        "special_tokens_map.json": _dump_json(special_map),
+        "tokenizer_config.json": json_bytes(config),
+        "special_tokens_map.json": json_bytes(special_map),
     }
 
 
@@ -265,7 +265,3 @@ def _tokenizer_config(
         }
     )
     return config
-
-
-def _dump_json(value: object) -> bytes:
-    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

@@ -20,6 +20,7 @@ from .plan import ConversionPlan, build_plan, parse_size
 from .releases import Version
 from .spec import ModelSpec, detect
 from .tokenizer import tokenizer_files
+from .verify import VerifyReport, raise_for_report, verify_checksums
 
 __all__ = ["ConversionResult", "Progress", "convert", "plan_conversion"]
 
@@ -100,31 +101,37 @@ def _write_tokenizer(spec: ModelSpec, out: Path) -> list[str]:
 
 
 class _BackgroundVerify:
-    """Checksum verification running beside the conversion; its verdict is collected before commit."""
+    """Checksum verification running beside the conversion.
 
-    def __init__(self, src: Path, progress: Progress | None) -> None:
-        from .verify import verify_checksums
+    Hashing (md5, one core) overlaps with converting (mostly I/O): the verdict is collected
+    before the output is renamed into place, and a mismatch stops the conversion early.
+    """
 
+    def __init__(self, src: Path, *, workers: int) -> None:
         self._src = src
-        self.report = None
+        self.report: VerifyReport | None = None
         self.error: BaseException | None = None
         self.missing_checklist = False
+        self.mismatch = threading.Event()
+
+        def on_file(name: str, expected: str, actual: str) -> None:
+            if expected != actual:
+                self.mismatch.set()
 
         def run() -> None:
             try:
-                self.report = verify_checksums(src)
+                self.report = verify_checksums(src, workers=workers, on_file=on_file)
             except MissingFileError:
                 self.missing_checklist = True
             except BaseException as exc:  # re-raised in the caller's thread
                 self.error = exc
+                self.mismatch.set()
 
         self._thread = threading.Thread(target=run, name="llama-convert-verify", daemon=True)
         self._thread.start()
 
     def result(self) -> bool:
         """Wait; raise ChecksumError on mismatch; return whether a checklist was verified."""
-        from .verify import raise_for_report
-
         self._thread.join()
         if self.error is not None:
             raise self.error
@@ -132,6 +139,22 @@ class _BackgroundVerify:
             return False
         raise_for_report(self.report, self._src)
         return True
+
+    def check(self) -> None:
+        """Raise at once if a file already failed (called between blocks of the conversion)."""
+        if self.mismatch.is_set():
+            self.result()
+
+
+def _advance(progress: Progress, verifier: _BackgroundVerify | None) -> Callable[[int], None]:
+    if verifier is None:
+        return progress.advance
+
+    def advance(n: int) -> None:
+        progress.advance(n)
+        verifier.check()
+
+    return advance
 
 
 def convert(
@@ -147,13 +170,15 @@ def convert(
     tokenizer: bool = True,
     tokenizer_only: bool = False,
     fold_kv_heads: bool = True,
+    verify_workers: int = 1,
     progress: Progress | None = None,
     on_plan: Callable[[ConversionPlan], None] | None = None,
 ) -> ConversionResult:
     """Convert the Meta checkpoint folder ``src`` into a Hugging Face model folder ``dst``.
 
     Nothing appears at ``dst`` unless the whole conversion (and, with ``verify``, the
-    checksum check against checklist.chk) succeeded.
+    checksum check against checklist.chk) succeeded. Verification hashes in ``verify_workers``
+    background threads while converting; a mismatch stops the conversion as soon as it is known.
     """
     started = time.perf_counter()
     progress = progress or Progress()
@@ -173,7 +198,7 @@ def convert(
     notes = list(spec.notes)
     weight_bytes = 0 if tokenizer_only else plan.total_size
     check_free_space(dst.absolute(), weight_bytes + _TOKENIZER_ALLOWANCE)
-    verifier = _BackgroundVerify(spec.folder.root, progress) if verify and not tokenizer_only else None
+    verifier = _BackgroundVerify(spec.folder.root, workers=verify_workers) if verify and not tokenizer_only else None
     with atomic_output_dir(dst, force=force) as tmp:
         names: list[str] = []
         if tokenizer_only:
@@ -181,7 +206,7 @@ def convert(
         else:
             progress.start(plan.total_size, f"Converting {spec.name}")
             try:
-                names += write_weights(plan, tmp, advance=progress.advance)
+                names += write_weights(plan, tmp, advance=_advance(progress, verifier))
             finally:
                 progress.finish()
             names += _write_metadata(spec, plan.dtype, tmp, tokenizer=tokenizer)

@@ -186,13 +186,16 @@ def verify_checksums(
     progress: Callable[[int], None] | None = None,
     skip: Collection[str] = (),
     drop_cache: bool = False,
+    on_file: Callable[[str, str, str], None] | None = None,
 ) -> VerifyReport:
     """Hash every file the checklists of ``src`` list, in ``workers`` threads (default: one per
     file, at most one per CPU), and compare with the expected md5s.
 
     ``progress`` receives byte counts, one call at a time. Names in ``skip`` are only checked for
     presence: a caller hashing them while reading (:class:`Md5Stream`) compares them against
-    :func:`expected_checksums`. Raises :class:`~llama_convert.errors.MissingFileError` without a checklist.
+    :func:`expected_checksums`. ``on_file(name, expected, actual)`` is called as each file is
+    hashed, so a caller can act on a mismatch before the rest is done. Raises
+    :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
     start = time.perf_counter()
     src = Path(src)
@@ -220,9 +223,12 @@ def verify_checksums(
 
     def run(name: str) -> tuple[str, str]:
         try:
-            return name, hash_file(present[name], progress=count, drop_cache=drop_cache)
+            actual = hash_file(present[name], progress=count, drop_cache=drop_cache)
         except OSError as exc:
             raise InputError(f"Cannot read {present[name]} ({exc.strerror}); check the file or {_NO_VERIFY}.") from exc
+        if on_file is not None:
+            on_file(name, expected[name], actual)
+        return name, actual
 
     pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="md5")
     try:

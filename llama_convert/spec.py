@@ -322,19 +322,24 @@ def detect(
         notes: list[str] = []
         p = folder.params
         kv_fold = 1
-        if (
-            fold_kv_heads
-            and release.family == "llama3"
+        resharded = (
+            release.family == "llama3"
             and p.n_kv_heads > 8
             and p.n_kv_heads % 2 == 0
             and p.n_kv_heads // len(checkpoints) == 1
-            and all(_kv_duplicated(checkpoints, p, layer) for layer in {0, p.n_layers - 1})
-        ):
-            kv_fold = 2
-            notes.append(
-                f"{p.n_kv_heads} KV heads are pairwise copies (Meta's MP{len(checkpoints)} resharding): "
-                f"folded back to {p.n_kv_heads // 2}; every layer is checked while converting."
-            )
+        )
+        if resharded and fold_kv_heads:
+            if all(_kv_duplicated(checkpoints, p, layer) for layer in {0, p.n_layers - 1}):
+                kv_fold = 2
+                notes.append(
+                    f"{p.n_kv_heads} KV heads are pairwise copies (Meta's MP{len(checkpoints)} resharding): "
+                    f"folded back to {p.n_kv_heads // 2}; every layer is checked while converting."
+                )
+            else:
+                notes.append(
+                    f"{p.n_kv_heads} KV heads are not pairwise copies, so all {p.n_kv_heads} are kept; the config "
+                    "differs from the published one."
+                )
         tie = False
         if release.ties_embeddings:
             tie = _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight")

@@ -54,3 +54,48 @@ def test_release_converts_and_matches_meta_reference(
     factor = 32.0 if version == "3.2" else 8.0
     reference = meta_reference_logits(src, tokens, embed_split=0, scaled_rope_factor=factor)
     assert_logits_close(hf_logits(dst, tokens), reference)
+
+
+def test_mp16_kv_heads_that_are_not_copies_are_kept(tmp_path, model_parallel):
+    synth = tiny("llama3.1-405b-mp16", head_dim=4, tokenizer="small-tiktoken", duplicate_kv=False)
+    src = make_checkpoint(tmp_path, "Llama-3.1-405B-MP16", synth)
+    result = llama_convert.convert(src, tmp_path / "hf")
+    assert result.spec.n_kv_heads == 16
+    assert any("not pairwise copies" in note for note in result.notes)
+    tokens = np.random.default_rng(2).integers(0, result.spec.vocab_size, size=(1, 9), dtype=np.int64)
+    reference = meta_reference_logits(src, tokens, embed_split=0, scaled_rope_factor=8.0)
+    assert_logits_close(hf_logits(tmp_path / "hf", tokens), reference)
+
+
+def test_mp16_copies_that_differ_in_a_middle_layer_stop_the_conversion(tmp_path):
+    from llama_convert.errors import ConversionError
+    from llama_convert.synth import synthesize
+
+    synth = tiny("llama3.1-405b-mp16", head_dim=4, n_layers=3, tokenizer="small-tiktoken")
+    src = synthesize(tmp_path / "Llama-3.1-405B-MP16", synth)
+    # Shard 1 gets a wv head of its own in layer 1 only: layers 0 and 2 still look resharded.
+    other = synthesize(tmp_path / "other", synth.with_(seed=7))
+    import torch
+
+    shard = torch.load(src / "consolidated.01.pth", weights_only=True)
+    shard["layers.1.attention.wv.weight"] = torch.load(other / "consolidated.01.pth", weights_only=True)[
+        "layers.1.attention.wv.weight"
+    ]
+    torch.save(shard, src / "consolidated.01.pth")
+    with pytest.raises(ConversionError, match="--keep-kv-heads"):
+        llama_convert.convert(src, tmp_path / "hf", verify=False)
+    assert not (tmp_path / "hf").exists()
+    result = llama_convert.convert(src, tmp_path / "hf", verify=False, fold_kv_heads=False)
+    assert result.spec.n_kv_heads == 16
+
+
+def test_llama32_output_that_differs_from_the_embedding_stays_untied(tmp_path, model_parallel):
+    synth = tiny("llama3.2-1b", tokenizer="small-tiktoken", tie_output=False)
+    src = make_checkpoint(tmp_path, "Llama3.2-1B", synth)
+    result = llama_convert.convert(src, tmp_path / "hf")
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["tie_word_embeddings"] is False
+    assert any("kept as an untied lm_head.weight" in note for note in result.notes)
+    tokens = np.random.default_rng(3).integers(0, result.spec.vocab_size, size=(1, 9), dtype=np.int64)
+    reference = meta_reference_logits(src, tokens, embed_split=0, scaled_rope_factor=32.0)
+    assert_logits_close(hf_logits(tmp_path / "hf", tokens), reference)

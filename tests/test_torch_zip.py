@@ -180,3 +180,9 @@ def test_not_a_checkpoint(tmp_path):
     (tmp_path / "legacy.pth").write_bytes(buf.getvalue())
     with pytest.raises(UnsupportedError, match="legacy"):
         TorchCheckpoint(tmp_path / "legacy.pth")
+
+
+def test_fp8_checkpoints_are_unsupported_not_unsafe(tmp_path):
+    torch.save({"w": torch.zeros(4).to(torch.float8_e4m3fn)}, tmp_path / "fp8.pth")
+    with pytest.raises(UnsupportedError, match="float8_e4m3fn tensors"):
+        TorchCheckpoint(tmp_path / "fp8.pth")

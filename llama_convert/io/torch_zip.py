@@ -135,6 +135,18 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
 }
 
 
+# Real torch storage types a Llama text checkpoint does not use (e.g. Llama 3.1 405B FP8): refused as
+# unsupported rather than unsafe, since the file is legitimate.
+_KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
+    ("torch", "Float8_e4m3fnStorage"): "float8_e4m3fn",
+    ("torch", "Float8_e5m2Storage"): "float8_e5m2",
+    ("torch", "ComplexFloatStorage"): "complex64",
+    ("torch", "ComplexDoubleStorage"): "complex128",
+    ("torch", "QInt8Storage"): "quantized int8",
+    ("torch", "QUInt8Storage"): "quantized uint8",
+}
+
+
 class _SafeUnpickler(pickle.Unpickler):
     """Unpickler that resolves only allow-listed globals, to inert stand-ins."""
 
@@ -148,6 +160,11 @@ class _SafeUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
+            if (module, name) in _KNOWN_UNSUPPORTED:
+                raise UnsupportedError(
+                    f"{self._path} stores {_KNOWN_UNSUPPORTED[(module, name)]} tensors, which this version does not "
+                    "convert; use the bfloat16 download of the model."
+                ) from None
             raise UnsafePickleError(
                 f"{self._path} references {module}.{name}, which a Llama checkpoint never needs; "
                 "refusing to load it (nothing from the file was executed) — do not use this file."

@@ -186,3 +186,15 @@ def test_fp8_checkpoints_are_unsupported_not_unsafe(tmp_path):
     torch.save({"w": torch.zeros(4).to(torch.float8_e4m3fn)}, tmp_path / "fp8.pth")
     with pytest.raises(UnsupportedError, match="float8_e4m3fn tensors"):
         TorchCheckpoint(tmp_path / "fp8.pth")
+
+
+def test_untyped_storage_with_a_separate_dtype(tmp_path):
+    """torch's _rebuild_tensor_v3 form (byte storage + dtype), here with a dtype Llama files use."""
+    values = torch.tensor([1, 2, 250, 7], dtype=torch.uint8).view(torch.float8_e4m3fn)
+    torch.save({"w": values}, tmp_path / "x.pth")
+    with zipfile.ZipFile(tmp_path / "x.pth") as zf:
+        data = zf.read(next(n for n in zf.namelist() if n.endswith("data.pkl")))
+    assert b"_rebuild_tensor_v3" in data
+    replace_pickle(tmp_path / "x.pth", data.replace(b"torch\nfloat8_e4m3fn\n", b"torch\nuint8\n"))
+    ckpt = TorchCheckpoint(tmp_path / "x.pth")
+    np.testing.assert_array_equal(ckpt.read("w"), np.array([1, 2, 250, 7], dtype=np.uint8))

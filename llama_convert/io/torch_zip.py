@@ -123,21 +123,62 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     return _Rebuilt(storage, storage_offset, size, stride)
 
 
+def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad, hooks, dtype, metadata=None):
+    """The variant torch uses over an untyped (byte) storage, with the dtype passed separately."""
+    if not isinstance(storage, StorageRef) or not isinstance(dtype, _DTypeRef):
+        raise pickle.UnpicklingError("tensor without a storage or dtype")
+    if storage.dtype != dtype.dtype:
+        if storage.nbytes % dtype.dtype.itemsize:
+            raise pickle.UnpicklingError("storage size is not a multiple of the element size")
+        storage = StorageRef(storage.key, dtype.dtype, storage.nbytes // dtype.dtype.itemsize, storage.file_offset)
+    return _Rebuilt(storage, storage_offset, size, stride)
+
+
 def _rebuild_parameter(data, requires_grad=False, hooks=None):
     return data
+
+
+class _DTypeRef:
+    """Inert stand-in for ``torch.<dtype>`` objects."""
+
+    def __init__(self, dtype: DType) -> None:
+        self.dtype = dtype
 
 
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
+    ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
+    ("torch.storage", "UntypedStorage"): _StorageType(DTYPES["uint8"]),
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_CLASSES.items()},
+    **{("torch", name): _DTypeRef(dtype) for name, dtype in DTYPES.items()},
 }
 
 
 # Real torch storage types a Llama text checkpoint does not use (e.g. Llama 3.1 405B FP8): refused as
 # unsupported rather than unsafe, since the file is legitimate.
 _KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
+    **{
+        ("torch", kind): kind
+        for kind in (
+            "float8_e4m3fn",
+            "float8_e5m2",
+            "float8_e4m3fnuz",
+            "float8_e5m2fnuz",
+            "float8_e8m0fnu",
+            "float4_e2m1fn_x2",
+            "uint16",
+            "uint32",
+            "uint64",
+            "complex32",
+            "complex64",
+            "complex128",
+            "qint8",
+            "quint8",
+            "qint32",
+        )
+    },
     ("torch", "Float8_e4m3fnStorage"): "float8_e4m3fn",
     ("torch", "Float8_e5m2Storage"): "float8_e5m2",
     ("torch", "ComplexFloatStorage"): "complex64",
@@ -258,7 +299,7 @@ class TorchCheckpoint:
         unpickler = _SafeUnpickler(io.BytesIO(data), self.path, members)
         try:
             obj = unpickler.load()
-        except (UnsafePickleError, InputError):
+        except (UnsafePickleError, InputError, UnsupportedError):
             raise
         except Exception as exc:  # malformed pickle bytes: any exception type is possible
             raise InputError(

@@ -359,3 +359,12 @@ def test_md5_stream_feeds_typed_arrays() -> None:
     stream.feed(0, array[:5])
     stream.feed(1000, array[5:])
     assert stream.hexdigest() == md5(array.tobytes())
+
+
+def test_on_file_reports_each_file_as_it_is_hashed(tmp_path: Path) -> None:
+    model = write_model(tmp_path / "m")
+    flip_byte(model / "params.json")
+    seen: list[tuple[str, str, str]] = []
+    report = verify_checksums(model, on_file=lambda *args: seen.append(args), workers=1)
+    assert sorted(seen) == [(n, md5(FILES[n]), md5((model / n).read_bytes())) for n in sorted(FILES)]
+    assert [m[0] for m in report.mismatched] == ["params.json"]

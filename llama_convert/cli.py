@@ -231,9 +231,11 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .verify import raise_for_report, verify_checksums
+    from .verify import expected_checksums, raise_for_report, verify_checksums
 
-    total = sum(p.stat().st_size for p in Path(args.src).iterdir() if p.is_file()) if Path(args.src).is_dir() else 0
+    src = Path(args.src)
+    listed = [src / name for name in expected_checksums(src)]
+    total = sum(p.stat().st_size for p in listed if p.is_file())
     bar = _Bar(not args.quiet and not args.json and sys.stderr.isatty())
     bar.start(total, f"Verifying {args.src}")
     try:

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,6 +114,7 @@ class _BackgroundVerify:
         self.error: BaseException | None = None
         self.missing_checklist = False
         self.mismatch = threading.Event()
+        self._cancel = threading.Event()
 
         def on_file(name: str, expected: str, actual: str) -> None:
             if expected != actual:
@@ -120,9 +122,11 @@ class _BackgroundVerify:
 
         def run() -> None:
             try:
-                self.report = verify_checksums(src, workers=workers, on_file=on_file)
+                self.report = verify_checksums(src, workers=workers, on_file=on_file, cancel=self._cancel)
             except MissingFileError:
                 self.missing_checklist = True
+            except CancelledError:
+                pass
             except BaseException as exc:  # re-raised in the caller's thread
                 self.error = exc
                 self.mismatch.set()
@@ -139,6 +143,11 @@ class _BackgroundVerify:
             return False
         raise_for_report(self.report, self._src)
         return True
+
+    def cancel(self) -> None:
+        """Stop hashing (the conversion failed; nobody will ask for the verdict)."""
+        self._cancel.set()
+        self._thread.join()
 
     def check(self) -> None:
         """Raise at once if a file already failed (called between blocks of the conversion)."""
@@ -199,18 +208,23 @@ def convert(
     weight_bytes = 0 if tokenizer_only else plan.total_size
     check_free_space(dst.absolute(), weight_bytes + _TOKENIZER_ALLOWANCE)
     verifier = _BackgroundVerify(spec.folder.root, workers=verify_workers) if verify and not tokenizer_only else None
-    with atomic_output_dir(dst, force=force) as tmp:
-        names: list[str] = []
-        if tokenizer_only:
-            names += _write_tokenizer(spec, tmp)
-        else:
-            progress.start(plan.total_size, f"Converting {spec.name}")
-            try:
-                names += write_weights(plan, tmp, advance=_advance(progress, verifier))
-            finally:
-                progress.finish()
-            names += _write_metadata(spec, plan.dtype, tmp, tokenizer=tokenizer)
-        verified = verifier.result() if verifier is not None else False
+    try:
+        with atomic_output_dir(dst, force=force) as tmp:
+            names: list[str] = []
+            if tokenizer_only:
+                names += _write_tokenizer(spec, tmp)
+            else:
+                progress.start(plan.total_size, f"Converting {spec.name}")
+                try:
+                    names += write_weights(plan, tmp, advance=_advance(progress, verifier))
+                finally:
+                    progress.finish()
+                names += _write_metadata(spec, plan.dtype, tmp, tokenizer=tokenizer)
+            verified = verifier.result() if verifier is not None else False
+    except BaseException:
+        if verifier is not None:
+            verifier.cancel()
+        raise
         if verifier is not None and not verified:
             notes.append("no checklist.chk found: checksums were not verified.")
     return ConversionResult(

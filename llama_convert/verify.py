@@ -187,6 +187,7 @@ def verify_checksums(
     skip: Collection[str] = (),
     drop_cache: bool = False,
     on_file: Callable[[str, str, str], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> VerifyReport:
     """Hash every file the checklists of ``src`` list, in ``workers`` threads (default: one per
     file, at most one per CPU), and compare with the expected md5s.
@@ -194,7 +195,8 @@ def verify_checksums(
     ``progress`` receives byte counts, one call at a time. Names in ``skip`` are only checked for
     presence: a caller hashing them while reading (:class:`Md5Stream`) compares them against
     :func:`expected_checksums`. ``on_file(name, expected, actual)`` is called as each file is
-    hashed, so a caller can act on a mismatch before the rest is done. Raises
+    hashed, so a caller can act on a mismatch before the rest is done; setting ``cancel`` stops
+    the hashing at the next chunk (``concurrent.futures.CancelledError``). Raises
     :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
     start = time.perf_counter()
@@ -209,7 +211,7 @@ def verify_checksums(
     pool_size = workers or max(1, min(len(todo), os.cpu_count() or 1))
 
     lock = threading.Lock()
-    stop = threading.Event()
+    stop = cancel if cancel is not None else threading.Event()
     hashed = 0
 
     def count(n: int) -> None:

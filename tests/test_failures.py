@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -207,6 +208,7 @@ def test_disk_filling_up_mid_way(capsys, small_tmpfs, monkeypatch):
     dst = small_tmpfs / "out"
     expect_error(capsys, src, dst, 7, "ran out of space", "nothing was left behind")
     assert_nothing_written(dst)
+    assert not [t for t in threading.enumerate() if t.name == "llama-convert-verify"]  # hashing was cancelled
     assert shutil.disk_usage(small_tmpfs).used < (1 << 20)
 
 

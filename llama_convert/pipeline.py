@@ -1,8 +1,7 @@
-"""The library's verbs: ``inspect`` a Meta folder and ``convert`` it into a Hugging Face folder."""
+"""``convert``: detect → plan → (tokenizer, weights, configs) into a temporary folder → verify → rename."""
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -20,7 +19,7 @@ from .output import atomic_output_dir, check_destination, check_free_space
 from .plan import ConversionPlan, build_plan, parse_size
 from .releases import Version
 from .spec import ModelSpec, detect
-from .tokenizer import tokenizer_files
+from .tokenizer import json_bytes, tokenizer_files
 from .verify import VerifyReport, raise_for_report, verify_checksums
 
 __all__ = ["ConversionResult", "Progress", "convert", "plan_conversion"]
@@ -74,31 +73,31 @@ def plan_conversion(
     return build_plan(spec, dtype=_as_dtype(dtype), max_shard_size=parse_size(max_shard_size), source_order=order)
 
 
-def _write_json(path: Path, data: object) -> None:
-    path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-
-
-def _write_metadata(spec: ModelSpec, dtype: DType, out: Path, *, tokenizer: bool) -> list[str]:
-    files = {"config.json": config_json(spec, dtype), "generation_config.json": generation_config_json(spec)}
-    for name, data in files.items():
-        _write_json(out / name, data)
-    names = list(files)
+def _metadata_files(spec: ModelSpec, dtype: DType, *, tokenizer: bool) -> dict[str, bytes]:
+    """Everything but the weights, built in memory first so that a bad tokenizer fails before any write."""
+    files = {
+        "config.json": json_bytes(config_json(spec, dtype)),
+        "generation_config.json": json_bytes(generation_config_json(spec)),
+    }
     if tokenizer:
-        names += _write_tokenizer(spec, out)
-    return names
+        files.update(_tokenizer_files(spec))
+    return files
 
 
-def _write_tokenizer(spec: ModelSpec, out: Path) -> list[str]:
+def _tokenizer_files(spec: ModelSpec) -> dict[str, bytes]:
     assert spec.folder.tokenizer is not None
-    contents = tokenizer_files(
+    return tokenizer_files(
         spec.folder.tokenizer,
         version=spec.release.version,
         instruct=spec.instruct,
         context_length=spec.release.context_length,
     )
-    for name, data in contents.items():
+
+
+def _write_files(out: Path, files: dict[str, bytes]) -> list[str]:
+    for name, data in files.items():
         (out / name).write_bytes(data)
-    return list(contents)
+    return list(files)
 
 
 class _BackgroundVerify:
@@ -207,19 +206,18 @@ def convert(
     notes = list(spec.notes)
     weight_bytes = 0 if tokenizer_only else plan.total_size
     check_free_space(dst.absolute(), weight_bytes + _TOKENIZER_ALLOWANCE)
+    metadata = _tokenizer_files(spec) if tokenizer_only else _metadata_files(spec, plan.dtype, tokenizer=tokenizer)
     verifier = _BackgroundVerify(spec.folder.root, workers=verify_workers) if verify and not tokenizer_only else None
     try:
         with atomic_output_dir(dst, force=force) as tmp:
             names: list[str] = []
-            if tokenizer_only:
-                names += _write_tokenizer(spec, tmp)
-            else:
+            if not tokenizer_only:
                 progress.start(plan.total_size, f"Converting {spec.name}")
                 try:
                     names += write_weights(plan, tmp, advance=_advance(progress, verifier))
                 finally:
                     progress.finish()
-                names += _write_metadata(spec, plan.dtype, tmp, tokenizer=tokenizer)
+            names += _write_files(tmp, metadata)
             verified = verifier.result() if verifier is not None else False
     except BaseException:
         if verifier is not None:

@@ -59,6 +59,7 @@ def config_json(spec: ModelSpec, dtype: DType) -> dict[str, Any]:
             "rope_theta": float(spec.rope_theta),
             "tie_word_embeddings": spec.tie_embeddings,
             "torch_dtype": dtype.torch_name,
+            "transformers_version": release.min_transformers,
             "use_cache": True,
             "vocab_size": spec.vocab_size,
         }

@@ -58,6 +58,8 @@ def check_destination(dst: Path, *, force: bool) -> None:
 def check_free_space(dst: Path, needed: int) -> None:
     """Fail before writing anything when the destination filesystem cannot hold ``needed`` bytes."""
     parent = dst.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent  # the folders to be created will live on the nearest existing one
     free = shutil.disk_usage(parent).free
     if free < needed:
         raise DiskFullError(

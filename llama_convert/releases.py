@@ -35,6 +35,9 @@ class Release:
     ties_embeddings: bool  # output.weight equals the embedding: HF ties them
     generation_extras: tuple[tuple[str, int], ...] = ()
     instruct_word: str = "Instruct"
+    # The oldest transformers that reads every field we write for this release; written as
+    # ``transformers_version`` like the published configs (some readers branch on its presence).
+    min_transformers: str = "4.31.0"
 
 
 _LLAMA3_SCALED = {
@@ -89,6 +92,7 @@ RELEASES: dict[Version, Release] = {
             instruct_config_eos=128009,
             write_head_dim=False,
             ties_embeddings=False,
+            min_transformers="4.40.0",
         ),
         Release(
             "3.1",
@@ -97,6 +101,7 @@ RELEASES: dict[Version, Release] = {
             rope_scaling_factor=8.0,
             write_head_dim=False,
             ties_embeddings=False,
+            min_transformers="4.43.0",
             **_LLAMA3_SCALED,
         ),
         # Meta's reference code hard-codes factor 8; Meta confirmed 32 for the 3.2 1B/3B models.
@@ -107,6 +112,7 @@ RELEASES: dict[Version, Release] = {
             rope_scaling_factor=32.0,
             write_head_dim=True,
             ties_embeddings=True,
+            min_transformers="4.45.0",
             **_LLAMA3_SCALED,
         ),
         Release(
@@ -116,6 +122,7 @@ RELEASES: dict[Version, Release] = {
             rope_scaling_factor=8.0,
             write_head_dim=True,
             ties_embeddings=False,
+            min_transformers="4.45.0",
             **_LLAMA3_SCALED,
         ),
     )

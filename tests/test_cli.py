@@ -124,3 +124,8 @@ def test_demo_converts_loads_and_generates(capsys, tmp_path):
     err = capsys.readouterr().err
     assert "Converted it with zero flags" in err and "generated 8 tokens" in err
     assert (tmp_path / "demo" / "hf" / "model.safetensors").exists()
+
+
+def test_destination_inside_folders_that_do_not_exist_yet(capsys, llama31, tmp_path):
+    assert main(["convert", str(llama31), str(tmp_path / "a" / "b" / "out"), "-q"]) == 0
+    assert (tmp_path / "a" / "b" / "out" / "config.json").exists()

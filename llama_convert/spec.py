@@ -104,7 +104,7 @@ _NAME_HINTS: tuple[tuple[str, Version], ...] = (
 )
 
 
-def _detect_version(folder: MetaFolder, kind: str, dtype: DType) -> tuple[Version, str]:
+def _detect_version(folder: MetaFolder, kind: str, dtype: DType | None) -> tuple[Version, str]:
     p = folder.params
     name = folder.root.resolve().name.lower()
     hinted = next((v for pattern, v in _NAME_HINTS if re.search(pattern, name)), None)
@@ -138,7 +138,7 @@ def _detect_version(folder: MetaFolder, kind: str, dtype: DType) -> tuple[Versio
         return "code", f"folder name {folder.root.name!r}"
     if hinted == "2":
         return "2", f"folder name {folder.root.name!r}"
-    if p.norm_eps <= 1e-6 and dtype.torch_name == "float16":
+    if p.norm_eps <= 1e-6 and dtype is not None and dtype.torch_name == "float16":
         return "1", "SentencePiece tokenizer, norm_eps 1e-06 and float16 weights"
     return "2", "SentencePiece tokenizer and norm_eps 1e-05"
 
@@ -307,7 +307,7 @@ def detect(
         if llama_version is not None:
             version, version_reason = llama_version, "--llama-version"
         else:
-            version, version_reason = _detect_version(folder, kind, probe_dtype or DType("", "", np.dtype("u1")))
+            version, version_reason = _detect_version(folder, kind, probe_dtype)
         release = RELEASES[version]
         if release.tokenizer_kind != kind:
             raise InputError(

@@ -548,6 +548,7 @@ def bench_model(case: ModelCase, args: argparse.Namespace, baseline: tuple[bool,
         return {"model": case.key, "skipped": f"needs {need / 1e9:.0f} GB of disk, over the budget"}
     src, synth_s = synthesize_case(case, args.workdir)
     src_bytes = tree_bytes(src)
+    largest = largest_shard(src).stat().st_size
     if synth_s is not None:
         print(f"   synthesized {src_bytes / 1e9:.2f} GB in {synth_s:.0f} s", file=sys.stderr)
     results: dict[str, Any] = {}
@@ -583,7 +584,7 @@ def bench_model(case: ModelCase, args: argparse.Namespace, baseline: tuple[bool,
         "n_layers": spec.params["n_layers"],
         "mp": spec.mp,
         "source_bytes": src_bytes,
-        "largest_shard_bytes": max(p.stat().st_size for p in src.glob("*.pth")) if src.exists() else None,
+        "largest_shard_bytes": largest,
         "synth_seconds": synth_s,
         "cold_cache": cold,
         "rows": results,
@@ -757,7 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--models", default="1b,8b,70b-mp8-8layers", help="comma-separated: 1b, 3b, 8b, 70b-mp8-<N>layers"
     )
-    parser.add_argument("--workdir", type=Path, required=True, help="where checkpoints and outputs go (needs disk)")
+    parser.add_argument("--workdir", type=Path, help="where checkpoints and outputs go (needs disk)")
     parser.add_argument("--keep", action="store_true", help="keep (and reuse) the synthesized checkpoints")
     parser.add_argument("--baseline-python", help="python of a venv with torch and transformers 4.47.1")
     parser.add_argument("--no-baseline", action="store_true", help="skip transformers' converter")
@@ -773,7 +774,13 @@ def main(argv: list[str] | None = None) -> int:
         "--idle-wait", type=float, default=300, help="wait up to this many s for other CPU load to stop; 0: never"
     )
     parser.add_argument("--python", default=sys.executable, help="python that has llama_convert installed")
+    parser.add_argument("--render", type=Path, help="only print the tables of a saved .json result")
     args = parser.parse_args(argv)
+    if args.render:
+        print(markdown(json.loads(args.render.read_text())), end="")
+        return 0
+    if args.workdir is None:
+        parser.error("--workdir is required")
     args.rows = set(args.rows.split(",")) if args.rows else None
     cases = [model_case(k.strip()) for k in args.models.split(",") if k.strip()]
     args.workdir = args.workdir.absolute()
@@ -791,15 +798,15 @@ def main(argv: list[str] | None = None) -> int:
         "environment": environment(args, cold),
         "models": [],
     }
-    for case in cases:
-        report["models"].append(bench_model(case, args, baseline))
-    report = scrub(report, args.workdir)
-    text = markdown(report)
-    print("\n" + text)
     args.out.mkdir(parents=True, exist_ok=True)
     name = args.name or "bench-" + "-".join(c.key for c in cases)
+    for case in cases:
+        report["models"].append(bench_model(case, args, baseline))
+        # Saved after every model: a long run that fails later keeps what it measured.
+        (args.out / f"{name}.json").write_text(json.dumps(scrub(report, args.workdir), indent=2) + "\n")
+    text = markdown(scrub(report, args.workdir))
+    print("\n" + text)
     (args.out / f"{name}.md").write_text(text)
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"saved {args.out / name}.md and .json", file=sys.stderr)
     return 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,41 @@ def _rotary_to_halves(block: np.ndarray, head_dim: int) -> np.ndarray:
     return block.reshape(-1, head_dim // 2, 2, cols).transpose(0, 2, 1, 3).reshape(-1, cols)
 
 
+@dataclass(frozen=True)
+class FileSpan:
+    """Output bytes that are a verbatim byte range of a source file: copied in the kernel."""
+
+    shard: TorchCheckpoint
+    offset: int
+    nbytes: int
+
+
+def _verbatim_spans(recipe: TensorRecipe, shards: list[TorchCheckpoint]) -> list[FileSpan] | None:
+    """When the output tensor is the shards' bytes one after another (no permutation, no cast,
+    contiguous, merged along dim 0 or taken from one shard), the byte ranges to copy; else None."""
+    if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.dtype != recipe.source_dtype:
+        return None
+    if recipe.concat_dim not in (0, None) and len(shards) > 1:
+        return None
+    parts = [shards[0]] if recipe.concat_dim is None else shards
+    spans = []
+    for shard in parts:
+        ref = shard.tensors[recipe.source]
+        if not ref.is_contiguous:
+            return None
+        spans.append(FileSpan(shard, ref.storage.file_offset + ref.storage_offset * ref.dtype.itemsize, ref.nbytes))
+    return spans
+
+
+def produce_pieces(recipe: TensorRecipe, shards: list[TorchCheckpoint]) -> Iterator[np.ndarray | FileSpan]:
+    """The output tensor's bytes, in order: verbatim file spans where possible, else row blocks."""
+    spans = _verbatim_spans(recipe, shards)
+    if spans is not None:
+        yield from spans
+    else:
+        yield from produce_blocks(recipe, shards)
+
+
 def produce_blocks(recipe: TensorRecipe, shards: list[TorchCheckpoint]) -> Iterator[np.ndarray]:
     """The output tensor's bytes as a sequence of row blocks, in order."""
     rows = recipe.shape[0]
@@ -95,8 +131,11 @@ def write_weights(
             writer = SafetensorsWriter(out_dir / out_file.name, entries, {"format": "pt"})
             try:
                 for recipe in out_file.tensors:
-                    for block in produce_blocks(recipe, shards):
-                        advance(writer.write(block))
+                    for piece in produce_pieces(recipe, shards):
+                        if isinstance(piece, FileSpan):
+                            writer.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
+                        else:
+                            advance(writer.write(piece))
             except BaseException:
                 writer.abort()
                 raise

@@ -333,6 +333,10 @@ class TorchCheckpoint:
             os.close(self._fd)
             self._fd = None
 
+    def fileno(self) -> int:
+        """The open file descriptor (opened on first use)."""
+        return self._file()
+
     def _file(self) -> int:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDONLY)

@@ -145,28 +145,10 @@ EXPLAINED_WARNINGS = {
         "transformers 4.57.3 to 4.57.6 (llama.cpp's converter pins 4.57.6) prints this Mistral-regex warning for a "
         "local tokenizer with a large vocabulary unless config.json has a transformers_version (at most 4.57.2 with "
         "a non-Mistral model_type, or at least 5), a transformers bug (huggingface/transformers#44031). Our "
-        "config.json has no transformers_version; the published ones have one. Only a warning: the tokenizer is "
-        "left as is (llama.cpp still recognized llama-bpe)."
+        "config.json now names one, as the published ones do. Only a warning: the tokenizer is left as is "
+        "(llama.cpp still recognized llama-bpe)."
     ),
 }
-# SentencePiece settings of Meta's Llama tokenizers (as tests/conftest.py trains them).
-LLAMA_SPM_TRAINER = dict(
-    model_type="bpe",
-    byte_fallback=True,
-    split_digits=True,
-    allow_whitespace_only_pieces=True,
-    add_dummy_prefix=True,
-    normalization_rule_name="identity",
-    remove_extra_whitespaces=False,
-    pad_id=-1,
-    unk_id=0,
-    bos_id=1,
-    eos_id=2,
-    character_coverage=0.9995,
-    num_threads=1,
-    minloglevel=2,
-    vocab_size=512,
-)
 
 
 @dataclass
@@ -195,18 +177,10 @@ COLUMNS = (
 
 def train_sentencepiece(root: Path) -> Path:
     """A small SentencePiece BPE tokenizer.model with Llama's trainer settings (512 pieces)."""
-    import sentencepiece as spm
 
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    words = ["llama", "model", "token", "the", "of", "and", "convert", "weights", "def", "return", "print",
-             "Hello", "world", "data", "layer", "attention", "   ", "\t", "12", "345"]  # fmt: skip
-    letters = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    words += ["".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(3000)]
-    (root / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words, size=12)) for _ in range(4000)))
-    spm.SentencePieceTrainer.train(input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"),
-                                   **LLAMA_SPM_TRAINER)  # fmt: skip
-    return root / "tokenizer.model"
+    from llama_convert.synth import write_small_sentencepiece
+
+    return write_small_sentencepiece(root)
 
 
 def synth_spec(case: Case, spm_model: Path | None) -> Any:

@@ -22,7 +22,15 @@ from .io.meta_folder import parse_params
 from .io.torch_zip_writer import TorchZipWriter
 from .spec import LAYER_TENSORS, expected_shard_shapes
 
-__all__ = ["PRESETS", "SynthSpec", "bundled_llama3_tokenizer", "synthesize", "write_small_tiktoken"]
+__all__ = [
+    "LLAMA_SPM_TRAINER",
+    "PRESETS",
+    "SynthSpec",
+    "bundled_llama3_tokenizer",
+    "synthesize",
+    "write_small_sentencepiece",
+    "write_small_tiktoken",
+]
 
 _LLAMA3 = {"multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0}
 _SCALED = {**_LLAMA3, "use_scaled_rope": True}
@@ -219,6 +227,44 @@ def bundled_llama3_tokenizer() -> Path | None:
         return None
     path = Path(next(iter(found.submodule_search_locations))) / "llama3" / "tokenizer.model"
     return path if path.is_file() else None
+
+
+# SentencePiece trainer settings of Meta's Llama 1/2 tokenizers, for training small stand-ins.
+LLAMA_SPM_TRAINER: dict[str, Any] = {
+    "model_type": "bpe",
+    "byte_fallback": True,
+    "split_digits": True,
+    "allow_whitespace_only_pieces": True,
+    "add_dummy_prefix": True,
+    "normalization_rule_name": "identity",
+    "remove_extra_whitespaces": False,
+    "pad_id": -1,
+    "unk_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "character_coverage": 0.9995,
+    "num_threads": 1,
+    "minloglevel": 2,
+}
+
+
+def write_small_sentencepiece(folder: Path, vocab_size: int = 512) -> Path:
+    """Train a small SentencePiece BPE tokenizer with Llama's settings in ``folder``; return its path."""
+    import sentencepiece as spm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    words = ["llama", "model", "token", "the", "of", "and", "convert", "weights", "def", "return", "print",
+             "Hello", "world", "data", "layer", "attention", "   ", "\t", "12", "345"]  # fmt: skip
+    letters = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    words += ["".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(3000)]
+    (folder / "corpus.txt").write_text("\n".join(" ".join(rng.choice(words, size=12)) for _ in range(4000)))
+    spm.SentencePieceTrainer.train(
+        input=str(folder / "corpus.txt"),
+        model_prefix=str(folder / "tokenizer"),
+        **{**LLAMA_SPM_TRAINER, "vocab_size": vocab_size},
+    )
+    return folder / "tokenizer.model"
 
 
 _SAMPLE_TEXT = (

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from llama_convert.synth import PRESETS, SynthSpec, synthesize
+from llama_convert.synth import PRESETS, SynthSpec, synthesize, write_small_sentencepiece
 
 
 def tiny(preset: str, *, head_dim: int = 8, n_layers: int = 2, **changes) -> SynthSpec:
@@ -136,59 +136,7 @@ def assert_logits_close(ours: np.ndarray, reference: np.ndarray, rel: float = 1e
     assert err <= rel * scale, f"max |Δlogit| {err:.3g} > {rel} × max |logit| {scale:.3g}"
 
 
-# SentencePiece trainer settings of Meta's Llama tokenizers.
-LLAMA_SPM_TRAINER = dict(
-    model_type="bpe",
-    byte_fallback=True,
-    split_digits=True,
-    allow_whitespace_only_pieces=True,
-    add_dummy_prefix=True,
-    normalization_rule_name="identity",
-    remove_extra_whitespaces=False,
-    pad_id=-1,
-    unk_id=0,
-    bos_id=1,
-    eos_id=2,
-    character_coverage=0.9995,
-    num_threads=1,
-    minloglevel=2,
-)
-
-
 @pytest.fixture(scope="session")
 def sentencepiece_model(tmp_path_factory) -> Path:
     """A small SentencePiece BPE tokenizer.model trained with Llama's trainer settings (512 pieces)."""
-    import sentencepiece as spm
-
-    root = tmp_path_factory.mktemp("spm")
-    rng = np.random.default_rng(0)
-    words = [
-        "llama",
-        "model",
-        "token",
-        "the",
-        "of",
-        "and",
-        "convert",
-        "weights",
-        "def",
-        "return",
-        "print",
-        "Hello",
-        "world",
-        "data",
-        "layer",
-        "attention",
-        "   ",
-        "\t",
-        "12",
-        "345",
-    ]
-    letters = list("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-    words += ["".join(rng.choice(letters, size=rng.integers(2, 9))) for _ in range(3000)]
-    lines = [" ".join(rng.choice(words, size=12)) for _ in range(4000)]
-    (root / "corpus.txt").write_text("\n".join(lines))
-    spm.SentencePieceTrainer.train(
-        input=str(root / "corpus.txt"), model_prefix=str(root / "tokenizer"), **{**LLAMA_SPM_TRAINER, "vocab_size": 512}
-    )
-    return root / "tokenizer.model"
+    return write_small_sentencepiece(tmp_path_factory.mktemp("spm"))

@@ -17,11 +17,11 @@ import jinja2
 import pytest
 import sentencepiece as spm
 import transformers
-from conftest import LLAMA_SPM_TRAINER
 from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Tokenizer
 
 from llama_convert.errors import InputError, UnsupportedError
+from llama_convert.synth import LLAMA_SPM_TRAINER
 from llama_convert.tokenizer.sentencepiece_bpe import sentencepiece_tokenizer_files
 
 LLAMA_TRAINER = {**LLAMA_SPM_TRAINER, "vocab_size": 3000}

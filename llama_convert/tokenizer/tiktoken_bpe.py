@@ -208,8 +208,14 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def build_tokenizer(tokens: list[bytes], special_names: list[str]) -> Tokenizer:
-    """Assemble the ``tokenizers`` fast tokenizer equivalent to Meta's tiktoken encoding."""
+def build_tokenizer(
+    tokens: list[bytes], special_names: list[str], *, pattern: str = LLAMA3_PATTERN, bos: str = BOS
+) -> Tokenizer:
+    """Assemble the ``tokenizers`` fast tokenizer equivalent to Meta's tiktoken encoding.
+
+    ``pattern`` is the tiktoken pre-tokenizer regex, ``bos`` the token the post-processor prepends;
+    special tokens take the ids after the last rank, in the order given.
+    """
     byte_map = bytes_to_unicode()
 
     def to_text(token: bytes) -> str:
@@ -220,14 +226,14 @@ def build_tokenizer(tokens: list[bytes], special_names: list[str]) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
             pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    bos_id = len(tokens) + special_names.index(BOS)
+    bos_id = len(tokens) + special_names.index(bos)
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{BOS} $A", pair=f"{BOS} $A {BOS}:1 $B:1", special_tokens=[(BOS, bos_id)]
+        single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
     )
     tokenizer.add_special_tokens([_added_token(name) for name in special_names])
     return tokenizer

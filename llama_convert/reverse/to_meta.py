@@ -118,6 +118,18 @@ def _tokenizer_model(hf: HFFolder, target: MetaTarget) -> tuple[bytes, str]:
     )
 
 
+def _vocab_from_tokenizer(params: dict[str, Any], model: bytes, vocab: int) -> dict[str, Any]:
+    """Llama 1/2 write ``vocab_size: -1`` and Code Llama none: Meta's code then sizes the embedding from the
+    tokenizer. Keep that form when the tokenizer has exactly the model's vocabulary, else state the size."""
+    import sentencepiece as spm
+
+    pieces = spm.SentencePieceProcessor(model_proto=model).vocab_size()
+    out = {k: v for k, v in params.items() if k != "vocab_size"}
+    if pieces != vocab:
+        return {**out, "vocab_size": vocab}
+    return {**out, "vocab_size": -1} if "vocab_size" in params else out
+
+
 def _original_params(hf: HFFolder, target: MetaTarget) -> tuple[dict[str, Any], str] | None:
     """A Hub snapshot's ``original/params.json`` when it describes this very model: Meta's own values win."""
     path = hf.root / "original" / "params.json"
@@ -166,6 +178,9 @@ def hf_to_meta(
         if tokenizer:
             small["tokenizer.model"], note = _tokenizer_model(hf, target)
             notes.append(note)
+            if target.family != "llama3" and original is None:
+                params = _vocab_from_tokenizer(params, small["tokenizer.model"], target.vocab_size)
+            small["params.json"] = json.dumps(params).encode()
         total = sum(t.nbytes if t.mp_axis is not None else t.nbytes * mp for t in tensors)
         if progress is not None:
             progress.start(total, f"Writing Meta MP{mp}")

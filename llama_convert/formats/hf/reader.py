@@ -23,7 +23,7 @@ from ...errors import InputError, MissingFileError, UnsupportedError
 
 __all__ = ["HFFolder", "SafetensorsFile", "SafetensorsRef", "find_hf_folder", "is_hf_folder"]
 
-_BY_CODE: dict[str, DType] = {d.safetensors: d for d in DTYPES.values()}
+_BY_CODE: dict[str, DType] = {DTYPES[n].safetensors: DTYPES[n] for n in ("bfloat16", "float16", "float32")}
 _MAX_HEADER = 100 << 20  # the safetensors library refuses larger headers too
 INDEX_NAME = "model.safetensors.index.json"
 
@@ -85,7 +85,7 @@ class SafetensorsFile:
             if dtype is None:
                 raise UnsupportedError(
                     f"{self.path}: tensor {name} has dtype {code}; only bfloat16, float16 and float32 weights "
-                    "convert (dequantize the model first)."
+                    "convert (dequantize or remove it first)."
                 )
             ref = SafetensorsRef(name, dtype, shape, base + int(begin))
             if int(end) - int(begin) != ref.nbytes or base + int(end) > size:

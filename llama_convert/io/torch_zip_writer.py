@@ -223,6 +223,10 @@ class TorchZipWriter:
             self._zip.writestr(self._member(name, len(content)), content)
         self._zip.close()
 
+    def discard(self) -> None:
+        """Give up without writing the index (the caller removes the file)."""
+        self._zip.fp = None  # zipfile then skips its end records, also when it is garbage-collected
+
     def __enter__(self) -> TorchZipWriter:
         return self
 

@@ -138,6 +138,8 @@ class MetaShardWriter:
         return self.digests
 
     def abort(self) -> None:
+        for writer in self.writers:
+            writer.discard()
         for f in self.files:
             with contextlib.suppress(Exception):
                 f.close()

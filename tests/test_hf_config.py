@@ -8,9 +8,9 @@ import pytest
 
 from llama_convert.dtypes import DTYPES
 from llama_convert.families.llama.hf_config import config_json, generation_config_json
-from llama_convert.formats.meta.folder import MetaFolder, parse_params
 from llama_convert.families.llama.releases import RELEASES
 from llama_convert.families.llama.spec import LlamaSpec as ModelSpec
+from llama_convert.formats.meta.folder import MetaFolder, parse_params
 from llama_convert.testing.synth import PRESETS
 
 BF16 = DTYPES["bfloat16"]

@@ -19,7 +19,7 @@ from typing import IO
 
 import numpy as np
 
-from ..dtypes import DType
+from ...dtypes import DType
 
 __all__ = ["TorchZipWriter"]
 

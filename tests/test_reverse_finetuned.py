@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import assert_logits_close, hf_logits, meta_reference_logits
 
-from llama_convert.reverse.to_meta import hf_to_meta
-from llama_convert.synth import bundled_llama3_tokenizer
+from llama_convert import convert
+from llama_convert.testing.synth import bundled_llama3_tokenizer
 
 _ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
@@ -55,7 +55,7 @@ def test_save_pretrained_model_gives_meta_reference_logits(tmp_path, model_paral
     save_random_llama(hf, factor=factor, tie=tie, max_shard_size=shard)
     assert (hf / "model.safetensors.index.json").exists() == (shard != "5GB")
     meta = tmp_path / "meta"
-    result = hf_to_meta(hf, meta, mp=mp, tokenizer=False)
+    result = convert(hf, meta, to="meta", mp=mp, tokenizer=False)
     params = json.loads((meta / "params.json").read_text())
     assert params["use_scaled_rope"] is True if factor else "use_scaled_rope" not in params
     assert params["n_kv_heads"] == max(2, mp)  # MP4 > 2 KV heads: each repeated, as Meta's MP16 release does
@@ -77,7 +77,7 @@ def test_transformers_4x_config_and_inv_freq_buffers_are_accepted(tmp_path):
     rope = config.pop("rope_parameters")
     config.update(rope_theta=rope.pop("rope_theta"), rope_scaling=rope, torch_dtype=config.pop("dtype", "bfloat16"))
     (hf / "config.json").write_text(json.dumps(config))
-    v5 = hf_to_meta(hf, tmp_path / "v5", tokenizer=False)
+    convert(hf, tmp_path / "v5", to="meta", tokenizer=False)
     save_file({"model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(8, np.float32)}, hf / "extra.safetensors")
     index = {"metadata": {}, "weight_map": {"model.layers.0.self_attn.rotary_emb.inv_freq": "extra.safetensors"}}
     from safetensors import safe_open
@@ -85,9 +85,9 @@ def test_transformers_4x_config_and_inv_freq_buffers_are_accepted(tmp_path):
     with safe_open(hf / "model.safetensors", "pt") as f:
         index["weight_map"].update({k: "model.safetensors" for k in f.keys()})  # noqa: SIM118
     (hf / "model.safetensors.index.json").write_text(json.dumps(index))
-    result = hf_to_meta(hf, tmp_path / "v4", tokenizer=False)
+    result = convert(hf, tmp_path / "v4", to="meta", tokenizer=False)
     assert any("ignored 1 tensor" in n for n in result.notes)
-    assert result.params == v5.params
+    assert (tmp_path / "v4" / "params.json").read_bytes() == (tmp_path / "v5" / "params.json").read_bytes()
     for name in ("consolidated.00.pth",):
         assert (tmp_path / "v4" / name).read_bytes() == (tmp_path / "v5" / name).read_bytes()
 
@@ -97,7 +97,7 @@ def test_tokenizer_json_saved_by_transformers_rebuilds_meta_tokenizer_model(tmp_
     """No tokenizer.model in the HF folder: rebuilt from tokenizer.json, byte-identical to Meta's file."""
     from transformers import PreTrainedTokenizerFast
 
-    from llama_convert.tokenizer.tiktoken_bpe import llama3_tokenizer_files
+    from llama_convert.families.llama.tokenizer import llama3_tokenizer_files
 
     meta_file = bundled_llama3_tokenizer()
     files = llama3_tokenizer_files(meta_file, version="3.1", instruct=True, context_length=131072)
@@ -107,6 +107,6 @@ def test_tokenizer_json_saved_by_transformers_rebuilds_meta_tokenizer_model(tmp_
     save_random_llama(hf, factor=8.0, tie=False, vocab=128256)
     PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tok" / "tokenizer.json")).save_pretrained(hf)
     assert not (hf / "tokenizer.model").exists()
-    result = hf_to_meta(hf, tmp_path / "meta")
+    result = convert(hf, tmp_path / "meta", to="meta")
     assert "tokenizer.model rebuilt from tokenizer.json (tiktoken ranks = token ids)" in result.notes
     assert (tmp_path / "meta" / "tokenizer.model").read_bytes() == meta_file.read_bytes()

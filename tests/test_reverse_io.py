@@ -14,8 +14,8 @@ import pytest
 from llama_convert.dtypes import DTYPES
 from llama_convert.errors import InputError, MissingFileError, UnsupportedError
 from llama_convert.formats.hf.reader import find_hf_folder
+from llama_convert.formats.meta.torch_zip import TorchCheckpoint
 from llama_convert.formats.meta.writer import MetaShardWriter, checklist_text
-from llama_convert.io.torch_zip import TorchCheckpoint
 
 
 def _save(path: Path, tensors: dict) -> None:

@@ -10,9 +10,9 @@ import pytest
 from conftest import META_SPLIT, tiny
 from test_reverse_roundtrip import assert_same_meta
 
+from llama_convert import convert
 from llama_convert.errors import ChecksumError, UnsupportedError
-from llama_convert.reverse.reshard import reshard
-from llama_convert.synth import synthesize
+from llama_convert.testing.synth import synthesize
 
 
 def split_rule_shards(src: Path, mp: int, embed_split: int, kv_repeat: int = 1) -> list[dict]:
@@ -52,31 +52,31 @@ def assert_matches_split_rules(dst: Path, expected: list[dict]) -> None:
 def test_1_to_2_to_4_to_1(tmp_path):
     spec = tiny("llama3.1-8b", tokenizer="small-tiktoken")
     src = synthesize(tmp_path / "Llama3.1-8B", spec)
-    reshard(src, tmp_path / "mp2", mp=2)
+    convert(src, tmp_path / "mp2", to="meta", mp=2)
     assert_matches_split_rules(tmp_path / "mp2", split_rule_shards(src, 2, 0))
-    reshard(tmp_path / "mp2", tmp_path / "mp4", mp=4)
+    convert(tmp_path / "mp2", tmp_path / "mp4", to="meta", mp=4)
     assert_matches_split_rules(tmp_path / "mp4", split_rule_shards(src, 4, 0))
-    reshard(tmp_path / "mp4", tmp_path / "mp1" / "Llama3.1-8B", mp=1)
+    convert(tmp_path / "mp4", tmp_path / "mp1" / "Llama3.1-8B", to="meta", mp=1)
     assert_same_meta(src, tmp_path / "mp1" / "Llama3.1-8B")
 
 
 def test_llama2_8_to_1_splits_the_embedding_along_dim_1(tmp_path, sentencepiece_model):
     spec = tiny("llama2-70b", tokenizer=sentencepiece_model, vocab_size=512)
     src = synthesize(tmp_path / "llama-2-70b", spec)
-    reshard(src, tmp_path / "mp1", mp=1)
+    convert(src, tmp_path / "mp1", to="meta", mp=1)
     assert_matches_split_rules(tmp_path / "mp1", split_rule_shards(src, 1, 1))
-    reshard(tmp_path / "mp1", tmp_path / "back" / "llama-2-70b", mp=8)
+    convert(tmp_path / "mp1", tmp_path / "back" / "llama-2-70b", to="meta", mp=8)
     assert_same_meta(src, tmp_path / "back" / "llama-2-70b")
 
 
 def test_405b_mp8_to_mp16_repeats_kv_heads_and_back(tmp_path):
     spec = tiny("llama3.1-405b-mp8", tokenizer="small-tiktoken", n_layers=1)
     src = synthesize(tmp_path / "Llama3.1-405B-MP8", spec)
-    result = reshard(src, tmp_path / "mp16", mp=16)
+    result = convert(src, tmp_path / "mp16", to="meta", mp=16)
     assert json.loads((tmp_path / "mp16" / "params.json").read_text())["n_kv_heads"] == 16
     assert any("repeated 2×" in n for n in result.notes)
     assert_matches_split_rules(tmp_path / "mp16", split_rule_shards(src, 16, 0, kv_repeat=2))
-    back = reshard(tmp_path / "mp16", tmp_path / "mp8" / "Llama3.1-405B-MP8", mp=8)
+    back = convert(tmp_path / "mp16", tmp_path / "mp8" / "Llama3.1-405B-MP8", to="meta", mp=8)
     assert any("folded back to 8" in n for n in back.notes)
     assert_same_meta(src, tmp_path / "mp8" / "Llama3.1-405B-MP8")
 
@@ -84,16 +84,16 @@ def test_405b_mp8_to_mp16_repeats_kv_heads_and_back(tmp_path):
 def test_405b_mp16_release_to_mp8_and_back(tmp_path):
     spec = tiny("llama3.1-405b-mp16", tokenizer="small-tiktoken", n_layers=1)
     src = synthesize(tmp_path / "Llama3.1-405B-MP16", spec)
-    reshard(src, tmp_path / "mp8", mp=8)
+    convert(src, tmp_path / "mp8", to="meta", mp=8)
     assert json.loads((tmp_path / "mp8" / "params.json").read_text())["n_kv_heads"] == 8
-    reshard(tmp_path / "mp8", tmp_path / "again" / "Llama3.1-405B-MP16", mp=16)
+    convert(tmp_path / "mp8", tmp_path / "again" / "Llama3.1-405B-MP16", to="meta", mp=16)
     assert_same_meta(src, tmp_path / "again" / "Llama3.1-405B-MP16")
 
 
 def test_indivisible_degree_is_refused_before_writing(tmp_path):
     src = synthesize(tmp_path / "Llama3.1-8B", tiny("llama3.1-8b", tokenizer="small-tiktoken"))
     with pytest.raises(UnsupportedError, match=r"8 shards cannot share .*|cannot write 3 model-parallel shards"):
-        reshard(src, tmp_path / "mp3", mp=3)
+        convert(src, tmp_path / "mp3", to="meta", mp=3)
     assert not (tmp_path / "mp3").exists()
 
 
@@ -105,5 +105,5 @@ def test_corrupt_source_is_refused_and_nothing_is_left(tmp_path):
         f.seek(-200, 2)
         f.write(bytes([byte[0] ^ 1]))
     with pytest.raises(ChecksumError):
-        reshard(src, tmp_path / "out", mp=2)
+        convert(src, tmp_path / "out", to="meta", mp=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Llama3.1-8B"]

@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from conftest import tiny
 
-from llama_convert.io.torch_zip import TorchCheckpoint
-from llama_convert.pipeline import convert
-from llama_convert.reverse.to_meta import hf_to_meta
-from llama_convert.synth import PRESETS, synthesize
+from llama_convert import convert
+from llama_convert.formats.meta.torch_zip import TorchCheckpoint
+from llama_convert.testing.synth import PRESETS, synthesize
 
 
 def release_shape(preset: str, **changes):
@@ -71,8 +70,8 @@ def test_meta_hf_meta_hf_round_trip(tmp_path, folder, sentencepiece_model):
     hf = tmp_path / "hf" / folder
     convert(original, hf)
     back = tmp_path / "b" / folder  # same folder name: the same release and variant are detected again
-    result = hf_to_meta(hf, back, mp=spec.mp)
-    assert result.mp == spec.mp
+    result = convert(hf, back, to="meta", mp=spec.mp)
+    assert result.spec.mp == spec.mp
     assert_same_meta(original, back)
     hf_again = tmp_path / "hf2" / folder
     convert(back, hf_again)

@@ -13,12 +13,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ...dtypes import DType
 from ...errors import InputError, UnsupportedError
-from ...reverse.shard_plan import ShardedTensor
-from ...spec import LAYER_TENSORS
 
-__all__ = ["MetaTarget", "ffn_parameters", "meta_ffn_width", "meta_tensors", "target_from_hf_config"]
+__all__ = ["MetaTarget", "ffn_parameters", "meta_ffn_width", "target_from_hf_config"]
 
 MetaFamily = Literal["llama1", "llama2", "codellama", "llama3"]
 
@@ -245,92 +242,3 @@ def target_from_hf_config(config: dict[str, Any], *, where: str = "config.json")
         rope_factor=scaling["factor"] if scaling is not None else None,
         notes=tuple(notes),
     )
-
-
-# --- tensors -------------------------------------------------------------------------------------------
-
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some transformers versions saved; recomputed by Meta
-
-
-def meta_tensors(
-    target: MetaTarget, hf_shapes: dict[str, tuple[int, ...]], *, mp: int, dtype: DType, where: str = "the model"
-) -> tuple[list[ShardedTensor], dict[str, Any], list[str]]:
-    """The Meta tensors to write for ``mp`` shards, the params.json for that layout, and notes.
-
-    Checks that the HF folder holds exactly the tensors of the config (shapes included); buffers like
-    ``rotary_emb.inv_freq`` are ignored with a note, anything else unexpected is refused.
-    """
-    hd, kv = target.head_dim, target.n_kv_heads
-    if mp > kv and mp % kv:
-        raise UnsupportedError(f"{mp} shards cannot share {kv} KV heads (Meta repeats heads only when MP divides).")
-    repeat = mp // kv if mp > kv else 1
-    dim, ffn, vocab = target.dim, target.intermediate_size, target.vocab_size
-    shapes = {
-        "attention.wq.weight": (target.n_heads * hd, dim),
-        "attention.wk.weight": (kv * hd, dim),
-        "attention.wv.weight": (kv * hd, dim),
-        "attention.wo.weight": (dim, target.n_heads * hd),
-        "feed_forward.w1.weight": (ffn, dim),
-        "feed_forward.w2.weight": (dim, ffn),
-        "feed_forward.w3.weight": (ffn, dim),
-        "attention_norm.weight": (dim,),
-        "ffn_norm.weight": (dim,),
-    }
-    wanted: list[tuple[str, str, tuple[int, ...], int | None, bool, int]] = [
-        ("tok_embeddings.weight", "model.embed_tokens.weight", (vocab, dim), target.embedding_split_dim, False, 1)
-    ]
-    for i in range(target.n_layers):
-        for suffix, (hf_suffix, axis) in LAYER_TENSORS.items():
-            rotary = suffix in ("attention.wq.weight", "attention.wk.weight")
-            rep = repeat if suffix in ("attention.wk.weight", "attention.wv.weight") else 1
-            wanted.append((f"layers.{i}.{suffix}", f"model.layers.{i}.{hf_suffix}", shapes[suffix], axis, rotary, rep))
-    wanted.append(("norm.weight", "model.norm.weight", (dim,), None, False, 1))
-    notes: list[str] = []
-    head = "lm_head.weight"
-    if head not in hf_shapes:
-        if not target.tie_embeddings:
-            raise InputError(f"{where} has no lm_head.weight and does not tie embeddings; save the model again.")
-        head = "model.embed_tokens.weight"
-        notes.append("output.weight written from the tied embedding, as Meta ships it")
-    wanted.append(("output.weight", head, (vocab, dim), 0, False, 1))
-    used = {w[1] for w in wanted}
-    for name, meta_name in ((w[1], w[0]) for w in wanted):
-        if name not in hf_shapes:
-            raise InputError(f"{where} lacks {name} (needed for {meta_name}); save the complete model again.")
-    for _, name, shape, *_ in wanted:
-        if tuple(hf_shapes[name]) != shape:
-            raise InputError(
-                f"{where}: {name} has shape {list(hf_shapes[name])}, but config.json implies {list(shape)}; "
-                "the config and the weights disagree."
-            )
-    extra = sorted(set(hf_shapes) - used)
-    ignored = [n for n in extra if n.endswith(_IGNORED_SUFFIXES)]
-    refused = [n for n in extra if n not in ignored]
-    if refused:
-        raise UnsupportedError(
-            f"{where} holds tensors Meta's Llama has no place for ({', '.join(refused[:3])}"
-            f"{', ...' if len(refused) > 3 else ''}); merge adapters or remove them first."
-        )
-    if ignored:
-        notes.append(f"ignored {len(ignored)} tensor(s) Meta's format recomputes ({ignored[0]}, ...)")
-    tensors = [
-        ShardedTensor(
-            meta_name,
-            name,
-            (shape[0] * rep, *shape[1:]),
-            dtype,
-            axis,
-            rotary=rotary,
-            kv_repeat=rep,
-            head_dim=hd,
-        )
-        for meta_name, name, shape, axis, rotary, rep in wanted
-    ]
-    problems = [p for t in tensors if (p := t.check_divisible(mp))]
-    if problems:
-        raise UnsupportedError(f"cannot write {mp} model-parallel shards: {problems[0]}; choose another --mp.")
-    params = dict(target.params)
-    if repeat > 1:
-        params["n_kv_heads"] = kv * repeat
-        notes.append(f"each of the {kv} KV heads repeated {repeat}× over {mp} shards, as Meta's MP{mp} release does")
-    return tensors, params, notes

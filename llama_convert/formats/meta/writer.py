@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from ...dtypes import DType
-from ...io.safetensors_writer import _Writeback
-from ...io.torch_zip_writer import StorageSink, TorchZipWriter
+from ..hf.safetensors_writer import _Writeback
+from .torch_zip_writer import StorageSink, TorchZipWriter
 
 __all__ = ["HashedFile", "MetaShardWriter", "checklist_text", "shard_name"]
 

@@ -110,6 +110,11 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
+    conv.add_argument(
+        "--to", choices=("hf", "meta", "gguf"), help="target format (default: the other one; a .gguf DST: gguf)"
+    )
+    conv.add_argument("--mp", type=int, help="model-parallel shards of Meta output (HF → Meta, or resharding)")
+    conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -153,6 +158,9 @@ def _convert(args: argparse.Namespace) -> int:
         verify=args.verify,
         tokenizer_only=args.tokenizer_only,
         fold_kv_heads=not args.keep_kv_heads,
+        to=args.to,
+        mp=args.mp,
+        tokenizer=args.tokenizer,
         progress=_Bar(interactive),
         on_plan=None if args.quiet or args.json else lambda plan: _describe_plan(args, plan),
         **options,

@@ -35,6 +35,9 @@ class RowSource(Protocol):
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray: ...
 
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        """Hint that rows ``start:stop`` of ``name`` come next (the disk reads them while we write)."""
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -157,12 +160,25 @@ def write_meta_tensors(
 ) -> None:
     """Stream every tensor's slices into all of the writer's shards."""
     mp = writer.mp
+    jobs = [
+        (t, seg, start, stop)
+        for t in tensors
+        for seg in t.segments
+        for start, stop in _blocks(seg, max(t.dtype.itemsize, source.dtype_of(seg.source).itemsize))
+    ]
+    prefetch = getattr(source, "prefetch", None)
+    job = 0
     for t in tensors:
         sinks = writer.open_tensor(t.name, t.dtype, [t.shard_shape(mp)] * mp)
         for seg in t.segments:
-            itemsize = max(t.dtype.itemsize, source.dtype_of(seg.source).itemsize)
             per_shard = (seg.shape[0] // mp) if seg.shape else 1
-            for start, stop in _blocks(seg, itemsize):
+            while job < len(jobs) and jobs[job][1] is seg:
+                _, _, start, stop = jobs[job]
+                job += 1
+                if prefetch is not None and job < len(jobs):
+                    nxt = jobs[job][1]
+                    if not nxt.transpose:
+                        prefetch(nxt.source, jobs[job][2] // nxt.kv_repeat, jobs[job][3] // nxt.kv_repeat)
                 block = _produce(seg, source, start, stop, t.dtype)
                 if t.mp_axis is None:
                     for sink in sinks:

@@ -14,7 +14,7 @@ from ...errors import InputError, MissingFileError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, parse_params
 from ...tokenizer import detect_tokenizer_kind
 from ...tokenizer.tiktoken_ranks import tiktoken_model_from_tokenizer_json
-from .from_hf import MetaTarget, meta_ffn_width
+from .from_hf import MetaTarget
 from .releases import RELEASES, SIZE_LABELS, Version
 from .spec import LlamaSpec
 
@@ -30,14 +30,14 @@ def meta_order(name: str) -> int:
     return {"tok_embeddings.weight": 0, "norm.weight": 2, "output.weight": 3}.get(name, 1)
 
 
-def kv_repeat(n_kv_heads: int, mp: int) -> int:
+def kv_repeat(n_kv_heads: int, mp: int, where: object = "the model") -> int:
     """How often Meta repeats each KV head so that every one of ``mp`` shards holds one (1: no repeat)."""
     if mp <= n_kv_heads:
         return 1
     if mp % n_kv_heads:
         raise UnsupportedError(
-            f"{mp} shards cannot share {n_kv_heads} KV heads (Meta repeats heads only when the degree divides); "
-            "choose another --mp."
+            f"{where}: {mp} shards cannot share {n_kv_heads} KV heads (Meta repeats KV heads only when the degree "
+            "divides by their number); choose another --mp."
         )
     return mp // n_kv_heads
 
@@ -46,7 +46,7 @@ def target_spec(target: MetaTarget, *, mp: int, dtype: DType, root: Path) -> Lla
     """The spec of the Meta checkpoint an HF model becomes: its forward recipes name every tensor."""
     version = _FACTOR_VERSION[target.rope_factor] if target.family == "llama3" else _FAMILY_VERSION[target.family]
     release = RELEASES[version]
-    repeat = kv_repeat(target.n_kv_heads, mp)
+    repeat = kv_repeat(target.n_kv_heads, mp, root.name)
     params = parse_params(target.params, root / "params.json")
     params = dataclasses.replace(params, n_kv_heads=params.n_kv_heads * repeat)
     size = SIZE_LABELS.get((release.family, target.dim, target.n_layers), "")
@@ -86,7 +86,7 @@ def target_spec(target: MetaTarget, *, mp: int, dtype: DType, root: Path) -> Lla
 def resharded_spec(spec: LlamaSpec, mp: int) -> tuple[LlamaSpec, dict[str, Any]]:
     """The spec of ``spec``'s model at ``mp`` shards (KV heads repeated when needed) and its params.json."""
     kv = spec.n_kv_heads
-    repeat = kv_repeat(kv, mp)
+    repeat = kv_repeat(kv, mp, spec.folder.root)
     params = dataclasses.replace(spec.params, n_kv_heads=kv * repeat)
     raw = dict(spec.folder.raw_params)
     if params.n_kv_heads != spec.params.n_kv_heads:
@@ -134,44 +134,17 @@ def _vocab_from_tokenizer(params: dict[str, Any], model: bytes, vocab: int) -> d
     return {**out, "vocab_size": -1} if "vocab_size" in params else out
 
 
-def _original_params(root: Path, target: MetaTarget) -> dict[str, Any] | None:
-    """A Hub snapshot's ``original/params.json`` when it describes this very model: Meta's own values win."""
-    path = root / "original" / "params.json"
-    if not path.is_file():
-        return None
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        p = parse_params(raw, path)
-    except (UnicodeDecodeError, json.JSONDecodeError, InputError, UnsupportedError):
-        return None
-    same = (p.dim, p.n_layers, p.n_heads, p.n_kv_heads) == (
-        target.dim,
-        target.n_layers,
-        target.n_heads,
-        target.n_kv_heads,
-    )
-    same = same and p.norm_eps == target.params["norm_eps"]
-    same = same and p.use_scaled_rope == bool(target.params.get("use_scaled_rope"))
-    same = same and meta_ffn_width(p.dim, p.multiple_of, p.ffn_dim_multiplier) == target.intermediate_size
-    same = same and p.vocab_size in (None, target.vocab_size)
-    return raw if same else None
-
-
 def meta_small_files(
     root: Path, target: MetaTarget, spec: LlamaSpec, *, tokenizer: bool
 ) -> tuple[dict[str, bytes], list[str]]:
     """params.json (the family's keys; MP-repeated KV heads counted) and tokenizer.model, with notes."""
     notes: list[str] = []
     params = dict(target.params)
-    original = _original_params(root, target)
-    if original is not None:
-        params = dict(original)
-        notes.append("params.json from original/params.json")
     files: dict[str, bytes] = {}
     if tokenizer:
         files["tokenizer.model"], note = _tokenizer_model(root, target)
         notes.append(note)
-        if target.family != "llama3" and original is None:
+        if target.family != "llama3":
             params = _vocab_from_tokenizer(params, files["tokenizer.model"], target.vocab_size)
     if spec.params.n_kv_heads != target.n_kv_heads:
         params["n_kv_heads"] = spec.params.n_kv_heads

@@ -151,7 +151,9 @@ class HFFolder:
 
     @property
     def tensors(self) -> dict[str, SafetensorsRef]:
-        return {name: self.files[f].tensors[name] for name, f in self.where.items()}
+        if getattr(self, "_tensors", None) is None:
+            self._tensors = {name: self.files[f].tensors[name] for name, f in self.where.items()}
+        return self._tensors
 
     def file_of(self, name: str) -> SafetensorsFile:
         return self.files[self.where[name]]

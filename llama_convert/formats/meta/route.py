@@ -72,10 +72,10 @@ def _plain(recipes: list[TensorRecipe]) -> list[TensorRecipe]:
     return [dataclasses.replace(r, rotary_heads=None) for r in recipes]
 
 
-def _check_mp(tensors: Sequence[MetaTensor], mp: int) -> None:
+def _check_mp(tensors: Sequence[MetaTensor], mp: int, src: Path) -> None:
     problems = [p for t in tensors if (p := t.check(mp))]
     if problems:
-        raise UnsupportedError(f"cannot write {mp} model-parallel shards: {problems[0]}; choose another --mp.")
+        raise UnsupportedError(f"{src}: cannot write {mp} model-parallel shards ({problems[0]}); choose another --mp.")
 
 
 def _hf_source(hf: HFFolder, recipes: list[TensorRecipe], tied: bool) -> tuple[dict[str, str], list[str]]:
@@ -143,7 +143,7 @@ def hf_to_meta(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -
         recipes = llama_recipes(spec, dtype)
         aliases, notes = _hf_source(hf, recipes, target.tie_embeddings)
         tensors = sorted(invert_recipes(recipes, dtype=dtype), key=lambda t: meta_order(t.name))
-        _check_mp(tensors, mp)
+        _check_mp(tensors, mp, src)
         small, more = meta_small_files(hf.root, target, spec, tokenizer=opts.tokenizer)
         notes = [*target.notes, *notes, *more]
         total = sum(t.nbytes(mp) for t in tensors)
@@ -192,7 +192,7 @@ def reshard(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -> C
     order = {name: i for i, name in enumerate(shards[0].tensors)}
     tensors = sorted(tensors, key=lambda t: order[t.name])  # the source's own order
     tensors = [dataclasses.replace(t, dtype=shards[0].tensors[t.name].dtype) for t in tensors]
-    _check_mp(tensors, mp)
+    _check_mp(tensors, mp, src)
     assert spec.folder.tokenizer is not None  # recognised checkpoints have one
     small = {"params.json": json.dumps(params).encode(), "tokenizer.model": spec.folder.tokenizer.read_bytes()}
     notes = list(spec.notes)

@@ -88,7 +88,9 @@ def main() -> int:
         try:
             print(f"| shape | files | identical to {args.ref} |\n|---|---:|---|")
             for folder, preset, changes in SHAPES:
-                src = synthesize(tmp / "src" / folder, _shrunk(preset, args.width, args.layers, _tokenizer(tmp, changes)))
+                src = synthesize(
+                    tmp / "src" / folder, _shrunk(preset, args.width, args.layers, _tokenizer(tmp, changes))
+                )
                 outs = []
                 for label, tree in (("new", ROOT), ("ref", ref_tree)):
                     out = tmp / label / folder

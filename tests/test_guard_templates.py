@@ -4,6 +4,7 @@ code and the published templates build, and Meta's tokenizer ids for them."""
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 from pathlib import Path
 from string import Template
@@ -18,7 +19,7 @@ from transformers import AutoTokenizer
 
 from llama_convert.errors import UnsupportedError
 from llama_convert.families.llama.guard import GUARDS, guard_chat_template
-from llama_convert.tokenizer.tiktoken_bpe import llama3_tokenizer_files
+from llama_convert.families.llama.tokenizer import llama3_tokenizer_files
 
 META_MODEL = Path(str(importlib.resources.files("llama_models") / "llama3" / "tokenizer.model"))
 
@@ -29,12 +30,28 @@ USER_AGENT = [{"role": "user", "content": USER}, {"role": "assistant", "content"
 
 
 @pytest.fixture(scope="module")
-def tok(tmp_path_factory):
-    """A Hugging Face tokenizer built from Meta's Llama 3 tokenizer.model (no chat template of its own)."""
-    folder = tmp_path_factory.mktemp("guard-tok")
-    for name, content in llama3_tokenizer_files(META_MODEL, version="3.1", instruct=False, context_length=8192).items():
-        (folder / name).write_bytes(content)
-    return AutoTokenizer.from_pretrained(folder)
+def toks(tmp_path_factory) -> dict[str, object]:
+    """Per Guard release, a Hugging Face tokenizer folder as a conversion writes it (Meta's Llama 3
+    tokenizer.model, the release's template in tokenizer_config.json), loaded by AutoTokenizer."""
+    base = tmp_path_factory.mktemp("guard-tok")
+    files = llama3_tokenizer_files(META_MODEL, version="3.1", instruct=True, context_length=8192, template="")
+    loaded = {}
+    for kind in GUARDS:
+        folder = base / kind
+        folder.mkdir()
+        config = json.loads(files["tokenizer_config.json"])
+        config["chat_template"] = guard_chat_template(kind)
+        (folder / "tokenizer_config.json").write_text(json.dumps(config))
+        for name in ("tokenizer.json", "special_tokens_map.json"):
+            (folder / name).write_bytes(files[name])
+        loaded[kind] = AutoTokenizer.from_pretrained(folder)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def tok(toks):
+    """apply_chat_template by release kind: ``tok(kind).apply_chat_template(...)``."""
+    return toks.__getitem__
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +60,7 @@ def meta_tok() -> MetaTokenizer:
 
 
 def render(tok, kind: str, messages: list[dict], **kwargs) -> str:
-    return tok.apply_chat_template(messages, chat_template=guard_chat_template(kind), tokenize=False, **kwargs)
+    return tok(kind).apply_chat_template(messages, tokenize=False, **kwargs)
 
 
 def parts(messages: list[dict]) -> list[dict]:
@@ -183,7 +200,7 @@ def test_roles_must_alternate(tok, kind):
 @pytest.mark.parametrize(("kind", "expected"), [("guard3-8b", "8b"), ("guard3-1b", "1b")])
 def test_token_ids_equal_metas_tokenizer(tok, meta_tok, kind, expected):
     messages = USER_AGENT if kind == "guard3-8b" else parts(USER_AGENT)  # as each model card passes them
-    ids = tok.apply_chat_template(messages, chat_template=guard_chat_template(kind), tokenize=True, return_dict=True)
+    ids = tok(kind).apply_chat_template(messages, tokenize=True, return_dict=True)
     ids = ids["input_ids"]
     prompt = guard3_prompt(USER_AGENT, size=expected)
     assert ids == meta_tok.encode(prompt, bos=False, eos=False, allowed_special="all")

@@ -122,6 +122,8 @@ GUARDS: Final[MappingProxyType] = MappingProxyType(
         "guard2-8b": GuardFacts(
             kind="guard2-8b",
             title="Llama Guard 2 8B",
+            # Meta's Guard 2 download.sh fetches "llama-guard-2/*" into the current folder, so a Meta download
+            # may carry no Guard name at all; the Hub repository is Meta-Llama-Guard-2-8B.
             names=("Meta-Llama-Guard-2-8B", "llama-guard-2", "Llama-Guard-2-8B"),
             shaped_like="3",
             params=_params(dim=4096, n_layers=32, ffn_dim_multiplier=1.3, multiple_of=256),
@@ -134,7 +136,7 @@ GUARDS: Final[MappingProxyType] = MappingProxyType(
         "guard3-8b": GuardFacts(
             kind="guard3-8b",
             title="Llama Guard 3 8B",
-            names=("Llama-Guard-3-8B", "Meta-Llama-Guard-3-8B"),
+            names=("Llama-Guard-3-8B", "Meta-Llama-Guard-3-8B"),  # the second: PurpleLlama's download.sh
             shaped_like="3.1",
             params=_params(dim=4096, n_layers=32, ffn_dim_multiplier=1.3, multiple_of=1024),
             context_length=131072,

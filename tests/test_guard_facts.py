@@ -117,15 +117,44 @@ def test_hazard_category_lists():
     assert names["guard2-8b"][4] == "Specialized Advice." and names["guard2-8b"][-1] == "Sexual Content."
 
 
+SMALL = {"dim": 256, "n_layers": 2}  # a shrunk test checkpoint: only its name can say which Guard it is
+
+
 @pytest.mark.parametrize(
-    ("generation", "shape", "kind"),
-    [(2, "3", "guard2-8b"), (3, "3", "guard3-8b"), (3, "3.1", "guard3-8b"), (3, "3.2", "guard3-1b")],
+    ("names", "kind"),
+    [
+        (("Llama-Guard-3-1B",), "guard3-1b"),
+        (("original", "Llama-Guard-3-1B"), "guard3-1b"),  # Hub snapshot: the repository's name
+        (("models--meta-llama--Llama-Guard-3-8B",), "guard3-8b"),
+        (("Meta-Llama-Guard-3-8B",), "guard3-8b"),  # PurpleLlama's download.sh folder
+        (("Meta-Llama-Guard-2-8B",), "guard2-8b"),
+        (("llama-guard-2",), "guard2-8b"),
+        (("llama_guard_3_1b",), "guard3-1b"),
+    ],
 )
-def test_guard_facts_by_name_and_shape(generation, shape, kind):
-    assert guard_facts(generation, shape).kind == kind
+def test_guard_facts_by_name(names, kind):
+    assert guard_facts(names, **SMALL).kind == kind
 
 
-@pytest.mark.parametrize(("generation", "shape"), [(2, "3.2"), (3, "2"), (4, "3.1")])
-def test_guard_facts_refuses_shapes_no_release_has(generation, shape):
-    with pytest.raises(UnsupportedError, match=f"says Llama Guard {generation} but the checkpoint is shaped like"):
-        guard_facts(generation, shape)
+@pytest.mark.parametrize("kind", ["guard3-1b", "guard3-8b"])
+def test_guard_facts_sizeless_name_at_published_width(kind):
+    p = GUARDS[kind].params
+    assert guard_facts(("Llama Guard 3",), dim=p["dim"], n_layers=p["n_layers"]).kind == kind
+
+
+@pytest.mark.parametrize("names", [("Llama-3.1-8B-Instruct",), ("original",), ("Llama3.2-1B",), ()])
+def test_guard_facts_none_without_a_guard_name(names):
+    assert guard_facts(names, **SMALL) is None
+
+
+@pytest.mark.parametrize(
+    ("names", "said"),
+    [
+        (("Llama-Guard-3",), "Llama Guard 3,"),  # no size, unpublished width
+        (("Llama-Guard-3-11B-Vision",), "Llama Guard 3 11B,"),
+        (("Llama-Guard-4-12B",), "Llama Guard 4 12B,"),
+    ],
+)
+def test_guard_facts_refuses_what_it_cannot_tell(names, said):
+    with pytest.raises(UnsupportedError, match=f"names {said} which is not a Llama Guard text checkpoint"):
+        guard_facts(names, **SMALL)

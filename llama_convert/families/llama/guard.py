@@ -1,8 +1,8 @@
 """Llama Guard 2 and 3 (text): what each release is shaped like, where its published configuration departs
 from that shape, its hazard categories and its prompt template.
 
-Detection needs one fact the tensors cannot give (the name says "Guard 2" or "Guard 3") and one they can
-(which Llama release the checkpoint is shaped like); :func:`guard_facts` turns the two into a release.
+Only names tell a Guard checkpoint from the Llama it was fine-tuned from; :func:`guard_facts` reads them
+(and the published width when a name gives no size) and returns the release's facts.
 
 Sources, with the confidence labels of the project's reference notes ([S] in Meta's source code,
 [C] several verbatim public copies agree, [U] not confirmed from a published file):
@@ -20,13 +20,15 @@ Sources, with the confidence labels of the project's reference notes ([S] in Met
 - Guard 3 1B: untied output layer, rope factor 8 (not Llama 3.2's 32), 131072 positions, generation eos
   ``[128001, 128008, 128009]``, bfloat16 [C]. Guard 3 1B's card lists S1–S13 (no Code Interpreter Abuse),
   and its template carries only those [C]. Guard 3 8B's card and template carry S1–S14 [C].
-- Guard 2's card and template: S1–S11 with Llama Guard 2's own names [C]. Tokenizer eos ``<|end_of_text|>`` [C].
+- Guard 2's card and template: S1–S11 with Llama Guard 2's own names [C]. Tokenizer eos ``<|end_of_text|>``
+  (one verbatim copy of its tokenizer_config.json; Llama 3 8B base's too).
 - Guard 3 tokenizer eos ``<|eot_id|>`` and the generation configs not named above follow the release the
   model is shaped like [U].
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from types import MappingProxyType
@@ -106,7 +108,7 @@ class GuardFacts:
     kind: GuardKind
     title: str  # "Llama Guard 3 1B"
     names: tuple[str, ...]  # Meta download folder and Hub repository names
-    shaped_like: str  # the Llama release (our version string) whose architecture and tokenizer it shares
+    shaped_like: str  # the Llama release (version string) it was fine-tuned from: tokenizer names, base config
     params: MappingProxyType  # params.json architecture values per Meta's llama_models
     context_length: int  # max_position_embeddings / model_max_length
     categories: tuple[tuple[str, str], ...]
@@ -171,26 +173,34 @@ GUARDS: Final[MappingProxyType] = MappingProxyType(
     }
 )
 
-# (Guard generation, shape) → release. Any other pairing is a checkpoint no Guard release has. A Guard 3
-# that looks Llama 3-shaped is the 8B with a params.json that does not say ``use_scaled_rope`` (see above).
-_BY_SHAPE: Final = {
-    (2, "3"): "guard2-8b",
-    (3, "3"): "guard3-8b",
-    (3, "3.1"): "guard3-8b",
-    (3, "3.2"): "guard3-1b",
-}
+# "Llama-Guard-3-1B", "Meta-Llama-Guard-2-8B", "llama-guard-2", "Llama Guard 3": generation, then size if named.
+_NAME: Final = re.compile(r"guard[-_ ]?(?P<generation>[234])(?:[-_ ]?(?P<size>\d+)b)?", re.IGNORECASE)
 
 
-def guard_facts(generation: int, shaped_like: str) -> GuardFacts:
-    """The Guard release a name's generation (2 or 3) and the tensors' shape (Llama "3", "3.1", "3.2") make."""
-    try:
-        return GUARDS[_BY_SHAPE[(generation, shaped_like)]]
-    except KeyError:
-        known = "; ".join(f"{g.title} is Llama {g.shaped_like}-shaped" for g in GUARDS.values())
-        raise UnsupportedError(
-            f"the name says Llama Guard {generation} but the checkpoint is shaped like Llama {shaped_like}, "
-            f"which no Guard release is ({known}); rename the folder or pass --llama-version."
-        ) from None
+def guard_facts(names: tuple[str, ...], *, dim: int, n_layers: int) -> GuardFacts | None:
+    """The Guard release the names say (folder, parents, Hub repository; first match wins), or None.
+
+    Only a name can say "Guard", and only a name or the published width can say 1B or 8B: the tensors of
+    Guard 3 1B look like an untied Llama 3.1 (its rope factor is 8, like 3.1's), and Guard 3 8B's params.json
+    may not say ``use_scaled_rope`` at all, so the release detection reports for them is not the key.
+    """
+    match = next((m for m in map(_NAME.search, names) if m), None)
+    if match is None:
+        return None
+    generation, size = int(match["generation"]), match["size"]
+    if generation == 2:
+        return GUARDS["guard2-8b"]
+    if generation == 3 and size in ("1", "8"):
+        return GUARDS[f"guard3-{size}b"]
+    if generation == 3 and size is None:
+        for facts in (GUARDS["guard3-1b"], GUARDS["guard3-8b"]):
+            if (dim, n_layers) == (facts.params["dim"], facts.params["n_layers"]):
+                return facts
+    raise UnsupportedError(
+        f"{match.string!r} names Llama Guard {generation}{f' {size}B' if size else ''}, which is not a Llama Guard "
+        f"text checkpoint of a published size (dim {dim}, {n_layers} layers); this converts "
+        f"{', '.join(f.title for f in GUARDS.values())}: name the folder after one of them (e.g. Llama-Guard-3-1B)."
+    )
 
 
 def guard_chat_template(kind: GuardKind) -> str:

@@ -16,14 +16,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from . import __version__
 from .detect import detect
 from .dtypes import DType, dtype_by_name
 from .errors import MissingFileError, UnsupportedError
 from .execute import write_weights
 from .families import ModelSpec, family_of
 from .formats.meta.torch_zip import TorchCheckpoint
-from .output import atomic_output_dir, check_destination, check_free_space
+from .output import check_destination, check_free_space, resumable_output_dir
 from .plan import ConversionPlan, build_plan, parse_size
+from .resume import fingerprint
 from .verify import VerifyReport, raise_for_report, verify_checksums
 
 __all__ = ["ConversionResult", "ConvertOptions", "Progress", "convert", "plan_conversion", "source_format"]
@@ -75,6 +77,7 @@ class ConversionResult:
     seconds: float
     verified: bool  # checksums were checked against checklist.chk and matched
     notes: tuple[str, ...]
+    resumed_bytes: int = 0  # output bytes kept from an interrupted run
 
 
 def _as_dtype(dtype: str | DType | None) -> DType | None:
@@ -260,16 +263,31 @@ def convert_to_hf(
         metadata = family.metadata_files(spec, plan.dtype, tokenizer=opts.tokenizer)
     verify = opts.verify and not opts.tokenizer_only
     verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if verify else None
+    sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    key = fingerprint(sources, __version__, "hf", opts.tokenizer_only, plan.to_json(), sorted(metadata))
+    resumed = 0
     try:
-        with atomic_output_dir(dst, force=opts.force) as tmp:
+        with resumable_output_dir(dst, fingerprint=key, force=opts.force, resume=opts.resume) as staging:
             names: list[str] = []
             if not opts.tokenizer_only:
+                resumed = sum(staging.resumed.values())
+                if staging.resumed:
+                    notes.append(
+                        f"resumed an interrupted run: kept {len(staging.resumed)} of {len(plan.files)} weight "
+                        f"file(s), {resumed / 1e9:.2f} GB."
+                    )
                 progress.start(plan.total_size, f"Converting {spec.name}")
                 try:
-                    names += write_weights(plan, tmp, advance=_advance(progress, verifier))
+                    names += write_weights(
+                        plan,
+                        staging.path,
+                        advance=_advance(progress, verifier),
+                        skip=frozenset(staging.resumed),
+                        on_file_done=staging.record,
+                    )
                 finally:
                     progress.finish()
-            names += _write_files(tmp, metadata)
+            names += _write_files(staging.path, metadata)
             verified = verifier.result() if verifier is not None else False
     except BaseException:
         if verifier is not None:
@@ -285,4 +303,5 @@ def convert_to_hf(
         seconds=time.perf_counter() - started,
         verified=verified,
         notes=tuple(notes),
+        resumed_bytes=resumed,
     )

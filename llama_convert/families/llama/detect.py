@@ -13,7 +13,7 @@ from ...formats.meta.folder import MetaFolder, MetaParams
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
 from ..base import Evidence, Hints
-from .guard_variants import guard_release
+from .guard import GuardFacts, guard_facts
 from .layout import SKIPPED_TENSORS, expected_shard_shapes
 from .releases import RELEASES, SIZE_LABELS, Release, Version
 from .spec import LlamaSpec
@@ -264,7 +264,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
     p = folder.params
     evidence: list[Evidence] = [Evidence("tokenizer", kind, folder.tokenizer.name)]
     probe_dtype = first.tensors["layers.0.attention.wq.weight"].dtype
-    guard = guard_release(hints.variant_names)
+    guard = guard_facts(hints.variant_names, dim=p.dim, n_layers=p.n_layers)
     early_notes: list[str] = []
     factor: float | None
     if hints.version is not None:
@@ -289,8 +289,9 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         version_reason = evidence[-1].because
         if kind == "sentencepiece":
             version_reason = _sentencepiece_version(folder, *_name_version(hints.variant_names), probe_dtype)[1]
-    if guard is not None and guard.rope_scaling_factor is not None and release.rope_scaling_factor is not None:
-        factor = guard.rope_scaling_factor
+    if guard is not None and hints.version is None:
+        release, factor = _guard_shape(guard, factor, evidence)
+        version_reason = evidence[-1].because
     evidence.append(Evidence("release", release.title, version_reason))
     vocab, dtype = _check_layout(folder, checkpoints, release.embedding_split_dim)
     instruct, variant_evidence, notes = _variant(release, hints, guard.title if guard else None)
@@ -333,8 +334,22 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         kv_fold=kv_fold,
         tie_embeddings=tie,
         rope_scaling_factor=factor,
-        guard=guard.title if guard else None,
+        guard=guard,
     )
+
+
+def _guard_shape(guard: GuardFacts, factor: float | None, evidence: list[Evidence]) -> tuple[Release, float | None]:
+    """A Guard model is the release it was fine-tuned from, with its own published rope factor."""
+    scaling = guard.config_overrides.get("rope_scaling")
+    guard_factor = scaling["factor"] if scaling else factor
+    evidence.append(
+        Evidence(
+            "rope",
+            f"factor {guard_factor:g}" if guard_factor else "unscaled",
+            f"{guard.title} is Llama {guard.shaped_like}-shaped and published with this rope",
+        )
+    )
+    return RELEASES[guard.shaped_like], guard_factor  # type: ignore[index]
 
 
 def _kv_fold(

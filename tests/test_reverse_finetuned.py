@@ -17,7 +17,13 @@ _ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position
 
 
 def save_random_llama(
-    dst: Path, *, factor: float | None, tie: bool, vocab: int = 256, max_shard_size: str = "5GB"
+    dst: Path,
+    *,
+    factor: float | None,
+    tie: bool,
+    vocab: int = 256,
+    max_shard_size: str = "5GB",
+    dtype: str = "bfloat16",
 ) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -43,7 +49,7 @@ def save_random_llama(
     with torch.no_grad():
         for p in model.parameters():  # "fine-tuned": nothing left at its initial value
             p.add_(torch.randn_like(p) * 0.05)
-    model.to(torch.bfloat16).save_pretrained(dst, max_shard_size=max_shard_size)
+    model.to(getattr(torch, dtype)).save_pretrained(dst, max_shard_size=max_shard_size)
 
 
 @pytest.mark.parametrize(
@@ -65,6 +71,24 @@ def test_save_pretrained_model_gives_meta_reference_logits(tmp_path, model_paral
     tokens = np.random.default_rng(1).integers(0, 256, size=(2, 12))
     ours = meta_reference_logits(meta, tokens, embed_split=0, scaled_rope_factor=factor)
     assert_logits_close(ours, hf_logits(hf, tokens))
+
+
+def test_float32_model_is_rounded_to_bfloat16_as_torch_rounds(tmp_path, model_parallel):
+    """A float32 save → Meta's bfloat16: the logits of the model rounded by torch itself."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    hf = tmp_path / "hf"
+    save_random_llama(hf, factor=8.0, tie=False, dtype="float32")
+    result = convert(hf, tmp_path / "meta", to="meta", tokenizer=False)
+    assert "weights rounded from float32 to bfloat16 (Meta's dtype for the family); pass --dtype to keep another" in (
+        result.notes
+    )
+    model = LlamaForCausalLM.from_pretrained(hf, dtype=torch.float32).to(torch.bfloat16).to(torch.float32).eval()
+    tokens = np.random.default_rng(2).integers(0, 256, size=(1, 10))
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(tokens)).logits.numpy()
+    assert_logits_close(meta_reference_logits(tmp_path / "meta", tokens, embed_split=0), expected)
 
 
 def test_transformers_4x_config_and_inv_freq_buffers_are_accepted(tmp_path):

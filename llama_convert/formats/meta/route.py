@@ -142,6 +142,13 @@ def hf_to_meta(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -
         spec = target_spec(target, mp=mp, dtype=dtype, root=dst)
         recipes = llama_recipes(spec, dtype)
         aliases, notes = _hf_source(hf, recipes, target.tie_embeddings)
+        narrowed = sorted({ref.dtype.torch_name for ref in hf.tensors.values() if ref.dtype.itemsize > dtype.itemsize})
+        narrowed += ["float16"] if dtype.torch_name == "bfloat16" and _has(hf, "float16") else []
+        if narrowed:
+            notes.append(
+                f"weights rounded from {' and '.join(narrowed)} to {dtype} (Meta's dtype for the family); "
+                "pass --dtype to keep another"
+            )
         tensors = sorted(invert_recipes(recipes, dtype=dtype), key=lambda t: meta_order(t.name))
         _check_mp(tensors, mp, src)
         small, more = meta_small_files(hf.root, target, spec, tokenizer=opts.tokenizer)
@@ -245,6 +252,10 @@ def _degree(mp: int | None) -> int:
     if mp < 1:
         raise InputError(f"--mp {mp} is not a positive number of model-parallel shards.")
     return mp
+
+
+def _has(hf: HFFolder, dtype: str) -> bool:
+    return any(ref.dtype.torch_name == dtype for ref in hf.tensors.values())
 
 
 def _dtype(dtype: str | DType | None) -> DType | None:

@@ -90,6 +90,10 @@ RELEASES = {
         hf_config(2048, 16, 32, 8, 128256, 8192, **R32),
         meta(2048, 16, 32, 8, multiple_of=256, ffn_dim_multiplier=1.5, **S),
     ),
+    "llama-guard-3-1b": (  # Llama 3.2 1B's shape, untied, rope factor 8
+        hf_config(2048, 16, 32, 8, 128256, 8192, theta=500000.0, factor=8.0, ctx=131072),
+        meta(2048, 16, 32, 8, multiple_of=256, ffn_dim_multiplier=1.5, **S),
+    ),
     "llama3.2-3b": (
         hf_config(3072, 28, 24, 8, 128256, 8192, **R32),
         meta(3072, 28, 24, 8, multiple_of=256, ffn_dim_multiplier=1.0, **S),

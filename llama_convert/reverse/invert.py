@@ -26,6 +26,7 @@ from ..plan import TensorRecipe
 __all__ = ["BLOCK_BYTES", "MetaTensor", "RowSource", "Segment", "invert_recipes", "write_meta_tensors"]
 
 BLOCK_BYTES = 32 << 20
+_READ_AHEAD = 2  # blocks the kernel is asked to read while the current one is written
 
 
 class RowSource(Protocol):
@@ -175,10 +176,10 @@ def write_meta_tensors(
             while job < len(jobs) and jobs[job][1] is seg:
                 _, _, start, stop = jobs[job]
                 job += 1
-                if prefetch is not None and job < len(jobs):
-                    nxt = jobs[job][1]
+                for ahead in jobs[job : job + _READ_AHEAD] if prefetch is not None else ():
+                    nxt = ahead[1]
                     if not nxt.transpose:
-                        prefetch(nxt.source, jobs[job][2] // nxt.kv_repeat, jobs[job][3] // nxt.kv_repeat)
+                        prefetch(nxt.source, ahead[2] // nxt.kv_repeat, ahead[3] // nxt.kv_repeat)
                 block = _produce(seg, source, start, stop, t.dtype)
                 if t.mp_axis is None:
                     for sink in sinks:

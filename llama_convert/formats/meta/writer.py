@@ -12,7 +12,6 @@ import contextlib
 import hashlib
 import io
 import os
-import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -45,7 +44,6 @@ class HashedFile(io.RawIOBase):
         self._hasher = hasher
         self._jobs: deque[Future] = deque()
         self._writeback = _Writeback(self._fd)
-        self._lock = threading.Lock()
 
     def writable(self) -> bool:
         return True

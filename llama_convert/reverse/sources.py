@@ -34,9 +34,6 @@ class HFRows:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         return self.folder.read_rows(self.aliases.get(name, name), start, stop)
 
-    def prefetch(self, name: str, start: int, stop: int) -> None:
-        self.folder.prefetch(self.aliases.get(name, name), start, stop)
-
 
 class _Stream:
     """The blocks of one recipe's output, handed out as consecutive row ranges."""

@@ -27,7 +27,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench import GIB, MIB, RSS_TARGET, WALL_TARGET, drop_page_cache, model_case, run_measured, synth_spec
+import os
+import re
+
+from bench import GIB, MIB, RSS_TARGET, WALL_TARGET, ModelCase, drop_page_cache, run_measured, synth_spec
+from bench import model_case as bench_model_case
+
+
+def model_case(key: str) -> ModelCase:
+    """bench.py's shapes, plus ``8b-<N>layers``: the 8B width (embeddings, layers) with fewer layers."""
+    if m := re.fullmatch(r"8b-(\d+)layers", key):
+        n = int(m[1])
+        return ModelCase(key, "llama3.1-8b", f"Llama3.1-8B-{n}layers", "3.1", n_layers=n)
+    return bench_model_case(key)
 
 
 def _rm(path: Path) -> None:
@@ -99,13 +111,15 @@ def bench(key: str, work: Path, *, mp: int, repeats: int) -> dict:
                 "all_wall_s": [round(m.wall_s, 1) for m in ms],
             }
         )
-    return {"model": key, "mp": mp, "bytes": size, "cold_cache": cold, "repeats": repeats, "rows": table}
+    load = os.getloadavg()[0]
+    return {"model": key, "mp": mp, "bytes": size, "cold_cache": cold, "repeats": repeats, "rows": table, "load": load}
 
 
 def render(result: dict) -> str:
     lines = [
         f"### {result['model']} HF → Meta MP{result['mp']} ({result['bytes'] / 1e9:.2f} GB, "
-        f"{'cold' if result['cold_cache'] else 'WARM (not root)'} cache, median of {result['repeats']})",
+        f"{'cold' if result['cold_cache'] else 'WARM (not root)'} cache, median of {result['repeats']}, "
+        f"load average {result.get('load', 0):.1f} on {os.cpu_count()} cores)",
         "",
         "| run | wall | CPU | peak RSS | × cp | runs |",
         "|---|---:|---:|---:|---:|---|",
@@ -126,7 +140,7 @@ def render(result: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["8b"], help="1b, 3b, 8b, 70b-mp8-<N>layers")
+    parser.add_argument("--models", nargs="+", default=["8b"], help="1b, 3b, 8b, 8b-<N>layers, 70b-mp8-<N>layers")
     parser.add_argument("--mp", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("bench-work"))

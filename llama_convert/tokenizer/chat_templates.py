@@ -25,6 +25,7 @@ _TEMPLATES: Final[dict[str, tuple[str, str]]] = {
     "3.1": ("llama3_1", ""),
     "3.2": ("llama3_1", "{%- set llama_3_2_format = true %}\n"),
     "3.3": ("llama3_1", ""),
+    "4": ("llama4", ""),
 }
 # Llama 1 had no chat models.
 _NO_TEMPLATE: Final = frozenset({"1"})

@@ -98,5 +98,5 @@ def test_wrong_tokenizer_is_refused(tmp_path):
     import importlib.resources
 
     llama3.write_bytes((importlib.resources.files("llama_models") / "llama3" / "tokenizer.model").read_bytes())
-    with pytest.raises(InputError, match="holds 128000 ranks, not the 200000 of Meta.s Llama 4 tokenizer"):
+    with pytest.raises(InputError, match=r"holds 128000 ranks, not the 200000 of Meta's Llama 4 tokenizer"):
         llama4_tokenizer_files(llama3, instruct=True, context_length=1)

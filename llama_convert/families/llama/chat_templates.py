@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Final
 
-from ..errors import UnsupportedError
+from ...errors import UnsupportedError
 
 __all__ = ["chat_template"]
 
@@ -25,7 +25,6 @@ _TEMPLATES: Final[dict[str, tuple[str, str]]] = {
     "3.1": ("llama3_1", ""),
     "3.2": ("llama3_1", "{%- set llama_3_2_format = true %}\n"),
     "3.3": ("llama3_1", ""),
-    "4": ("llama4", ""),
 }
 # Llama 1 had no chat models.
 _NO_TEMPLATE: Final = frozenset({"1"})
@@ -51,3 +50,10 @@ def _read_template(stem: str) -> str:
     text = resources.files(__package__).joinpath("templates", f"{stem}.jinja").read_text(encoding="utf-8")
     # No trailing newline: renderers without trim_blocks would print it.
     return text.rstrip("\n")
+
+
+def guard_template(guard: str) -> str | None:
+    """The prompt template of a Llama Guard release (None until its template ships)."""
+    stem = {"Llama Guard 3": "guard3", "Llama Guard 2": "guard2"}.get(guard)
+    path = resources.files(__package__).joinpath("templates", f"{stem}.jinja")
+    return _read_template(stem) if stem and path.is_file() else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import functools
 import hashlib
 import importlib.resources
 import io
@@ -336,3 +337,11 @@ def cpu_threads() -> None:
     import torch
 
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@functools.lru_cache(maxsize=2)
+def tokenizer_files(instruct: bool = True) -> dict[str, bytes]:
+    """Our Llama 4 tokenizer files for Meta's tokenizer.model, built once per test run (~10 s)."""
+    from llama_convert.families.llama4.tokenizer import llama4_tokenizer_files
+
+    return llama4_tokenizer_files(TOKENIZER_MODEL, instruct=instruct, context_length=10485760 if instruct else 262144)

@@ -14,12 +14,10 @@ import sys
 import types
 
 import pytest
-from llama4_fixtures import TOKENIZER_MODEL
+from llama4_fixtures import TOKENIZER_MODEL, tokenizer_files
 from llama_models.datatypes import RawMessage, RawTextItem, StopReason, ToolCall
 from llama_models.llama4.args import Size, VisionArgs
 from llama_models.llama4.tokenizer import Tokenizer as MetaTokenizer
-
-from llama_convert.families.llama4.tokenizer import llama4_tokenizer_files
 
 
 def _import_chat_format():
@@ -51,7 +49,7 @@ def hf(tmp_path_factory):
     from transformers import AutoTokenizer
 
     folder = tmp_path_factory.mktemp("tok")
-    for name, data in llama4_tokenizer_files(TOKENIZER_MODEL, instruct=True, context_length=10485760).items():
+    for name, data in tokenizer_files(instruct=True).items():
         (folder / name).write_bytes(data)
     return AutoTokenizer.from_pretrained(folder)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from llama4_fixtures import TOKENIZER_MODEL
+from llama4_fixtures import TOKENIZER_MODEL, tokenizer_files
 from llama_models.llama4.tokenizer import Tokenizer as MetaTokenizer
 from tokenizers import Tokenizer
 
 from llama_convert.errors import InputError
-from llama_convert.families.llama4.tokenizer import llama4_tokenizer_files, special_token_names
+from llama_convert.families.llama4.tokenizer import llama4_tokenizer_files, special_token_names, tokenizer_config_json
 
 CORPUS = [
     "Hello, world! This is Llama 4.",
@@ -38,7 +38,7 @@ def meta() -> MetaTokenizer:
 
 @pytest.fixture(scope="module")
 def files() -> dict[str, bytes]:
-    return llama4_tokenizer_files(TOKENIZER_MODEL, instruct=True, context_length=10485760)
+    return tokenizer_files(instruct=True)
 
 
 @pytest.fixture(scope="module")
@@ -75,9 +75,7 @@ def test_config_files(files):
     assert config["added_tokens_decoder"]["200018"]["content"] == "<|finetune_right_pad|>"
     assert len(config["added_tokens_decoder"]) == 2048
     assert "chat_template" in config
-    base = json.loads(
-        llama4_tokenizer_files(TOKENIZER_MODEL, instruct=False, context_length=262144)["tokenizer_config.json"]
-    )
+    base = tokenizer_config_json(instruct=False, context_length=262144)
     assert base["eos_token"] == "<|end_of_text|>" and "chat_template" not in base
 
 

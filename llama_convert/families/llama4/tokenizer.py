@@ -6,15 +6,22 @@ The 2,048 special tokens follow the 200,000 ranks with the names Meta's
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Final
 
 from ...errors import InputError
 from ...tokenizer import json_bytes
-from ...tokenizer.chat_templates import chat_template
 from ...tokenizer.tiktoken_bpe import build_tokenizer, read_ranks
 
-__all__ = ["LLAMA4_PATTERN", "NUM_BASE_TOKENS", "llama4_tokenizer_files", "special_token_names"]
+__all__ = [
+    "LLAMA4_PATTERN",
+    "NUM_BASE_TOKENS",
+    "chat_template",
+    "llama4_tokenizer_files",
+    "special_token_names",
+    "tokenizer_config_json",
+]
 
 # ``O200K_PATTERN`` of Meta's Llama 4 tokenizer.
 LLAMA4_PATTERN: Final = (
@@ -76,20 +83,31 @@ def llama4_tokenizer_files(tokenizer_model: Path, *, instruct: bool, context_len
         )
     names = special_token_names()
     tokenizer = build_tokenizer(tokens, names, pattern=LLAMA4_PATTERN, bos=BOS)
+    config = tokenizer_config_json(instruct=instruct, context_length=context_length)
     eos = EOS_INSTRUCT if instruct else EOS_BASE
+    special_map = {"bos_token": _entry(BOS), "eos_token": _entry(eos), "pad_token": _entry(PAD)}
+    return {
+        "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
+        "tokenizer_config.json": json_bytes(config),
+        "special_tokens_map.json": json_bytes(special_map),
+    }
+
+
+def tokenizer_config_json(*, instruct: bool, context_length: int) -> dict[str, object]:
+    """``tokenizer_config.json``: Meta's special tokens, eos ``<|eot|>`` (instruct) or ``<|end_of_text|>``,
+    pad ``<|finetune_right_pad|>`` and, for instruct models, the chat template."""
     config: dict[str, object] = {
         "added_tokens_decoder": {
-            str(len(tokens) + i): {**_entry(name), "special": True} for i, name in enumerate(names)
+            str(NUM_BASE_TOKENS + i): {**_entry(name), "special": True} for i, name in enumerate(special_token_names())
         },
         "bos_token": BOS,
     }
-    template = chat_template("4", instruct)
-    if template is not None:
-        config["chat_template"] = template
+    if instruct:
+        config["chat_template"] = chat_template()
     config.update(
         {
             "clean_up_tokenization_spaces": False,
-            "eos_token": eos,
+            "eos_token": EOS_INSTRUCT if instruct else EOS_BASE,
             "model_input_names": ["input_ids", "attention_mask"],
             "model_max_length": context_length,
             "pad_token": PAD,
@@ -97,12 +115,13 @@ def llama4_tokenizer_files(tokenizer_model: Path, *, instruct: bool, context_len
             "tokenizer_class": "PreTrainedTokenizerFast",
         }
     )
-    special_map = {"bos_token": _entry(BOS), "eos_token": _entry(eos), "pad_token": _entry(PAD)}
-    return {
-        "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
-        "tokenizer_config.json": json_bytes(config),
-        "special_tokens_map.json": json_bytes(special_map),
-    }
+    return config
+
+
+def chat_template() -> str:
+    """The offline Llama 4 chat template (Meta's ChatFormat as Jinja), shipped with the package."""
+    text = resources.files(__package__).joinpath("templates", "llama4.jinja").read_text(encoding="utf-8")
+    return text.rstrip("\n")  # no trailing newline: renderers without trim_blocks would print it
 
 
 def _entry(name: str) -> dict[str, object]:

@@ -148,3 +148,28 @@ def test_refusals(tmp_path, models):
     (src / "tokenizer.model").write_bytes(llama3.read_bytes())
     with pytest.raises(InputError, match="is not Meta's Llama 4 tokenizer"):
         llama_convert.plan_conversion(src)
+
+
+def test_hub_snapshot_original_folder_is_instruct_by_repo_name(tmp_path, models):
+    repo = tmp_path / "models--meta-llama--Llama-4-Scout-17B-16E-Instruct" / "snapshots" / "0123abcd"
+    _write(repo, "original", "scout", 1, models)
+    plan = llama_convert.plan_conversion(repo)
+    assert plan.spec.family == "llama4" and plan.spec.instruct
+    assert "Llama-4-Scout-17B-16E-Instruct" in plan.spec.instruct_reason
+
+
+def test_extra_state_is_read_inertly_and_only_latin1_bytes_are_rebuilt(tmp_path):
+    import pickle
+
+    from llama_convert.formats.meta.torch_zip import _SafeUnpickler
+
+    def unpickle(data: bytes):
+        return _SafeUnpickler(__import__("io").BytesIO(data), tmp_path / "x.pth", {}).load()
+
+    # what torch.save's pickler (protocol 2) writes for TransformerEngine's extra state
+    ok = pickle.dumps({"a._extra_state": __import__("io").BytesIO(b"\x00state")}, protocol=2)
+    assert b"_codecs" in ok and b"BytesIO" in ok
+    assert list(unpickle(ok)) == ["a._extra_state"]
+    bad = ok.replace(b"latin1", b"rot_13")
+    with pytest.raises(pickle.UnpicklingError, match="latin-1"):
+        unpickle(bad)

@@ -46,3 +46,17 @@ def test_table_matches_shipped_shards(kind):
         assert kept == expected
         assert all(DROPPED.match(k) for k in set(shard) - set(kept))
         assert len(shard) > len(kept)  # the fixture carries expert statistics to drop
+
+
+def test_text_only_table_matches_llama4_for_causal_lm():
+    import torch
+    from transformers import Llama4ForCausalLM, Llama4TextConfig
+
+    params = {k: v for k, v in fx.PARAMS["maverick"].items() if k != "vision_args"}
+    p = parse_llama4_params(params, Path("params.json"))
+    config = config_json(p, DTYPES["bfloat16"], vocab=fx.VOCAB, instruct=False)
+    assert config["architectures"] == ["Llama4ForCausalLM"]
+    with torch.device("meta"):
+        model = Llama4ForCausalLM(Llama4TextConfig(**{k: v for k, v in config.items() if k != "architectures"}))
+    hf = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    assert {t.name: t.shape for t in tensor_table(p, 1, fx.VOCAB)} == hf

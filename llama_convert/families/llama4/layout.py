@@ -15,6 +15,7 @@ Routed experts are stored 2-D: ``moe_w_in_eD_F`` / ``moe_w_swiglu_eD_F`` as ``[E
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 
@@ -100,8 +101,9 @@ def tensor_table(p: Llama4Params, mp: int, vocab: int) -> list[Target]:
             t.one(dst + "post_attention_layernorm.weight", ff + "mlp.layer_norm_weight", (d,), None)
             t.fused([hf + "gate_proj.weight", hf + "up_proj.weight"], ff + "mlp.fc1_weight", [fd, fd], d)
             t.one(hf + "down_proj.weight", ff + "mlp.fc2_weight", (d, fd), 1)
-    if p.vision is not None:
-        _vision(t, p)
+    if p.vision is None:  # a text-only model is a Llama4ForCausalLM: model.*, lm_head.*
+        return [dataclasses.replace(x, name=x.name.removeprefix("language_model.")) for x in t.targets]
+    _vision(t, p)
     return t.targets
 
 

@@ -150,6 +150,18 @@ def test_refusals(tmp_path, models):
         llama_convert.plan_conversion(src)
 
 
+def test_fp8_shards_are_refused(tmp_path, models):
+    import torch
+
+    src = _write(tmp_path, "Llama-4-Maverick-tiny-Instruct-FP8", "maverick", 1, models)
+    shard = torch.load(src / "consolidated.00.pth", weights_only=True)
+    name = "layers.1.feed_forward.experts.moe_w_in_eD_F"
+    shard[name] = shard[name].to(torch.float8_e4m3fn)
+    torch.save(shard, src / "consolidated.00.pth")
+    with pytest.raises(UnsupportedError, match="float8_e4m3fn tensors, which this version does not convert"):
+        llama_convert.plan_conversion(src)
+
+
 def test_hub_snapshot_original_folder_is_instruct_by_repo_name(tmp_path, models):
     repo = tmp_path / "models--meta-llama--Llama-4-Scout-17B-16E-Instruct" / "snapshots" / "0123abcd"
     _write(repo, "original", "scout", 1, models)

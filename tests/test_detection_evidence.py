@@ -160,3 +160,28 @@ def test_llama_guard_3_converts_like_meta_and_as_published(
     assert f"S{categories}: " in prompt and f"S{categories + 1}: " not in prompt
     assert "User: How do I bake bread?" in prompt
     assert prompt.rstrip().endswith("<|start_header_id|>assistant<|end_header_id|>")
+
+
+def test_a_tie_seen_on_sampled_rows_is_proven_on_every_row(made, tmp_path):
+    from llama_convert.errors import ConversionError
+    from llama_convert.formats.meta.torch_zip import TorchCheckpoint
+
+    src = tmp_path / "Llama3.2-1B"
+    shutil.copytree(made("llama3.2-1b", tie_output=True), src)
+    (src / "checklist.chk").unlink()
+    shard = src / "consolidated.00.pth"
+    with TorchCheckpoint(shard) as ckpt:
+        ref = ckpt.tensors["output.weight"]
+        rows, row_bytes = ref.shape[0], ref.shape[1] * ref.dtype.itemsize
+        offset = ref.storage.file_offset + ref.storage_offset * ref.dtype.itemsize
+    sampled = {i * (rows - 4) // 63 + j for i in range(64) for j in range(4)}
+    row = next(r for r in range(rows) if r not in sampled)
+    with open(shard, "r+b") as f:  # one row of the head, between the sampled ones, no longer the embedding's
+        f.seek(offset + row * row_bytes)
+        value = f.read(1)
+        f.seek(offset + row * row_bytes)
+        f.write(bytes([value[0] ^ 0x40]))
+    assert llama_convert.detect(src).tie_embeddings  # the sampled evidence says tied…
+    with pytest.raises(ConversionError, match="sampled rows but not in all"):
+        llama_convert.convert(src, tmp_path / "hf")  # …and the full comparison beside the stream says no
+    assert not (tmp_path / "hf").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]

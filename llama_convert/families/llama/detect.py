@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from ...dtypes import DType
-from ...errors import InputError, ShapeMismatchError, UnsupportedError
+from ...errors import ConversionError, InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, MetaParams
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
@@ -18,7 +18,7 @@ from .layout import SKIPPED_TENSORS, expected_shard_shapes
 from .releases import RELEASES, SIZE_LABELS, Release, Version
 from .spec import LlamaSpec
 
-__all__ = ["recognise"]
+__all__ = ["recognise", "rows_equal_everywhere", "rows_sampled_equal"]
 
 _NAME_HINTS: tuple[tuple[str, Version], ...] = (
     (r"llama[-_ ]?3[._-]3", "3.3"),
@@ -87,6 +87,34 @@ def _rows_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, block_rows: 
             if not np.array_equal(ckpt.read_rows(a, start, stop), ckpt.read_rows(b, start, stop)):
                 return False
     return True
+
+
+def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, samples: int = 64, rows: int = 4) -> bool:
+    """Whether two tensors agree on ``samples`` evenly spread blocks of rows in every shard: cheap evidence of
+    tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion."""
+    for ckpt in checkpoints:
+        if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
+            return False
+        last = max(0, ckpt.tensors[a].shape[0] - rows)  # first and last block included
+        for start in sorted({i * last // (samples - 1) for i in range(samples)}):
+            stop = min(start + rows, ckpt.tensors[a].shape[0])
+            if not np.array_equal(ckpt.read_rows(a, start, stop), ckpt.read_rows(b, start, stop)):
+                return False
+    return True
+
+
+def rows_equal_everywhere(spec: LlamaSpec) -> None:
+    """The full check behind a sampled tie: raises if the output layer is not the embedding after all."""
+    checkpoints = [TorchCheckpoint(path) for path in spec.shards]
+    try:
+        if not _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight"):
+            raise ConversionError(
+                f"{spec.folder.root}: output.weight equals tok_embeddings.weight in sampled rows but not in all, so "
+                "it cannot be tied; convert again with --llama-version 3.1 to keep it as its own lm_head."
+            )
+    finally:
+        for ckpt in checkpoints:
+            ckpt.close()
 
 
 def _kv_duplicated(checkpoints: list[TorchCheckpoint], params: MetaParams, layer: int) -> bool:
@@ -227,7 +255,7 @@ def _llama3_version(
             )
         evidence.append(Evidence("rope", "unscaled (Llama 3)", "params.json has no use_scaled_rope"))
         return "3", None, False
-    tied = _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight")
+    tied = rows_sampled_equal(checkpoints, "tok_embeddings.weight", "output.weight")
     if tied:
         evidence.append(
             Evidence("embeddings", "tied, Llama 3.2 rope (factor 32)", "output.weight == tok_embeddings.weight")
@@ -276,7 +304,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
                 "put the release's own tokenizer.model beside params.json."
             )
         version_reason, factor = "--llama-version", release.rope_scaling_factor
-        tie = release.ties_embeddings and _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight")
+        tie = release.ties_embeddings and rows_sampled_equal(checkpoints, "tok_embeddings.weight", "output.weight")
     else:
         _check_tokenizer_matches(folder, kind)
         if kind == "tiktoken":

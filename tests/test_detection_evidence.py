@@ -185,3 +185,23 @@ def test_a_tie_seen_on_sampled_rows_is_proven_on_every_row(made, tmp_path):
     with pytest.raises(ConversionError, match="sampled rows but not in all"):
         llama_convert.convert(src, tmp_path / "hf")  # …and the full comparison beside the stream says no
     assert not (tmp_path / "hf").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]
+
+
+def test_a_snapshot_config_of_another_model_is_a_contradiction(made, tmp_path):
+    repo = tmp_path / "Llama-3.2-1B"
+    place(made("llama3.2-1b", tie_output=True), repo / "original")
+    config = llama_convert.detect(repo).params
+    published = {
+        "hidden_size": config.dim,
+        "num_hidden_layers": config.n_layers,
+        "tie_word_embeddings": True,
+        "rope_scaling": {"factor": 32.0, "rope_type": "llama3"},
+    }
+    (repo / "config.json").write_text(json.dumps(published))
+    assert llama_convert.detect(repo).rope_scaling_factor == 32.0  # the snapshot agrees
+    (repo / "config.json").write_text(json.dumps({**published, "rope_scaling": {"factor": 8.0, "rope_type": "llama3"}}))
+    with pytest.raises(InputError, match=r"config.json says rope_scaling factor 8.0 but .* factor 32.0"):
+        llama_convert.detect(repo)
+    (repo / "config.json").write_text(json.dumps({**published, "num_hidden_layers": 16}))
+    with pytest.raises(InputError, match="num_hidden_layers 16 but"):
+        llama_convert.detect(repo)

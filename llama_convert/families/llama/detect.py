@@ -342,7 +342,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         f"{p.n_layers} layers, dim {p.dim}, {p.n_heads} heads / {n_kv} KV heads, vocab {vocab}, "
         f"FFN {p.intermediate_size}"
     )
-    return LlamaSpec(
+    spec = LlamaSpec(
         family="llama",
         name=spec_name,
         folder=folder,
@@ -364,6 +364,9 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         rope_scaling_factor=factor,
         guard=guard,
     )
+    if hints.version is None:
+        _check_snapshot_config(spec, hints)
+    return spec
 
 
 def _guard_shape(guard: GuardFacts, factor: float | None, evidence: list[Evidence]) -> tuple[Release, float | None]:
@@ -378,6 +381,34 @@ def _guard_shape(guard: GuardFacts, factor: float | None, evidence: list[Evidenc
         )
     )
     return RELEASES[guard.shaped_like], guard_factor  # type: ignore[index]
+
+
+def _check_snapshot_config(spec: LlamaSpec, hints: Hints) -> None:
+    """A Hub snapshot's own config.json must describe the same model as the original/ checkpoint."""
+    config = hints.hf_config
+    if not config:
+        return
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    factor = rope.get("factor") if rope.get("rope_type", rope.get("type")) == "llama3" else None
+    ours = {
+        "hidden_size": spec.params.dim,
+        "num_hidden_layers": spec.params.n_layers,
+        "num_attention_heads": spec.params.n_heads,
+        "num_key_value_heads": spec.n_kv_heads,
+        "vocab_size": spec.vocab_size,
+        "tie_word_embeddings": spec.tie_embeddings,
+        "rope_scaling factor": spec.rope_scaling_factor,
+    }
+    theirs = {**{k: config.get(k) for k in ours}, "rope_scaling factor": factor}
+    for key, value in ours.items():
+        if key in config or key == "rope_scaling factor":
+            other = theirs[key]
+            if other != value and not (isinstance(other, float) and value is not None and float(value) == other):
+                raise InputError(
+                    f"the snapshot's config.json says {key} {other} but {spec.folder.root} holds a checkpoint with "
+                    f"{key} {value}; the Hugging Face files and original/ belong to different models — remove one, "
+                    "or pass --llama-version to decide."
+                )
 
 
 def _kv_fold(

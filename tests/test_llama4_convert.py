@@ -168,6 +168,14 @@ def test_hub_snapshot_original_folder_is_instruct_by_repo_name(tmp_path, models)
     plan = llama_convert.plan_conversion(repo)
     assert plan.spec.family == "llama4" and plan.spec.instruct
     assert "Llama-4-Scout-17B-16E-Instruct" in plan.spec.instruct_reason
+    # the snapshot's own config.json is evidence too: it must describe the same model
+    config = {"model_type": "llama4", "text_config": {"hidden_size": 64, "num_hidden_layers": 4}}
+    (repo / "config.json").write_text(json.dumps(config))
+    assert llama_convert.plan_conversion(repo).spec.family == "llama4"
+    config["text_config"]["num_hidden_layers"] = 48
+    (repo / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=r"config\.json says num_hidden_layers 48 but .* num_hidden_layers 4;"):
+        llama_convert.plan_conversion(repo)
 
 
 def test_extra_state_is_read_inertly_and_only_latin1_bytes_are_rebuilt(tmp_path):

@@ -80,6 +80,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         f"{p.n_heads} heads / {p.n_kv_heads} KV heads, vocab {vocab}"
         + (f", vision {p.vision.n_layers} layers × {p.vision.dim}" if p.vision else "")
     )
+    _check_snapshot_config(folder, p, vocab, hints)
     return Llama4Spec(
         family="llama4",
         name=f"Llama 4 {kind} {size} {'Instruct' if instruct else 'base'}",
@@ -97,6 +98,30 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         size=size,
         instruct_reason=variant_evidence.because,
     )
+
+
+def _check_snapshot_config(folder: MetaFolder, p: Llama4Params, vocab: int, hints: Hints) -> None:
+    """A Hub snapshot's own config.json must describe the same model as its original/ checkpoint (its rope
+    values are not compared: the published Scout config carries Llama 3.1's, not Meta's)."""
+    config = hints.hf_config or {}
+    text = config.get("text_config", config)
+    if not isinstance(text, dict) or not text:
+        return
+    ours = {
+        "hidden_size": p.dim,
+        "num_hidden_layers": p.n_layers,
+        "num_attention_heads": p.n_heads,
+        "num_key_value_heads": p.n_kv_heads,
+        "vocab_size": vocab,
+        "num_local_experts": p.moe.num_experts,
+        "interleave_moe_layer_step": p.moe.interleave_moe_layer_step,
+    }
+    for key, value in ours.items():
+        if key in text and text[key] != value:
+            raise InputError(
+                f"the snapshot's config.json says {key} {text[key]} but {folder.root} holds a checkpoint with "
+                f"{key} {value}; the Hugging Face files and original/ belong to different models — remove one."
+            )
 
 
 def _check_tokenizer(folder: MetaFolder, evidence: list[Evidence]) -> None:

@@ -80,6 +80,13 @@ SHAPE_11B = VisionShape("11B-shaped", mp=1, dim=128, n_heads=16, n_kv_heads=8, n
 SHAPE_90B = VisionShape("90B-shaped", mp=2, dim=128, n_heads=32, n_kv_heads=8, n_layers=8, n_cross=2, seed=1)
 
 
+def default_tokenizer() -> Path:
+    """Meta's Llama 3 tokenizer.model as shipped in the ``llama-models`` package (also Llama 3.2 Vision's)."""
+    found = importlib.util.find_spec("llama_models")
+    assert found is not None and found.submodule_search_locations, "llama-models is not installed"
+    return Path(next(iter(found.submodule_search_locations))) / "llama3" / "tokenizer.model"
+
+
 def _meta_multimodal() -> types.ModuleType:
     """Import Meta's multimodal model. Its module imports the image transform, which needs torchvision;
     torchvision cannot be installed beside the CPU torch here, and the transform is not used (the tests

@@ -56,7 +56,7 @@ class ModelCase:
     """A checkpoint shape to synthesize and the flags transformers' converter needs for it."""
 
     key: str
-    preset: str  # name in llama_convert.synth.PRESETS
+    preset: str  # name in llama_convert.testing.synth.PRESETS
     folder: str  # folder name; our converter reads the release from it as Meta's downloads name it
     baseline_version: str  # --llama_version of transformers' converter
     n_layers: int | None = None  # override the preset's depth (70B layout that fits on a small disk)
@@ -77,7 +77,7 @@ def model_case(key: str) -> ModelCase:
 
 
 def synth_spec(case: ModelCase) -> Any:
-    from llama_convert.synth import PRESETS
+    from llama_convert.testing.synth import PRESETS
 
     spec = PRESETS[case.preset]
     if case.n_layers is not None:
@@ -467,7 +467,7 @@ def reusable(case: ModelCase, workdir: Path) -> bool:
 
 def synthesize_case(case: ModelCase, workdir: Path) -> tuple[Path, float | None]:
     """Synthesize (or reuse, when a previous --keep run left the same one) the checkpoint."""
-    from llama_convert.synth import synthesize
+    from llama_convert.testing.synth import synthesize
 
     spec = synth_spec(case)
     src = workdir / case.folder

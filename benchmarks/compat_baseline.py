@@ -34,7 +34,7 @@ import safetensors
 @dataclass(frozen=True)
 class Shape:
     key: str
-    preset: str  # llama_convert.synth.PRESETS name: real release shape and layout
+    preset: str  # llama_convert.testing.synth.PRESETS name: real release shape and layout
     folder: str  # Meta's download folder name (llama-convert reads the release from it)
     llama_version: str  # transformers' --llama_version (it has no "3.3": 3.3 70B is 3.1 70B's architecture)
 
@@ -56,7 +56,7 @@ SMALL = {"dim": 256, "n_layers": 2, "n_heads": 16}
 
 
 def synthesize_small(shape: Shape, dst: Path) -> tuple[Path, int]:
-    from llama_convert.synth import PRESETS, synthesize
+    from llama_convert.testing.synth import PRESETS, synthesize
 
     spec = PRESETS[shape.preset]
     spec = spec.with_(params={**spec.params, **SMALL}, seed=zlib.crc32(shape.key.encode()) & 0xFFFF)

@@ -73,7 +73,7 @@ NOTE_SEP = "\x1f"  # separates independent notes in one table cell
 @dataclass(frozen=True)
 class Case:
     key: str
-    preset: str  # llama_convert.synth.PRESETS name: the release's shape and layout
+    preset: str  # llama_convert.testing.synth.PRESETS name: the release's shape and layout
     folder: str  # Meta's download folder name (llama-convert reads the release from it)
     hf_name: str  # output folder, named like the published Hugging Face repo
     family: str  # "llama3" (tiktoken) or "llama2" (SentencePiece)
@@ -178,14 +178,14 @@ COLUMNS = (
 def train_sentencepiece(root: Path) -> Path:
     """A small SentencePiece BPE tokenizer.model with Llama's trainer settings (512 pieces)."""
 
-    from llama_convert.synth import write_small_sentencepiece
+    from llama_convert.testing.synth import write_small_sentencepiece
 
     return write_small_sentencepiece(root)
 
 
 def synth_spec(case: Case, spm_model: Path | None) -> Any:
     """The release's preset shrunk in width and depth, keeping head counts, KV heads and MP layout."""
-    from llama_convert.synth import PRESETS
+    from llama_convert.testing.synth import PRESETS
 
     spec = PRESETS[case.preset]
     params = {**spec.params, "dim": spec.params["n_heads"] * HEAD_DIM, "n_layers": N_LAYERS, "multiple_of": 32}
@@ -446,7 +446,7 @@ def converter_warnings(log: Path) -> list[str]:
 
 def check_case(case: Case, args: argparse.Namespace, gguf: Any, spm_model: Path | None) -> Result:
     import llama_convert
-    from llama_convert.synth import synthesize
+    from llama_convert.testing.synth import synthesize
 
     res = Result(case)
     work = args.workdir / case.key
@@ -713,7 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     args.converter, args.workdir = args.converter.resolve(), args.workdir.resolve()
     if not args.converter.is_file():
         parser.error(f"--converter: no such file {args.converter}")
-    from llama_convert.synth import bundled_llama3_tokenizer
+    from llama_convert.testing.synth import bundled_llama3_tokenizer
 
     if bundled_llama3_tokenizer() is None:
         parser.error("needs Meta's Llama 3 tokenizer.model from the llama-models package (pip install llama-models)")

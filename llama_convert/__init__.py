@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from .describe import FolderReport, inspect
+from .detect import detect
 from .errors import (
     ChecksumError,
     ConversionError,
@@ -20,8 +21,8 @@ from .errors import (
     UnsupportedError,
     VerificationError,
 )
+from .families import ModelSpec
 from .pipeline import ConversionResult, Progress, convert, plan_conversion
-from .spec import ModelSpec, detect
 
 __version__ = "0.1.0"
 

@@ -22,9 +22,9 @@ from .errors import (
     UnsupportedError,
     VerificationError,
 )
+from .families.llama.releases import VERSIONS
 from .pipeline import ConversionResult, Progress, convert
 from .plan import ConversionPlan
-from .releases import VERSIONS
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -74,12 +74,11 @@ def _say(args: argparse.Namespace, text: str) -> None:
 
 def _describe_plan(args: argparse.Namespace, plan: ConversionPlan) -> None:
     spec = plan.spec
-    p = spec.params
+    reasons = "; ".join(f"{e.decision} ({e.because})" for e in spec.evidence if e.topic in ("release", "variant"))
     lines = [
-        f"Detected {spec.name}: {spec.release.title} ({spec.version_reason}); "
-        f"{'instruct' if spec.instruct else 'base'} ({spec.instruct_reason}).",
-        f"  {p.n_layers} layers, dim {p.dim}, {p.n_heads} heads / {spec.n_kv_heads} KV heads, vocab {spec.vocab_size}, "
-        f"MP{spec.mp}, {spec.source_dtype} → {plan.dtype}, {len(plan.files)} file(s), {plan.total_size / 1e9:.2f} GB.",
+        f"Detected {spec.name}: {reasons}.",
+        f"  {spec.summary}, MP{spec.mp}, {spec.source_dtype} → {plan.dtype}, {len(plan.files)} file(s), "
+        f"{plan.total_size / 1e9:.2f} GB.",
     ]
     lines += [f"  note: {note}" for note in spec.notes]
     _say(args, "\n".join(lines))
@@ -119,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("src", type=Path)
     _add_common(insp)
     insp.add_argument("--json", action="store_true", help="machine-readable output")
+    insp.add_argument("--plan", action="store_true", help="also print every output tensor: sources, steps, file")
 
     ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk")
     ver.add_argument("src", type=Path)
@@ -143,17 +143,7 @@ def _convert(args: argparse.Namespace) -> int:
 
         plan = plan_conversion(args.src, fold_kv_heads=not args.keep_kv_heads, **options)
         _describe_plan(args, plan)
-        for out_file in plan.files:
-            print(f"{out_file.name}  ({out_file.nbytes / 1e9:.2f} GB)")
-            for t in out_file.tensors:
-                how = [f"concat dim {t.concat_dim}" if t.concat_dim is not None else "replicated"]
-                if t.kv_fold > 1:
-                    how.append(f"fold KV heads ×{t.kv_fold}")
-                if t.rotary_heads:
-                    how.append(f"rotary permute {t.rotary_heads} heads")
-                if t.dtype != t.source_dtype:
-                    how.append(f"{t.source_dtype}→{t.dtype}")
-                print(f"  {t.name} {list(t.shape)} {t.dtype} ← {t.source} ({', '.join(how)})")
+        _print_plan(plan)
         return 0
     interactive = not args.quiet and not args.json and sys.stderr.isatty()
     result: ConversionResult = convert(
@@ -182,10 +172,20 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_plan(plan: ConversionPlan) -> None:
+    for out_file in plan.files:
+        print(f"{out_file.name}  ({out_file.nbytes / 1e9:.2f} GB)")
+        for t in out_file.tensors:
+            print(f"  {t.name} {list(t.shape)} {t.dtype} ← {'; '.join(t.steps())}")
+
+
 def _result_json(result: ConversionResult) -> dict:
+    from .families import family_of
+
     return {
         "model": result.spec.name,
-        "release": result.spec.release.version,
+        **family_of(result.spec).details(result.spec),
+        "family": result.spec.family,
         "instruct": result.spec.instruct,
         "destination": str(result.destination),
         "files": list(result.files),
@@ -207,19 +207,19 @@ def _inspect(args: argparse.Namespace) -> int:
         instruct=args.instruct,
     )
     if args.json:
-        print(json.dumps(report.to_json(), indent=2))
+        data = report.to_json()
+        if args.plan and report.plan is not None:
+            data["plan"] = report.plan.to_json()
+        print(json.dumps(data, indent=2))
         return 0
     print(f"{report.path}: {report.summary}")
     if report.kind != "meta":
         return 0
     d = report.details
-    print(f"  release      {d['release']} ({d['version_reason']})")
-    print(f"  size         {d['size']} ({d['parameters'] / 1e9:.2f} B parameters)")
-    print(f"  kind         {'instruct' if d['instruct'] else 'base'} ({d['instruct_reason']})")
-    print(
-        f"  layout       MP{d['model_parallel']}, {d['source_dtype']} → {d['output_dtype']}, {d['tokenizer']} tokenizer"
-    )
-    print("  params       " + ", ".join(f"{k}={v}" for k, v in d["params"].items()))
+    print(f"  model        {d['summary']} ({d['parameters'] / 1e9:.2f} B parameters)")
+    print(f"  layout       MP{d['model_parallel']}, {d['source_dtype']} → {d['output_dtype']}")
+    for e in d["evidence"]:
+        print(f"  {e['topic']:<12} {e['decision']} ← {e['because']}")
     print(f"  reads        {d['source_bytes'] / 1e9:.2f} GB; writes {d['output_bytes'] / 1e9:.2f} GB")
     print(
         f"  needs        {d['disk_needed_bytes'] / 1e9:.2f} GB free; about {d['estimated_seconds']:.0f} s at 500 MB/s"
@@ -227,6 +227,8 @@ def _inspect(args: argparse.Namespace) -> int:
     print("  files        " + ", ".join(d["files"]))
     for note in d["notes"]:
         print(f"  note         {note}")
+    if args.plan and report.plan is not None:
+        _print_plan(report.plan)
     return 0
 
 

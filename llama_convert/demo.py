@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .pipeline import convert
-from .synth import PRESETS, bundled_llama3_tokenizer, synthesize
+from .testing.synth import PRESETS, bundled_llama3_tokenizer, synthesize
 
 __all__ = ["run_demo"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .hf_config import config_json
+from .families import family_of
 from .plan import ConversionPlan
 
 __all__ = ["FolderReport", "inspect"]
@@ -52,55 +52,36 @@ def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:
 
     ``options`` are those of ``plan_conversion`` (dtype, max_shard_size, llama_version, instruct).
     """
-    from .pipeline import plan_conversion
+    from .pipeline import plan_conversion, source_format
 
     path = Path(src)
-    if path.is_dir() and (path / "config.json").is_file() and not (path / "params.json").exists():
+    if source_format(path) == "hf":
         return _huggingface_report(path)
     plan = plan_conversion(path, **options)
     spec = plan.spec
-    p = spec.params
+    family = family_of(spec)
     source_bytes = sum(s.stat().st_size for s in spec.shards)
+    metadata = family.metadata_files(spec, plan.dtype, tokenizer=True)
     files = [f.name for f in plan.files]
     if len(files) > 1:
         files.append("model.safetensors.index.json")
-    files += [
-        "config.json",
-        "generation_config.json",
-        "tokenizer.json",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ]
-    if spec.release.tokenizer_kind == "sentencepiece":
-        files.append("tokenizer.model")
+    files += list(metadata)
     details = {
-        "release": spec.release.title,
-        "version": spec.release.version,
-        "version_reason": spec.version_reason,
-        "size": spec.size,
+        "family": spec.family,
+        "name": spec.name,
+        **family.details(spec),
         "parameters": spec.parameter_count,
-        "instruct": spec.instruct,
-        "instruct_reason": spec.instruct_reason,
         "model_parallel": spec.mp,
         "source_dtype": spec.source_dtype.torch_name,
         "output_dtype": plan.dtype.torch_name,
-        "tokenizer": spec.release.tokenizer_kind,
-        "params": {
-            "dim": p.dim,
-            "n_layers": p.n_layers,
-            "n_heads": p.n_heads,
-            "n_kv_heads": p.n_kv_heads,
-            "vocab_size": spec.vocab_size,
-            "intermediate_size": p.intermediate_size,
-            "norm_eps": p.norm_eps,
-            "rope_theta": spec.rope_theta,
-        },
+        "summary": spec.summary,
+        "evidence": [{"topic": e.topic, "decision": e.decision, "because": e.because} for e in spec.evidence],
         "source_bytes": source_bytes,
         "output_bytes": plan.total_size,
         "files": files,
         "estimated_seconds": round((source_bytes + plan.total_size) / _ASSUMED_THROUGHPUT, 1),
         "disk_needed_bytes": plan.total_size + (32 << 20),
         "notes": list(spec.notes),
-        "config": config_json(spec, plan.dtype),
+        "config": json.loads(metadata["config.json"]),
     }
     return FolderReport(path, "meta", f"{spec.name} (Meta format, MP{spec.mp})", details, plan)

@@ -1,14 +1,15 @@
-"""Run a ConversionPlan: read source row blocks, merge, permute, cast, stream to safetensors.
+"""Run tensor recipes: read source row blocks, merge shards, assemble parts, permute, cast, hand to a sink.
 
-Memory stays bounded by the block size, whatever the model size: no tensor is ever held
-whole unless it is smaller than one block.
+Memory stays bounded by the block size, whatever the model size: no tensor is held whole unless one
+row of it (or a transposed tensor, which must be small) is larger than a block. Nothing here knows a
+model family; sinks (safetensors here, GGUF and Meta shards elsewhere) consume ``produce_pieces``.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,35 +17,86 @@ import numpy as np
 
 from .dtypes import cast
 from .errors import ConversionError
-from .io.safetensors_writer import SafetensorsWriter
-from .io.torch_zip import TorchCheckpoint
-from .plan import ConversionPlan, TensorRecipe
+from .formats.hf.safetensors_writer import SafetensorsWriter
+from .formats.meta.torch_zip import TorchCheckpoint
+from .plan import ConversionPlan, Part, TensorRecipe
 
-__all__ = ["BLOCK_BYTES", "produce_blocks", "write_weights"]
+__all__ = ["BLOCK_BYTES", "FileSpan", "assembled_shape", "produce_blocks", "produce_pieces", "write_weights"]
 
 BLOCK_BYTES = 32 << 20  # per block of output rows; bounds memory together with the read buffers
+MAX_TRANSPOSED_BYTES = 256 << 20  # a transposed tensor is assembled whole: routers and such, never a big matrix
 
 
-def _merged_rows(recipe: TensorRecipe, shards: list[TorchCheckpoint], start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of the tensor obtained by concatenating all shards along ``concat_dim``."""
-    first = shards[0].tensors[recipe.source]
-    if recipe.concat_dim is None or len(shards) == 1:
-        return shards[0].read_rows(recipe.source, start, stop)
-    if recipe.concat_dim == 0:
-        per = first.shape[0]
-        out = np.empty((stop - start, *first.shape[1:]), dtype=first.dtype.storage)
+def _piece_shape(part: Part, stored: tuple[int, ...]) -> tuple[int, ...]:
+    view = part.view or stored
+    if math.prod(view) != math.prod(stored):
+        raise ConversionError(f"{part.source}: a tensor of shape {list(stored)} cannot be viewed as {list(view)}.")
+    if part.take is None:
+        return tuple(view)
+    return (part.take[1] - part.take[0], *view[1:])
+
+
+def merged_shape(part: Part, shards: Sequence[TorchCheckpoint]) -> tuple[int, ...]:
+    """Shape of one part after viewing, taking and merging over the shards."""
+    shape = list(_piece_shape(part, shards[0].tensors[part.source].shape))
+    if part.mp_axis is not None:
+        shape[part.mp_axis] *= len(shards)
+    return tuple(shape)
+
+
+def assembled_shape(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> tuple[int, ...]:
+    """Shape of the parts concatenated along ``cat_axis`` (before transpose, folding and reshape)."""
+    shapes = [merged_shape(p, shards) for p in recipe.parts]
+    out = list(shapes[0])
+    out[recipe.cat_axis] = sum(s[recipe.cat_axis] for s in shapes)
+    return tuple(out)
+
+
+def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of one shard's viewed-and-taken tensor."""
+    ref = shard.tensors[part.source]
+    view = part.view or ref.shape or (1,)
+    first = (part.take[0] if part.take else 0) + start
+    view_row = math.prod(view[1:])
+    if part.view is None:
+        return shard.read_rows(part.source, first, first + stop - start)
+    stored_row = math.prod(ref.shape[1:]) if ref.shape else 1
+    e0, e1 = first * view_row, (first + stop - start) * view_row
+    r0, r1 = e0 // stored_row, -(-e1 // stored_row)
+    flat = shard.read_rows(part.source, r0, r1).reshape(-1)
+    return flat[e0 - r0 * stored_row : e1 - r0 * stored_row].reshape(stop - start, *view[1:])
+
+
+def _merged_rows(part: Part, shards: Sequence[TorchCheckpoint], start: int, stop: int) -> np.ndarray:
+    """Rows ``start:stop`` of a part merged over the shards."""
+    if part.mp_axis is None or len(shards) == 1:
+        return _piece_rows(part, shards[0], start, stop)
+    if part.mp_axis == 0:
+        per = _piece_shape(part, shards[0].tensors[part.source].shape)[0]
+        pieces = []
         row = start
         while row < stop:
-            shard, local = divmod(row, per)
+            index, local = divmod(row, per)
             take = min(stop - row, per - local)
-            shards[shard].read_rows(recipe.source, local, local + take, out=out[row - start : row - start + take])
+            pieces.append(_piece_rows(part, shards[index], local, local + take))
             row += take
-        return out
-    cols = first.shape[1]
-    out = np.empty((stop - start, cols * len(shards)), dtype=first.dtype.storage)
-    for i, shard in enumerate(shards):
-        out[:, i * cols : (i + 1) * cols] = shard.read_rows(recipe.source, start, stop)
-    return out
+        return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+    return np.concatenate([_piece_rows(part, s, start, stop) for s in shards], axis=part.mp_axis)
+
+
+def _assembled_rows(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint], start: int, stop: int) -> np.ndarray:
+    if len(recipe.parts) == 1:
+        return _merged_rows(recipe.parts[0], shards, start, stop)
+    if recipe.cat_axis != 0:
+        return np.concatenate([_merged_rows(p, shards, start, stop) for p in recipe.parts], axis=recipe.cat_axis)
+    pieces, offset = [], 0
+    for part in recipe.parts:
+        rows = merged_shape(part, shards)[0]
+        lo, hi = max(start, offset), min(stop, offset + rows)
+        if lo < hi:
+            pieces.append(_merged_rows(part, shards, lo - offset, hi - offset))
+        offset += rows
+    return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
 
 
 def _fold_heads(block: np.ndarray, recipe: TensorRecipe) -> np.ndarray:
@@ -59,10 +111,16 @@ def _fold_heads(block: np.ndarray, recipe: TensorRecipe) -> np.ndarray:
     return kept.reshape(-1, block.shape[-1])
 
 
-def _rotary_to_halves(block: np.ndarray, head_dim: int) -> np.ndarray:
+def rotary_to_halves(block: np.ndarray, head_dim: int) -> np.ndarray:
     """Meta rotates interleaved pairs (2i, 2i+1); Hugging Face rotates halves (i, i + head_dim/2)."""
     cols = block.shape[-1]
     return block.reshape(-1, head_dim // 2, 2, cols).transpose(0, 2, 1, 3).reshape(-1, cols)
+
+
+def rotary_to_pairs(block: np.ndarray, head_dim: int) -> np.ndarray:
+    """The inverse of ``rotary_to_halves``."""
+    cols = block.shape[-1]
+    return block.reshape(-1, 2, head_dim // 2, cols).transpose(0, 2, 1, 3).reshape(-1, cols)
 
 
 @dataclass(frozen=True)
@@ -74,24 +132,30 @@ class FileSpan:
     nbytes: int
 
 
-def _verbatim_spans(recipe: TensorRecipe, shards: list[TorchCheckpoint]) -> list[FileSpan] | None:
-    """When the output tensor is the shards' bytes one after another (no permutation, no cast,
-    contiguous, merged along dim 0 or taken from one shard), the byte ranges to copy; else None."""
-    if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.dtype != recipe.source_dtype:
+def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> list[FileSpan] | None:
+    """When the output is the sources' bytes one after another (no permutation, transpose or cast; parts
+    stacked on dim 0; contiguous shards merged on dim 0 or taken from one), the byte ranges; else None."""
+    if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.transpose or recipe.dtype != recipe.source_dtype:
         return None
-    if recipe.concat_dim not in (0, None) and len(shards) > 1:
+    if len(recipe.parts) > 1 and recipe.cat_axis != 0:
         return None
-    parts = [shards[0]] if recipe.concat_dim is None else shards
     spans = []
-    for shard in parts:
-        ref = shard.tensors[recipe.source]
-        if not ref.is_contiguous:
+    for part in recipe.parts:
+        if part.mp_axis not in (0, None) and len(shards) > 1:
             return None
-        spans.append(FileSpan(shard, ref.storage.file_offset + ref.storage_offset * ref.dtype.itemsize, ref.nbytes))
+        for shard in [shards[0]] if part.mp_axis is None else shards:
+            ref = shard.tensors[part.source]
+            if not ref.is_contiguous:
+                return None
+            view = part.view or ref.shape or (1,)
+            row_bytes = math.prod(view[1:]) * ref.dtype.itemsize
+            start, stop = part.take or (0, view[0])
+            base = ref.storage.file_offset + ref.storage_offset * ref.dtype.itemsize
+            spans.append(FileSpan(shard, base + start * row_bytes, (stop - start) * row_bytes))
     return spans
 
 
-def produce_pieces(recipe: TensorRecipe, shards: list[TorchCheckpoint]) -> Iterator[np.ndarray | FileSpan]:
+def produce_pieces(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> Iterator[np.ndarray | FileSpan]:
     """The output tensor's bytes, in order: verbatim file spans where possible, else row blocks."""
     spans = _verbatim_spans(recipe, shards)
     if spans is not None:
@@ -100,20 +164,40 @@ def produce_pieces(recipe: TensorRecipe, shards: list[TorchCheckpoint]) -> Itera
         yield from produce_blocks(recipe, shards)
 
 
-def produce_blocks(recipe: TensorRecipe, shards: list[TorchCheckpoint]) -> Iterator[np.ndarray]:
-    """The output tensor's bytes as a sequence of row blocks, in order."""
-    rows = recipe.shape[0]
-    row_bytes = math.prod(recipe.shape[1:]) * max(recipe.dtype.itemsize, recipe.source_dtype.itemsize)
-    unit = recipe.row_unit
+def produce_blocks(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> Iterator[np.ndarray]:
+    """The output tensor as a sequence of blocks of whole rows (of the assembled tensor), in order, cast."""
+    shape = assembled_shape(recipe, shards)
+    if math.prod(shape) != math.prod(recipe.shape) * recipe.kv_fold:
+        raise ConversionError(
+            f"{recipe.source}: the sources assemble to {list(shape)}, which does not make {recipe.name} "
+            f"of shape {list(recipe.shape)}; the checkpoint does not match its params.json."
+        )
+    itemsize = max(recipe.dtype.itemsize, recipe.source_dtype.itemsize)
+    if recipe.transpose:
+        if len(shape) != 2 or math.prod(shape) * itemsize > MAX_TRANSPOSED_BYTES:
+            raise ConversionError(f"{recipe.name}: only small 2-D tensors are transposed, not {list(shape)}.")
+        whole = np.ascontiguousarray(_assembled_rows(recipe, shards, 0, shape[0]).T)
+        shape = whole.shape
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            return whole[start:stop]
+    else:
+
+        def rows(start: int, stop: int) -> np.ndarray:
+            return _assembled_rows(recipe, shards, start, stop)
+
+    row_bytes = math.prod(shape[1:]) * itemsize
+    unit = recipe.row_unit * recipe.kv_fold
     block_rows = max(unit, (BLOCK_BYTES // max(row_bytes, 1)) // unit * unit)
-    for start in range(0, rows, block_rows):
-        stop = min(rows, start + block_rows)
-        block = _merged_rows(recipe, shards, start * recipe.kv_fold, stop * recipe.kv_fold)
+    for start in range(0, shape[0], block_rows):
+        block = rows(start, min(shape[0], start + block_rows))
+        if recipe.kv_fold > 1 or recipe.rotary_heads:
+            block = block.reshape(block.shape[0], -1)
         if recipe.kv_fold > 1:
             block = _fold_heads(block, recipe)
         if recipe.rotary_heads:
-            block = _rotary_to_halves(block, recipe.head_dim)
-        yield cast(block, recipe.source_dtype, recipe.dtype)
+            block = rotary_to_halves(block, recipe.head_dim)
+        yield cast(np.ascontiguousarray(block), recipe.source_dtype, recipe.dtype)
 
 
 def write_weights(
@@ -122,11 +206,20 @@ def write_weights(
     *,
     advance: Callable[[int], None] = lambda n: None,
     sync: bool = True,
+    skip: frozenset[str] = frozenset(),
+    on_file_done: Callable[[str], None] = lambda name: None,
 ) -> list[str]:
-    """Write every safetensors file of the plan (and the index when there are several) into ``out_dir``."""
+    """Write every safetensors file of the plan (and the index when there are several) into ``out_dir``.
+
+    Files named in ``skip`` are already complete there (a resumed run); ``on_file_done`` is called after
+    each file is written and synced.
+    """
     shards = [TorchCheckpoint(path) for path in plan.spec.shards]
     try:
         for out_file in plan.files:
+            if out_file.name in skip:
+                advance(out_file.nbytes)
+                continue
             entries = [(t.name, t.dtype.safetensors, t.shape, t.nbytes) for t in out_file.tensors]
             writer = SafetensorsWriter(out_dir / out_file.name, entries, {"format": "pt"})
             try:
@@ -140,6 +233,7 @@ def write_weights(
                 writer.abort()
                 raise
             writer.close(sync=sync)
+            on_file_done(out_file.name)
     finally:
         for shard in shards:
             shard.close()

@@ -1,4 +1,9 @@
-"""``convert``: detect → plan → (tokenizer, weights, configs) into a temporary folder → verify → rename."""
+"""``convert``: recognise → plan → (tokenizer, weights, configs) into a temporary folder → verify → rename.
+
+The direction follows from the source and the target: a Meta folder goes to a Hugging Face folder by
+default (here), to GGUF (``formats.gguf``) or to Meta shards of another model-parallel degree
+(``formats.meta``); a Hugging Face folder goes back to Meta's format.
+"""
 
 from __future__ import annotations
 
@@ -9,22 +14,41 @@ from collections.abc import Callable
 from concurrent.futures import CancelledError
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from .detect import detect
 from .dtypes import DType, dtype_by_name
-from .errors import MissingFileError
+from .errors import MissingFileError, UnsupportedError
 from .execute import write_weights
-from .hf_config import config_json, generation_config_json
-from .io.torch_zip import TorchCheckpoint
+from .families import ModelSpec, family_of
+from .formats.meta.torch_zip import TorchCheckpoint
 from .output import atomic_output_dir, check_destination, check_free_space
 from .plan import ConversionPlan, build_plan, parse_size
-from .releases import Version
-from .spec import ModelSpec, detect
-from .tokenizer import json_bytes, tokenizer_files
 from .verify import VerifyReport, raise_for_report, verify_checksums
 
-__all__ = ["ConversionResult", "Progress", "convert", "plan_conversion"]
+__all__ = ["ConversionResult", "ConvertOptions", "Progress", "convert", "plan_conversion", "source_format"]
 
 _TOKENIZER_ALLOWANCE = 32 << 20  # tokenizer + configs, for the free-space check
+Format = Literal["meta", "hf", "gguf"]
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Every option of a conversion, whatever the route."""
+
+    dtype: str | DType | None = None
+    max_shard_size: str | int = "5GB"
+    llama_version: str | None = None
+    instruct: bool | None = None
+    force: bool = False
+    verify: bool = True
+    tokenizer: bool = True
+    tokenizer_only: bool = False
+    fold_kv_heads: bool = True
+    verify_workers: int = 1
+    resume: bool = True
+    mp: int | None = None  # model-parallel degree of Meta output
+    outtype: str | None = None  # GGUF tensor type: bf16, f16, q8_0
 
 
 class Progress:
@@ -57,41 +81,49 @@ def _as_dtype(dtype: str | DType | None) -> DType | None:
     return dtype_by_name(dtype) if isinstance(dtype, str) else dtype
 
 
+def source_format(src: Path) -> Format:
+    """``hf`` for a Hugging Face model folder (config.json + weights, no Meta checkpoint), ``gguf`` for a
+    .gguf file, else ``meta`` (whose reader then says precisely what is missing)."""
+    if src.is_file() and src.suffix == ".gguf":
+        return "gguf"
+    hf_files = src.is_dir() and (src / "config.json").is_file() and not (src / "params.json").exists()
+    if hf_files and not (src / "original").is_dir() and (any(src.glob("*.safetensors")) or any(src.glob("*.bin"))):
+        return "hf"
+    return "meta"
+
+
+def target_format(source: Format, dst: Path, to: str | None) -> Format:
+    """The target: ``to`` when given, GGUF for a ``.gguf`` destination, else the other format."""
+    if to is not None:
+        if to not in ("meta", "hf", "gguf"):
+            raise UnsupportedError(f"--to {to!r} is not a format; use meta, hf or gguf.")
+        return to  # type: ignore[return-value]
+    if dst.suffix == ".gguf":
+        return "gguf"
+    return "hf" if source == "meta" else "meta"
+
+
 def plan_conversion(
     src: str | os.PathLike[str],
     *,
     dtype: str | DType | None = None,
     max_shard_size: str | int = "5GB",
-    llama_version: Version | None = None,
+    llama_version: str | None = None,
     instruct: bool | None = None,
     fold_kv_heads: bool = True,
 ) -> ConversionPlan:
-    """Detect the model in ``src`` and plan its conversion without writing anything."""
+    """Recognise the model in ``src`` and plan its conversion to Hugging Face without writing anything."""
     spec = detect(src, llama_version=llama_version, instruct=instruct, fold_kv_heads=fold_kv_heads)
+    return plan_for(spec, dtype=_as_dtype(dtype), max_shard_size=parse_size(max_shard_size))
+
+
+def plan_for(spec: ModelSpec, *, dtype: DType | None, max_shard_size: int) -> ConversionPlan:
+    """The Hugging Face plan of a recognised spec, tensors in the first shard's order."""
+    dtype = dtype or spec.source_dtype
     with TorchCheckpoint(spec.shards[0]) as first:
         order = list(first.tensors)
-    return build_plan(spec, dtype=_as_dtype(dtype), max_shard_size=parse_size(max_shard_size), source_order=order)
-
-
-def _metadata_files(spec: ModelSpec, dtype: DType, *, tokenizer: bool) -> dict[str, bytes]:
-    """Everything but the weights, built in memory first so that a bad tokenizer fails before any write."""
-    files = {
-        "config.json": json_bytes(config_json(spec, dtype)),
-        "generation_config.json": json_bytes(generation_config_json(spec)),
-    }
-    if tokenizer:
-        files.update(_tokenizer_files(spec))
-    return files
-
-
-def _tokenizer_files(spec: ModelSpec) -> dict[str, bytes]:
-    assert spec.folder.tokenizer is not None
-    return tokenizer_files(
-        spec.folder.tokenizer,
-        version=spec.release.version,
-        instruct=spec.instruct,
-        context_length=spec.release.context_length,
-    )
+    recipes = family_of(spec).recipes(spec, dtype)
+    return build_plan(spec, recipes, dtype=dtype, max_shard_size=max_shard_size, source_order=order)
 
 
 def _write_files(out: Path, files: dict[str, bytes]) -> list[str]:
@@ -169,49 +201,69 @@ def convert(
     src: str | os.PathLike[str],
     dst: str | os.PathLike[str],
     *,
-    dtype: str | DType | None = None,
-    max_shard_size: str | int = "5GB",
-    llama_version: Version | None = None,
-    instruct: bool | None = None,
-    force: bool = False,
-    verify: bool = True,
-    tokenizer: bool = True,
-    tokenizer_only: bool = False,
-    fold_kv_heads: bool = True,
-    verify_workers: int = 1,
+    to: str | None = None,
     progress: Progress | None = None,
     on_plan: Callable[[ConversionPlan], None] | None = None,
+    **options: object,
 ) -> ConversionResult:
-    """Convert the Meta checkpoint folder ``src`` into a Hugging Face model folder ``dst``.
+    """Convert ``src`` into ``dst``: a Meta checkpoint folder into a Hugging Face folder (default), a
+    ``.gguf`` file (``to="gguf"``) or Meta shards (``to="meta"``, ``mp=N``); a Hugging Face folder into
+    Meta's format. ``options`` are the fields of ``ConvertOptions``.
 
-    Nothing appears at ``dst`` unless the whole conversion (and, with ``verify``, the
-    checksum check against checklist.chk) succeeded. Verification hashes in ``verify_workers``
-    background threads while converting; a mismatch stops the conversion as soon as it is known.
+    Nothing appears at ``dst`` unless the whole conversion (and, with ``verify``, the checksum check
+    against checklist.chk) succeeded.
     """
-    started = time.perf_counter()
+    opts = ConvertOptions(**options)  # type: ignore[arg-type]
     progress = progress or Progress()
-    dst = Path(dst)
-    check_destination(dst.absolute(), force=force)
-    plan = plan_conversion(
-        src,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        llama_version=llama_version,
-        instruct=instruct,
-        fold_kv_heads=fold_kv_heads,
-    )
-    spec = plan.spec
+    src_path, dst_path = Path(src), Path(dst)
+    source = source_format(src_path)
+    target = target_format(source, dst_path, to)
+    if source == "gguf":
+        raise UnsupportedError(f"{src_path} is a GGUF file; converting from GGUF is not supported.")
+    if (source, target) == ("meta", "hf"):
+        return convert_to_hf(src_path, dst_path, opts, progress=progress, on_plan=on_plan)
+    if target == "gguf":
+        from .formats.gguf.route import convert_to_gguf
+
+        return convert_to_gguf(src_path, dst_path, opts, progress=progress)
+    if target == "meta":
+        from .formats.meta.route import convert_to_meta
+
+        return convert_to_meta(src_path, dst_path, opts, progress=progress)
+    raise UnsupportedError(f"{src_path} is already a Hugging Face model folder; nothing to convert.")
+
+
+def convert_to_hf(
+    src: Path,
+    dst: Path,
+    opts: ConvertOptions,
+    *,
+    progress: Progress,
+    on_plan: Callable[[ConversionPlan], None] | None = None,
+) -> ConversionResult:
+    """A Meta checkpoint → a Hugging Face model folder. Verification hashes in background threads while
+    converting; a mismatch stops the conversion as soon as it is known."""
+    started = time.perf_counter()
+    check_destination(dst.absolute(), force=opts.force)
+    spec = detect(src, llama_version=opts.llama_version, instruct=opts.instruct, fold_kv_heads=opts.fold_kv_heads)
+    plan = plan_for(spec, dtype=_as_dtype(opts.dtype), max_shard_size=parse_size(opts.max_shard_size))
     if on_plan is not None:
         on_plan(plan)
+    family = family_of(spec)
     notes = list(spec.notes)
-    weight_bytes = 0 if tokenizer_only else plan.total_size
+    weight_bytes = 0 if opts.tokenizer_only else plan.total_size
     check_free_space(dst.absolute(), weight_bytes + _TOKENIZER_ALLOWANCE)
-    metadata = _tokenizer_files(spec) if tokenizer_only else _metadata_files(spec, plan.dtype, tokenizer=tokenizer)
-    verifier = _BackgroundVerify(spec.folder.root, workers=verify_workers) if verify and not tokenizer_only else None
+    if opts.tokenizer_only:
+        metadata = family.metadata_files(spec, plan.dtype, tokenizer=True)
+        metadata = {k: v for k, v in metadata.items() if k not in ("config.json", "generation_config.json")}
+    else:
+        metadata = family.metadata_files(spec, plan.dtype, tokenizer=opts.tokenizer)
+    verify = opts.verify and not opts.tokenizer_only
+    verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if verify else None
     try:
-        with atomic_output_dir(dst, force=force) as tmp:
+        with atomic_output_dir(dst, force=opts.force) as tmp:
             names: list[str] = []
-            if not tokenizer_only:
+            if not opts.tokenizer_only:
                 progress.start(plan.total_size, f"Converting {spec.name}")
                 try:
                     names += write_weights(plan, tmp, advance=_advance(progress, verifier))
@@ -223,8 +275,8 @@ def convert(
         if verifier is not None:
             verifier.cancel()
         raise
-        if verifier is not None and not verified:
-            notes.append("no checklist.chk found: checksums were not verified.")
+    if verifier is not None and not verified:
+        notes.append("no checklist.chk found: checksums were not verified.")
     return ConversionResult(
         spec=spec,
         destination=dst,

@@ -1,36 +1,66 @@
-"""The conversion plan: which output tensor comes from which source tensors, how, into which file.
+"""The conversion plan: which output tensor comes from which source tensors, by which steps, into which file.
 
-A pure function of the ModelSpec and the tensor order of the source: no bytes are read.
-The executor (``execute.py``) runs the plan; ``--dry-run`` prints it.
+Family-agnostic and pure: families emit ``TensorRecipe`` values, ``build_plan`` groups them into output
+files, and nothing here reads a byte. The executor (``execute.py``) runs a plan forwards; every step is
+invertible (merge ↔ split over model-parallel shards, view, take ↔ place, transpose, rotary permutation,
+KV-head fold ↔ repeat, cast), so the reverse direction runs the same recipes backwards.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from .dtypes import DType
-from .spec import LAYER_TENSORS, ModelSpec
 
-__all__ = ["ConversionPlan", "OutputFile", "TensorRecipe", "build_plan", "parse_size"]
+if TYPE_CHECKING:
+    from .families.base import ModelSpec
+
+__all__ = ["ConversionPlan", "OutputFile", "Part", "TensorRecipe", "build_plan", "parse_size", "split_into_files"]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One source tensor merged over the model-parallel shards.
+
+    Each shard's stored tensor is first viewed as ``view`` (same bytes; ``None``: as stored), then rows
+    ``take`` of its axis 0 are kept (``None``: all; a fused tensor such as ``wqkv`` holds several parts),
+    then the shards are concatenated along ``mp_axis`` (``None``: replicated, shard 0 is read).
+    """
+
+    source: str
+    mp_axis: int | None
+    view: tuple[int, ...] | None = None
+    take: tuple[int, int] | None = None
+
+    def describe(self) -> str:
+        text = self.source
+        if self.view is not None:
+            text += f" as {list(self.view)}"
+        if self.take is not None:
+            text += f" rows {self.take[0]}:{self.take[1]}"
+        return text + (" (replicated)" if self.mp_axis is None else f" ⊕ shards on dim {self.mp_axis}")
 
 
 @dataclass(frozen=True)
 class TensorRecipe:
-    """How one Hugging Face tensor is made from the same-named tensor of every Meta shard.
+    """How one output tensor is made.
 
-    Merge the shards' tensors along ``concat_dim`` (``None``: replicated, take shard 0);
-    if ``kv_fold`` > 1 keep every ``kv_fold``-th head of ``head_dim`` rows (the others are
-    verified to be copies); if ``rotary_heads`` is set, reorder each head's rows from Meta's
-    interleaved rotary pairs to Hugging Face's halves; finally cast to ``dtype``.
+    The merged ``parts`` are concatenated along ``cat_axis``; the result is transposed (2-D, small tensors
+    only) if ``transpose``; seen as rows of ``head_dim`` per head, every ``kv_fold``-th head is kept (the
+    others are verified to be copies) and, with ``rotary_heads``, each head's rows are reordered from
+    Meta's interleaved rotary pairs to Hugging Face's halves; the bytes are then read as ``shape``
+    (C order) and cast to ``dtype``.
     """
 
     name: str
-    source: str
+    parts: tuple[Part, ...]
     shape: tuple[int, ...]
     dtype: DType
     source_dtype: DType
-    concat_dim: int | None
+    cat_axis: int = 0
+    transpose: bool = False
     rotary_heads: int | None = None
     kv_fold: int = 1
     head_dim: int = 0
@@ -40,14 +70,34 @@ class TensorRecipe:
         return math.prod(self.shape) * self.dtype.itemsize
 
     @property
+    def source(self) -> str:
+        """The first (usually the only) source tensor."""
+        return self.parts[0].source
+
+    @property
     def row_unit(self) -> int:
-        """Output rows that must be produced together (a whole head when heads are reordered)."""
+        """Rows that must be produced together (a whole head when heads are reordered or folded)."""
         return self.head_dim if (self.rotary_heads or self.kv_fold > 1) else 1
+
+    def steps(self) -> list[str]:
+        """The recipe as readable steps, for ``inspect --plan``."""
+        steps = [p.describe() for p in self.parts]
+        if len(self.parts) > 1:
+            steps.append(f"concat parts on dim {self.cat_axis}")
+        if self.transpose:
+            steps.append("transpose")
+        if self.kv_fold > 1:
+            steps.append(f"keep every {self.kv_fold}th KV head (copies checked)")
+        if self.rotary_heads:
+            steps.append(f"rotary pairs → halves ({self.rotary_heads} heads of {self.head_dim})")
+        if self.dtype != self.source_dtype:
+            steps.append(f"cast {self.source_dtype} → {self.dtype}")
+        return steps
 
 
 @dataclass(frozen=True)
 class OutputFile:
-    """One safetensors file and the tensors it holds, in write order."""
+    """One output weight file and the tensors it holds, in write order."""
 
     name: str
     tensors: tuple[TensorRecipe, ...]
@@ -59,6 +109,8 @@ class OutputFile:
 
 @dataclass(frozen=True)
 class ConversionPlan:
+    """Everything a conversion will write, decided before any byte is read."""
+
     spec: ModelSpec
     dtype: DType
     files: tuple[OutputFile, ...]
@@ -70,6 +122,32 @@ class ConversionPlan:
     @property
     def tensors(self) -> tuple[TensorRecipe, ...]:
         return tuple(t for f in self.files for t in f.tensors)
+
+    def to_json(self) -> dict[str, Any]:
+        """The plan as plain data: each output tensor with its sources, steps, dtype, shape and file."""
+        return {
+            "model": self.spec.name,
+            "family": self.spec.family,
+            "dtype": self.dtype.torch_name,
+            "total_bytes": self.total_size,
+            "files": [
+                {
+                    "name": f.name,
+                    "bytes": f.nbytes,
+                    "tensors": [
+                        {
+                            "name": t.name,
+                            "shape": list(t.shape),
+                            "dtype": t.dtype.torch_name,
+                            "sources": [p.source for p in t.parts],
+                            "steps": t.steps(),
+                        }
+                        for t in f.tensors
+                    ],
+                }
+                for f in self.files
+            ],
+        }
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -87,69 +165,9 @@ def parse_size(text: str | int) -> int:
     return int(float(number) * _UNITS[unit])
 
 
-def _recipes(spec: ModelSpec, dtype: DType) -> list[TensorRecipe]:
-    p = spec.params
-    hd = p.head_dim
-    vocab = spec.vocab_size
-    out: list[TensorRecipe] = [
-        TensorRecipe(
-            "model.embed_tokens.weight",
-            "tok_embeddings.weight",
-            (vocab, p.dim),
-            dtype,
-            spec.source_dtype,
-            spec.release.embedding_split_dim,
-        ),
-        TensorRecipe("model.norm.weight", "norm.weight", (p.dim,), dtype, spec.source_dtype, None),
-    ]
-    if not spec.tie_embeddings:
-        out.append(TensorRecipe("lm_head.weight", "output.weight", (vocab, p.dim), dtype, spec.source_dtype, 0))
-    kv = spec.n_kv_heads
-    shapes = {
-        "attention.wq.weight": (p.n_heads * hd, p.dim),
-        "attention.wk.weight": (kv * hd, p.dim),
-        "attention.wv.weight": (kv * hd, p.dim),
-        "attention.wo.weight": (p.dim, p.n_heads * hd),
-        "feed_forward.w1.weight": (p.intermediate_size, p.dim),
-        "feed_forward.w2.weight": (p.dim, p.intermediate_size),
-        "feed_forward.w3.weight": (p.intermediate_size, p.dim),
-        "attention_norm.weight": (p.dim,),
-        "ffn_norm.weight": (p.dim,),
-    }
-    for i in range(p.n_layers):
-        for suffix, (hf_suffix, split) in LAYER_TENSORS.items():
-            rotary = {"attention.wq.weight": p.n_heads, "attention.wk.weight": kv}.get(suffix)
-            fold = spec.kv_fold if suffix in ("attention.wk.weight", "attention.wv.weight") else 1
-            out.append(
-                TensorRecipe(
-                    f"model.layers.{i}.{hf_suffix}",
-                    f"layers.{i}.{suffix}",
-                    shapes[suffix],
-                    dtype,
-                    spec.source_dtype,
-                    split,
-                    rotary_heads=rotary,
-                    kv_fold=fold,
-                    head_dim=hd,
-                )
-            )
-    return out
-
-
-def build_plan(
-    spec: ModelSpec,
-    *,
-    dtype: DType | None = None,
-    max_shard_size: int = 5 * 10**9,
-    source_order: list[str] | None = None,
-) -> ConversionPlan:
-    """Plan the conversion: tensors in the source file's order (sequential reads), split greedily
-    into files of at most ``max_shard_size`` bytes (a larger single tensor gets a file of its own)."""
-    dtype = dtype or spec.source_dtype
-    recipes = _recipes(spec, dtype)
-    if source_order:
-        position = {name: i for i, name in enumerate(source_order)}
-        recipes.sort(key=lambda r: position.get(r.source, len(position)))
+def split_into_files(recipes: list[TensorRecipe], max_shard_size: int) -> tuple[OutputFile, ...]:
+    """Greedy safetensors shards of at most ``max_shard_size`` bytes (a larger tensor gets its own file),
+    named as transformers names them."""
     groups: list[list[TensorRecipe]] = [[]]
     size = 0
     for recipe in recipes:
@@ -160,5 +178,20 @@ def build_plan(
         size += recipe.nbytes
     n = len(groups)
     names = ["model.safetensors"] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
-    files = tuple(OutputFile(name, tuple(g)) for name, g in zip(names, groups, strict=True))
-    return ConversionPlan(spec, dtype, files)
+    return tuple(OutputFile(name, tuple(g)) for name, g in zip(names, groups, strict=True))
+
+
+def build_plan(
+    spec: ModelSpec,
+    recipes: list[TensorRecipe],
+    *,
+    dtype: DType,
+    max_shard_size: int = 5 * 10**9,
+    source_order: list[str] | None = None,
+) -> ConversionPlan:
+    """Order ``recipes`` as their first sources lie in the first shard (sequential reads) and split them
+    into files of at most ``max_shard_size`` bytes."""
+    if source_order:
+        position = {name: i for i, name in enumerate(source_order)}
+        recipes = sorted(recipes, key=lambda r: position.get(r.source, len(position)))
+    return ConversionPlan(spec, dtype, split_into_files(recipes, max_shard_size))

@@ -11,7 +11,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from llama_convert.synth import PRESETS, SynthSpec, synthesize, write_small_sentencepiece
+from llama_convert.testing.synth import PRESETS, SynthSpec, synthesize, write_small_sentencepiece
 
 
 def tiny(preset: str, *, head_dim: int = 8, n_layers: int = 2, **changes) -> SynthSpec:

@@ -19,8 +19,8 @@ from llama_models.llama3.tokenizer import Tokenizer as MetaTokenizer
 from transformers import AutoTokenizer
 
 from llama_convert.errors import UnsupportedError
-from llama_convert.tokenizer.chat_templates import chat_template
-from llama_convert.tokenizer.tiktoken_bpe import llama3_tokenizer_files
+from llama_convert.families.llama.chat_templates import chat_template
+from llama_convert.families.llama.tokenizer import llama3_tokenizer_files
 
 LLAMA_MODELS = importlib.resources.files("llama_models")
 META_MODEL = Path(str(LLAMA_MODELS / "llama3" / "tokenizer.model"))

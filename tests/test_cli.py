@@ -11,7 +11,7 @@ from conftest import tiny
 from safetensors import safe_open
 
 from llama_convert.cli import main
-from llama_convert.synth import synthesize
+from llama_convert.testing.synth import synthesize
 
 
 @pytest.fixture(scope="module")
@@ -23,14 +23,14 @@ def llama31(tmp_path_factory):
 def test_short_form_converts_with_a_summary(capsys, llama31, tmp_path):
     assert main([str(llama31), str(tmp_path / "out")]) == 0
     err = capsys.readouterr().err
-    assert "Detected Llama 3.1" in err and "instruct (folder name 'Llama3.1-8B-Instruct' contains 'instruct')" in err
+    assert "Detected Llama 3.1" in err and "instruct (the name 'Llama3.1-8B-Instruct' contains 'Instruct')" in err
     assert "checksums verified" in err
 
 
 def test_json_result(capsys, llama31, tmp_path):
     assert main(["convert", str(llama31), str(tmp_path / "out"), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["release"] == "3.1" and result["instruct"] is True and result["verified"] is True
+    assert result["version"] == "3.1" and result["instruct"] is True and result["verified"] is True
     assert "model.safetensors" in result["files"]
 
 
@@ -84,7 +84,7 @@ def test_tokenizer_only(capsys, llama31, tmp_path):
 def test_dry_run_prints_the_plan_and_writes_nothing(capsys, llama31, tmp_path):
     assert main(["convert", str(llama31), str(tmp_path / "out"), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "model.layers.0.self_attn.q_proj.weight" in out and "rotary permute 32 heads" in out
+    assert "model.layers.0.self_attn.q_proj.weight" in out and "rotary pairs → halves (32 heads" in out
     assert not (tmp_path / "out").exists()
 
 

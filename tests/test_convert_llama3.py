@@ -69,7 +69,7 @@ def test_mp16_kv_heads_that_are_not_copies_are_kept(tmp_path, model_parallel):
 
 def test_mp16_copies_that_differ_in_a_middle_layer_stop_the_conversion(tmp_path):
     from llama_convert.errors import ConversionError
-    from llama_convert.synth import synthesize
+    from llama_convert.testing.synth import synthesize
 
     synth = tiny("llama3.1-405b-mp16", head_dim=4, n_layers=3, tokenizer="small-tiktoken")
     src = synthesize(tmp_path / "Llama-3.1-405B-MP16", synth)

@@ -8,7 +8,7 @@ import os
 from conftest import tiny
 
 import llama_convert
-from llama_convert.synth import synthesize
+from llama_convert.testing.synth import synthesize
 
 
 def test_kernel_copy_and_buffered_fallback_write_identical_files(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ import pytest
 from conftest import tiny
 
 from llama_convert.cli import main
-from llama_convert.synth import synthesize
+from llama_convert.testing.synth import synthesize
 
 FOLDER = "Meta-Llama-3.1-70B-Instruct"
 

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from llama_convert.dtypes import DTYPES
-from llama_convert.hf_config import config_json, generation_config_json
-from llama_convert.io.meta_folder import MetaFolder, parse_params
-from llama_convert.releases import RELEASES
-from llama_convert.spec import ModelSpec
-from llama_convert.synth import PRESETS
+from llama_convert.families.llama.hf_config import config_json, generation_config_json
+from llama_convert.families.llama.releases import RELEASES
+from llama_convert.families.llama.spec import LlamaSpec as ModelSpec
+from llama_convert.formats.meta.folder import MetaFolder, parse_params
+from llama_convert.testing.synth import PRESETS
 
 BF16 = DTYPES["bfloat16"]
 
@@ -23,18 +23,26 @@ def spec_for(preset: str, version: str, *, instruct: bool, kv_fold: int = 1) -> 
     folder = MetaFolder(Path("x"), Path("x/params.json"), synth.params, params, (), None)
     release = RELEASES[version]
     return ModelSpec(
-        folder,
-        release,
-        params,
-        vocab,
-        "?",
-        instruct,
-        "",
-        "",
-        synth.mp,
-        BF16,
-        kv_fold,
+        family="llama",
+        name="?",
+        folder=folder,
+        mp=synth.mp,
+        source_dtype=BF16,
+        instruct=instruct,
+        evidence=(),
+        summary="",
+        parameter_count=0,
+        notes=(),
+        release=release,
+        params=params,
+        vocab_size=vocab,
+        size="?",
+        instruct_reason="",
+        version_reason="",
+        kv_fold=kv_fold,
         tie_embeddings=release.ties_embeddings,
+        rope_scaling_factor=release.rope_scaling_factor,
+        guard=None,
     )
 
 

@@ -27,7 +27,7 @@ SCRIPT = textwrap.dedent(
     from pathlib import Path
     import llama_convert
     from llama_convert.cli import main
-    from llama_convert.synth import PRESETS, synthesize
+    from llama_convert.testing.synth import PRESETS, synthesize
 
     root = Path(sys.argv[1])
     params = {**PRESETS["llama3.1-70b"].params, "dim": 128, "n_layers": 2, "multiple_of": 32}

@@ -10,8 +10,8 @@ from conftest import tiny
 
 from llama_convert import detect
 from llama_convert.errors import InputError
-from llama_convert.io.meta_folder import parse_params
-from llama_convert.synth import synthesize
+from llama_convert.formats.meta.folder import parse_params
+from llama_convert.testing.synth import synthesize
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +35,18 @@ def renamed(src: Path, tmp_path: Path, name: str) -> Path:
         ("Llama3.1-8B", "3.1", False),
         ("Llama3.3-70B-Instruct", "3.3", True),
         ("llama3_2-1b", "3.2", False),
-        ("my-model", "3.1", False),  # no hint: scaled rope → 3.1 (3.3 looks the same)
     ],
 )
 def test_version_and_kind_from_folder_name(llama31, tmp_path, name, version, instruct):
     spec = detect(renamed(llama31, tmp_path, name))
     assert (spec.release.version, spec.instruct) == (version, instruct)
     assert name in spec.instruct_reason
+
+
+def test_a_name_that_says_nothing_converts_as_base_and_says_so(llama31, tmp_path):
+    spec = detect(renamed(llama31, tmp_path, "my-model"))
+    assert (spec.release.version, spec.instruct) == ("3.1", False)  # scaled rope, untied → 3.1 (3.3 looks the same)
+    assert any("pass --instruct" in note for note in spec.notes)
 
 
 def test_overrides(llama31):

@@ -18,12 +18,8 @@ from tokenizers import Tokenizer
 from transformers import AutoTokenizer
 
 from llama_convert.errors import InputError
-from llama_convert.tokenizer import tokenizer_files
-from llama_convert.tokenizer.tiktoken_bpe import (
-    derive_merges,
-    llama3_tokenizer_files,
-    special_token_names,
-)
+from llama_convert.families.llama.tokenizer import llama3_tokenizer_files, special_token_names, tokenizer_files
+from llama_convert.tokenizer.tiktoken_bpe import derive_merges
 
 META_MODEL = Path(str(importlib.resources.files("llama_models") / "llama3" / "tokenizer.model"))
 CORPUS = Path(__file__).parent / "data" / "tokenizer_corpus"

@@ -21,8 +21,8 @@ from sentencepiece import sentencepiece_model_pb2
 from tokenizers import Tokenizer
 
 from llama_convert.errors import InputError, UnsupportedError
-from llama_convert.synth import LLAMA_SPM_TRAINER
-from llama_convert.tokenizer.sentencepiece_bpe import sentencepiece_tokenizer_files
+from llama_convert.families.llama.tokenizer import sentencepiece_tokenizer_files
+from llama_convert.testing.synth import LLAMA_SPM_TRAINER
 
 LLAMA_TRAINER = {**LLAMA_SPM_TRAINER, "vocab_size": 3000}
 INFILL = ["▁<PRE>", "▁<SUF>", "▁<MID>", "▁<EOT>"]

@@ -14,8 +14,8 @@ import torch
 
 from llama_convert.dtypes import DTYPES
 from llama_convert.errors import InputError, UnsafePickleError, UnsupportedError
-from llama_convert.io.torch_zip import TorchCheckpoint
-from llama_convert.io.torch_zip_writer import TorchZipWriter
+from llama_convert.formats.meta.torch_zip import TorchCheckpoint
+from llama_convert.formats.meta.torch_zip_writer import TorchZipWriter
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tokenizer conversion: Meta's ``tokenizer.model`` → Hugging Face tokenizer files.
+"""Shared tokenizer machinery: Meta's ``tokenizer.model`` kinds → Hugging Face tokenizer files.
 
 Two kinds exist: Llama 3.x ships a tiktoken BPE file (base64 token + rank per line),
 Llama 1/2 and Code Llama ship a SentencePiece model (protobuf).
@@ -14,7 +14,7 @@ from ..errors import InputError
 
 TokenizerKind = Literal["tiktoken", "sentencepiece"]
 
-__all__ = ["TokenizerKind", "detect_tokenizer_kind", "json_bytes", "tokenizer_files"]
+__all__ = ["TokenizerKind", "detect_tokenizer_kind", "json_bytes"]
 
 
 def json_bytes(value: object) -> bytes:
@@ -38,30 +38,4 @@ def detect_tokenizer_kind(path: Path) -> TokenizerKind:
     raise InputError(
         f"{path} is neither a tiktoken BPE file (Llama 3) nor a SentencePiece model (Llama 1/2); "
         "check that it is Meta's tokenizer.model."
-    )
-
-
-def tokenizer_files(
-    tokenizer_model: Path,
-    *,
-    version: str,
-    instruct: bool,
-    context_length: int,
-) -> dict[str, bytes]:
-    """Return the Hugging Face tokenizer files (name → content) for a Meta tokenizer.
-
-    ``version`` is a release version from ``releases.VERSIONS`` ("1", "2", "code", "3",
-    "3.1", "3.2", "3.3"); it selects special-token names, eos and the chat template.
-    """
-    kind = detect_tokenizer_kind(tokenizer_model)
-    if kind == "tiktoken":
-        from .tiktoken_bpe import llama3_tokenizer_files
-
-        return llama3_tokenizer_files(
-            tokenizer_model, version=version, instruct=instruct, context_length=context_length
-        )
-    from .sentencepiece_bpe import sentencepiece_tokenizer_files
-
-    return sentencepiece_tokenizer_files(
-        tokenizer_model, version=version, instruct=instruct, context_length=context_length
     )

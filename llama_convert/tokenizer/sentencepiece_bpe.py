@@ -31,12 +31,11 @@ from tokenizers.models import BPE
 
 from ..errors import InputError, UnsupportedError
 from . import json_bytes
-from .chat_templates import chat_template
 
 if TYPE_CHECKING:
     from sentencepiece.sentencepiece_model_pb2 import ModelProto
 
-__all__ = ["sentencepiece_tokenizer_files"]
+__all__ = ["spm_tokenizer_files"]
 
 # ModelProto.SentencePiece.Type and TrainerSpec.ModelType values (sentencepiece_model.proto).
 _NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED = 1, 2, 3, 4, 5
@@ -44,26 +43,10 @@ _MODEL_TYPES = {1: "unigram", 2: "BPE", 3: "word", 4: "char"}
 _BPE = 2
 _SPACE = "▁"  # U+2581: SentencePiece's escaped space
 
-_VERSIONS = ("1", "2", "code")
 
-
-def sentencepiece_tokenizer_files(
-    tokenizer_model: Path,
-    *,
-    version: str,
-    instruct: bool,
-    context_length: int,
-) -> dict[str, bytes]:
+def spm_tokenizer_files(tokenizer_model: Path, *, chat_template: str | None, context_length: int) -> dict[str, bytes]:
     """Return ``tokenizer.json``, ``tokenizer.model``, ``tokenizer_config.json`` and
-    ``special_tokens_map.json`` (name → content) for a SentencePiece BPE ``tokenizer.model``.
-
-    ``version`` is "1", "2" or "code"; ``instruct`` adds the Llama 2 chat template for "2" and "code".
-    """
-    if version not in _VERSIONS:
-        raise InputError(
-            f"{tokenizer_model} is a SentencePiece tokenizer, which Llama {version} does not use; "
-            f"check that the folder holds Llama {version}'s own tokenizer.model."
-        )
+    ``special_tokens_map.json`` (name → content) for a SentencePiece BPE ``tokenizer.model``."""
     data = Path(tokenizer_model).read_bytes()
     proto = _parse_model(data, tokenizer_model)
     _check_model(proto, tokenizer_model)
@@ -86,9 +69,8 @@ def sentencepiece_tokenizer_files(
         "model_max_length": context_length,
         "clean_up_tokenization_spaces": False,
     }
-    template = chat_template(version, instruct)
-    if template is not None:
-        config["chat_template"] = template
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     return {
         "tokenizer.json": _build_tokenizer(proto).to_str(pretty=True).encode("utf-8"),
         "tokenizer.model": data,

@@ -19,16 +19,14 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from ..errors import InputError
 from . import json_bytes
-from .chat_templates import chat_template
 
 __all__ = [
     "LLAMA3_PATTERN",
-    "NUM_BASE_TOKENS",
     "build_tokenizer",
+    "bytes_to_unicode",
     "derive_merges",
-    "llama3_tokenizer_files",
     "read_ranks",
-    "special_token_names",
+    "tiktoken_tokenizer_files",
 ]
 
 # Meta's pre-tokenizer regex (``pat_str`` of the Llama 3 tokenizer).
@@ -36,74 +34,6 @@ LLAMA3_PATTERN: Final = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-NUM_BASE_TOKENS: Final = 128_000
-NUM_SPECIAL_TOKENS: Final = 256
-BOS: Final = "<|begin_of_text|>"
-EOS_BASE: Final = "<|end_of_text|>"
-EOS_INSTRUCT: Final = "<|eot_id|>"
-
-# Named special tokens by offset from NUM_BASE_TOKENS, as Hugging Face names them; every other
-# offset is ``<|reserved_special_token_N|>`` with N counting up from 0 in id order. Meta's own
-# tokenizer class names 128005 and 128011 differently (so its reserved numbers shift from there);
-# the published Hugging Face files use these names.
-_LLAMA3_NAMED: Final[dict[int, str]] = {
-    0: "<|begin_of_text|>",
-    1: "<|end_of_text|>",
-    6: "<|start_header_id|>",
-    7: "<|end_header_id|>",
-    9: "<|eot_id|>",
-}
-_LLAMA3_1_NAMED: Final[dict[int, str]] = {
-    **_LLAMA3_NAMED,
-    4: "<|finetune_right_pad_id|>",
-    8: "<|eom_id|>",
-    10: "<|python_tag|>",
-}
-_NAMED_BY_VERSION: Final[dict[str, dict[int, str]]] = {
-    "3": _LLAMA3_NAMED,
-    "3.1": _LLAMA3_1_NAMED,
-    "3.2": _LLAMA3_1_NAMED,
-    "3.3": _LLAMA3_1_NAMED,
-}
-
-
-def llama3_tokenizer_files(
-    tokenizer_model: Path, *, version: str, instruct: bool, context_length: int
-) -> dict[str, bytes]:
-    """Return ``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json``."""
-    names = special_token_names(version)
-    tokens = read_ranks(tokenizer_model)
-    tokenizer = build_tokenizer(tokens, names)
-    eos = EOS_INSTRUCT if instruct else EOS_BASE
-    config = _tokenizer_config(
-        names, len(tokens), eos=eos, context_length=context_length, template=chat_template(version, instruct)
-    )
-    special_map = {"bos_token": _token_entry(BOS), "eos_token": _token_entry(eos)}
-    return {
-        "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
-        "tokenizer_config.json": json_bytes(config),
-        "special_tokens_map.json": json_bytes(special_map),
-    }
-
-
-def special_token_names(version: str) -> list[str]:
-    """Names of the 256 special tokens (ids 128000–128255 in Meta's file) for a Llama 3.x release."""
-    try:
-        named = _NAMED_BY_VERSION[version]
-    except KeyError:
-        raise InputError(
-            f"Llama version {version!r} does not use the tiktoken tokenizer.model; "
-            f"expected one of {', '.join(_NAMED_BY_VERSION)}."
-        ) from None
-    names: list[str] = []
-    reserved = 0
-    for offset in range(NUM_SPECIAL_TOKENS):
-        if offset in named:
-            names.append(named[offset])
-        else:
-            names.append(f"<|reserved_special_token_{reserved}|>")
-            reserved += 1
-    return names
 
 
 def read_ranks(path: Path) -> list[bytes]:
@@ -208,9 +138,7 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def build_tokenizer(
-    tokens: list[bytes], special_names: list[str], *, pattern: str = LLAMA3_PATTERN, bos: str = BOS
-) -> Tokenizer:
+def build_tokenizer(tokens: list[bytes], special_names: list[str], *, pattern: str, bos: str) -> Tokenizer:
     """Assemble the ``tokenizers`` fast tokenizer equivalent to Meta's tiktoken encoding.
 
     ``pattern`` is the tiktoken pre-tokenizer regex, ``bos`` the token the post-processor prepends;
@@ -239,6 +167,31 @@ def build_tokenizer(
     return tokenizer
 
 
+def tiktoken_tokenizer_files(
+    tokenizer_model: Path,
+    special_names: list[str],
+    *,
+    bos: str,
+    eos: str,
+    context_length: int,
+    chat_template: str | None,
+    pattern: str = LLAMA3_PATTERN,
+) -> dict[str, bytes]:
+    """``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` for a tiktoken file whose
+    special tokens (``special_names``, in id order) follow its last rank."""
+    tokens = read_ranks(tokenizer_model)
+    tokenizer = build_tokenizer(tokens, special_names, pattern=pattern, bos=bos)
+    config = _tokenizer_config(
+        special_names, len(tokens), bos=bos, eos=eos, context_length=context_length, template=chat_template
+    )
+    special_map = {"bos_token": _token_entry(bos), "eos_token": _token_entry(eos)}
+    return {
+        "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
+        "tokenizer_config.json": json_bytes(config),
+        "special_tokens_map.json": json_bytes(special_map),
+    }
+
+
 def _added_token(name: str) -> AddedToken:
     return AddedToken(name, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
 
@@ -248,13 +201,13 @@ def _token_entry(name: str) -> dict[str, object]:
 
 
 def _tokenizer_config(
-    names: Iterable[str], first_id: int, *, eos: str, context_length: int, template: str | None
+    names: Iterable[str], first_id: int, *, bos: str, eos: str, context_length: int, template: str | None
 ) -> dict[str, object]:
     config: dict[str, object] = {
         "added_tokens_decoder": {
             str(first_id + offset): {**_token_entry(name), "special": True} for offset, name in enumerate(names)
         },
-        "bos_token": BOS,
+        "bos_token": bos,
     }
     if template is not None:
         config["chat_template"] = template

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..dtypes import DType
+from ...dtypes import DType
 
 __all__ = ["TorchZipWriter"]
 

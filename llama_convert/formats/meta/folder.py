@@ -9,11 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, MissingFileError, UnsupportedError
+from ...errors import InputError, MissingFileError, UnsupportedError
 
-__all__ = ["MetaFolder", "MetaParams", "find_meta_folder", "parse_params"]
+__all__ = [
+    "MetaFolder",
+    "MetaParams",
+    "find_meta_folder",
+    "hub_repo",
+    "is_generic_dir_name",
+    "parse_params",
+    "resolve_checkpoint_dir",
+]
 
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
+_SINGLE_SHARD = "consolidated.pth"  # the Hub's original/ folder of Llama 3.2 11B Vision names its one shard so
+_HUB_CACHE_RE = re.compile(r"^models--([^/]+?)--(.+)$")
 
 
 @dataclass(frozen=True)
@@ -104,7 +114,62 @@ def parse_params(raw: Any, path: Path) -> MetaParams:
     )
 
 
+def _is_checkpoint_dir(path: Path) -> bool:
+    return path.is_dir() and (
+        (path / "params.json").is_file()
+        or (path / _SINGLE_SHARD).is_file()
+        or any(_SHARD_RE.match(p.name) for p in path.iterdir())
+    )
+
+
+def resolve_checkpoint_dir(src: Path) -> Path:
+    """The folder that holds the shards: ``src`` itself, or a Hub snapshot's ``original/`` (or its one
+    ``original/mpN`` subfolder). Several candidates and none named is refused."""
+    if _is_checkpoint_dir(src) or not (src / "original").is_dir():
+        return src
+    original = src / "original"
+    candidates = [original] if _is_checkpoint_dir(original) else []
+    candidates += sorted(p for p in original.iterdir() if _is_checkpoint_dir(p))
+    if len(candidates) == 1:
+        return candidates[0]
+    if not candidates:
+        raise MissingFileError(
+            f"{original} holds no Meta checkpoint (no params.json, no consolidated.NN.pth); download it with "
+            '--include "original/*".'
+        )
+    names = ", ".join(str(c.relative_to(src)) for c in candidates)
+    raise InputError(f"{src} holds several Meta checkpoints ({names}); name the one to convert, e.g. {candidates[0]}.")
+
+
+_CHECKPOINT_DIR_NAMES = re.compile(r"^(original|mp\d+|fp8|int4|consolidated|checkpoints?|[0-9a-f]{40})$", re.I)
+
+
+def hub_repo(checkpoint_dir: Path) -> tuple[Path | None, str | None]:
+    """The Hub snapshot folder holding ``checkpoint_dir`` (an ``original/`` or ``original/mpN``) and the
+    repository's name (from ``models--org--name`` in a Hub cache, else the snapshot folder's name)."""
+    path = checkpoint_dir.resolve() if checkpoint_dir.exists() else checkpoint_dir.absolute()
+    if path.name.lower() != "original":
+        if path.parent.name.lower() != "original":
+            return None, None
+        path = path.parent
+    root = path.parent
+    name = root.name
+    parent = root.parent
+    if parent.name == "snapshots":
+        match = _HUB_CACHE_RE.match(parent.parent.name)
+        if match:
+            name = match.group(2)
+    return root, name
+
+
+def is_generic_dir_name(name: str) -> bool:
+    """Folder names that say nothing about the model (``original``, ``mp16``, a revision hash…)."""
+    return bool(_CHECKPOINT_DIR_NAMES.match(name)) or name in ("snapshots", "")
+
+
 def _shard_paths(root: Path) -> tuple[Path, ...]:
+    if (root / _SINGLE_SHARD).is_file() and not any(_SHARD_RE.match(p.name) for p in root.iterdir()):
+        return (root / _SINGLE_SHARD,)
     numbered: dict[int, Path] = {}
     for entry in root.iterdir():
         match = _SHARD_RE.match(entry.name)
@@ -131,13 +196,14 @@ def find_meta_folder(root: str | Path) -> MetaFolder:
         raise MissingFileError(f"{root} does not exist; give the folder that holds consolidated.00.pth.")
     if not root.is_dir():
         raise InputError(f"{root} is a file; give the folder that holds consolidated.00.pth and params.json.")
+    root = resolve_checkpoint_dir(root)
     if (root / "config.json").exists() and (any(root.glob("*.safetensors")) or any(root.glob("*.bin"))):
         raise UnsupportedError(
             f"{root} is already a Hugging Face model folder (config.json + weights); nothing to convert."
         )
     params_path = root / "params.json"
     if not params_path.exists():
-        if not any(_SHARD_RE.match(p.name) for p in root.iterdir()):
+        if not _is_checkpoint_dir(root):
             raise MissingFileError(
                 f"{root} is not a Meta Llama checkpoint folder (no params.json, no consolidated.NN.pth); "
                 "point at the folder Meta's download created."

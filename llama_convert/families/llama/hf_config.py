@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from .dtypes import DType
-from .spec import ModelSpec
+from ...dtypes import DType
+from .spec import LlamaSpec
 
 __all__ = ["config_json", "generation_config_json"]
 
 
-def _eos(spec: ModelSpec, for_generation: bool) -> int | list[int]:
+def _eos(spec: LlamaSpec, for_generation: bool) -> int | list[int]:
     release = spec.release
     if not spec.instruct:
         return release.eos_token_id
@@ -20,13 +20,13 @@ def _eos(spec: ModelSpec, for_generation: bool) -> int | list[int]:
     return ids[0] if len(ids) == 1 else list(ids)
 
 
-def config_json(spec: ModelSpec, dtype: DType) -> dict[str, Any]:
+def config_json(spec: LlamaSpec, dtype: DType) -> dict[str, Any]:
     """The ``LlamaForCausalLM`` config of the converted model."""
     p, release = spec.params, spec.release
     rope_scaling = None
-    if release.rope_scaling_factor is not None:
+    if spec.rope_scaling_factor is not None:
         rope_scaling = {
-            "factor": release.rope_scaling_factor,
+            "factor": spec.rope_scaling_factor,
             "high_freq_factor": 4.0,
             "low_freq_factor": 1.0,
             "original_max_position_embeddings": 8192,
@@ -67,7 +67,7 @@ def config_json(spec: ModelSpec, dtype: DType) -> dict[str, Any]:
     return config
 
 
-def generation_config_json(spec: ModelSpec) -> dict[str, Any]:
+def generation_config_json(spec: LlamaSpec) -> dict[str, Any]:
     """Sampling defaults Meta publishes: temperature 0.6, top_p 0.9; eos includes end-of-turn for chat."""
     config: dict[str, Any] = {
         "bos_token_id": spec.release.bos_token_id,

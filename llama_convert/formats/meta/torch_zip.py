@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import DTYPES, DType
-from ..errors import InputError, UnsafePickleError, UnsupportedError
+from ...dtypes import DTYPES, DType
+from ...errors import InputError, UnsafePickleError, UnsupportedError
 
 __all__ = ["StorageRef", "TensorRef", "TorchCheckpoint"]
 

@@ -17,10 +17,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-from .dtypes import DType, cast, dtype_by_name
-from .io.meta_folder import parse_params
-from .io.torch_zip_writer import TorchZipWriter
-from .spec import LAYER_TENSORS, expected_shard_shapes
+from ..dtypes import DType, cast, dtype_by_name
+from ..families.llama.layout import LAYER_TENSORS, expected_shard_shapes
+from ..formats.meta.folder import parse_params
+from ..formats.meta.torch_zip_writer import TorchZipWriter
 
 __all__ = [
     "LLAMA_SPM_TRAINER",

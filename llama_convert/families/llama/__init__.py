@@ -1,0 +1,75 @@
+"""The Llama text family: Llama 1, 2, Code Llama, 3, 3.1, 3.2 (1B/3B), 3.3 and Llama Guard 2/3 (text)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...dtypes import DType
+from ...formats.meta.folder import MetaFolder
+from ...formats.meta.torch_zip import TorchCheckpoint
+from ...plan import TensorRecipe
+from ...tokenizer import json_bytes
+from ..base import Hints
+from .detect import recognise
+from .hf_config import config_json, generation_config_json
+from .layout import recipes
+from .spec import LlamaSpec
+from .tokenizer import tokenizer_files
+
+__all__ = ["FAMILY", "LlamaFamily", "LlamaSpec"]
+
+
+class LlamaFamily:
+    """Llama text checkpoints → ``LlamaForCausalLM``. Registered last: it claims every ``wq`` checkpoint."""
+
+    name = "llama"
+
+    def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> LlamaSpec | None:
+        return recognise(folder, checkpoints, hints)
+
+    def recipes(self, spec: LlamaSpec, dtype: DType) -> list[TensorRecipe]:
+        return recipes(spec, dtype)
+
+    def metadata_files(self, spec: LlamaSpec, dtype: DType, *, tokenizer: bool = True) -> dict[str, bytes]:
+        files = {
+            "config.json": json_bytes(config_json(spec, dtype)),
+            "generation_config.json": json_bytes(generation_config_json(spec)),
+        }
+        if tokenizer:
+            files.update(self.tokenizer_files(spec))
+        return files
+
+    def tokenizer_files(self, spec: LlamaSpec) -> dict[str, bytes]:
+        assert spec.folder.tokenizer is not None
+        from .chat_templates import guard_template
+
+        return tokenizer_files(
+            spec.folder.tokenizer,
+            version=spec.release.version,
+            instruct=spec.instruct,
+            context_length=spec.release.context_length,
+            template=guard_template(spec.guard) if spec.guard else None,
+        )
+
+    def details(self, spec: LlamaSpec) -> dict[str, Any]:
+        p = spec.params
+        return {
+            "release": spec.release.title,
+            "version": spec.release.version,
+            "version_reason": spec.version_reason,
+            "size": spec.size,
+            "instruct": spec.instruct,
+            "instruct_reason": spec.instruct_reason,
+            "guard": spec.guard,
+            "layers": p.n_layers,
+            "dim": p.dim,
+            "heads": p.n_heads,
+            "kv_heads": spec.n_kv_heads,
+            "vocab_size": spec.vocab_size,
+            "intermediate_size": p.intermediate_size,
+            "rope_scaling_factor": spec.rope_scaling_factor,
+            "tie_embeddings": spec.tie_embeddings,
+        }
+
+
+FAMILY = LlamaFamily()

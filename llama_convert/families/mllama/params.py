@@ -120,8 +120,10 @@ def _count(names: set[str], prefix: str) -> int:
     return len(found)
 
 
-def parse_vision_params(raw: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], path: Path) -> VisionParams:
-    """Validate params.json's keys against shard 0's tensor shapes (``shapes``: name → shape)."""
+def parse_vision_params(
+    raw: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], path: Path, *, mp: int = 1
+) -> VisionParams:
+    """Validate params.json's keys against shard 0's tensor shapes (``shapes``: name → shape) of ``mp`` shards."""
 
     def need(key: str, kind: type, default: Any = None) -> Any:
         value = raw.get(key, default)
@@ -164,7 +166,7 @@ def parse_vision_params(raw: Mapping[str, Any], shapes: Mapping[str, tuple[int, 
         vision_layers=_count(names, _PREFIX + "transformer.resblocks."),
         vision_global_layers=_count(names, _PREFIX + "global_transformer.resblocks."),
         vision_output_dim=projection[1],
-        image_rows=shape_of("text_model.learnable_embedding.weight")[0],
+        image_rows=shape_of("text_model.learnable_embedding.weight")[0] * mp,
     )
     _check(params, path)
     return params

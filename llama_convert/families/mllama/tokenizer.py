@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Final, Literal
 
-from ...tokenizer.tiktoken_bpe import build_tokenizer, read_ranks
+from ...tokenizer.tiktoken_bpe import LLAMA3_PATTERN, build_tokenizer, read_ranks
 
 __all__ = ["IMAGE_TOKEN", "Variant", "chat_template", "special_token_names", "tokenizer_files"]
 
@@ -77,7 +77,7 @@ def tokenizer_files(tokenizer_model: Path, variant: Variant) -> dict[str, bytes]
     ``chat_template.json`` (where ``MllamaProcessor`` looks for it)."""
     tokens = read_ranks(tokenizer_model)
     names = special_token_names()
-    tokenizer = build_tokenizer(tokens, names, bos=BOS)
+    tokenizer = build_tokenizer(tokens, names, pattern=LLAMA3_PATTERN, bos=BOS)
     eos = _EOS[variant]
     template = chat_template(variant)
     config: dict[str, object] = {

@@ -12,7 +12,7 @@ import pytest
 from llama_convert.dtypes import dtype_by_name
 from llama_convert.families.mllama import hf_config, tokenizer
 from llama_convert.families.mllama.params import VisionParams, cross_attention_schedule, hf_layer_indices
-from llama_convert.synth import bundled_llama3_tokenizer
+from llama_convert.testing.synth import bundled_llama3_tokenizer
 
 BF16 = dtype_by_name("bfloat16")
 TOKENIZER = bundled_llama3_tokenizer()

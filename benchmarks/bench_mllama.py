@@ -139,7 +139,8 @@ def main() -> None:
                 drop_page_cache()
             m = run_measured(argv(dst), log=args.workdir / f"log-{key}.txt")
             if m.exit_code:
-                raise SystemExit(f"{key} failed: {(args.workdir / f'log-{key}.txt').read_text()[-2000:]}")
+                log = (args.workdir / f"log-{key}.txt").read_text()[-2000:]
+                raise SystemExit(f"{key} failed (exit {m.exit_code}): {log}")
             results[key].append({"wall_s": m.wall_s, "cpu_s": m.cpu_s, "max_rss_mib": m.max_rss_bytes / 2**20})
             shutil.rmtree(dst, ignore_errors=True)
             os.sync()

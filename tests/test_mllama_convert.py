@@ -72,6 +72,7 @@ def hf_model(folder: Path):
 def test_zero_flag_conversion_recognises_size_variant_and_layout(case):
     spec = detect(case.src)
     assert spec.family == "mllama" and spec.mp == case.shape.mp
+    assert spec.parameter_count == sum(p.numel() for p in case.model.parameters())
     if case.shape.mp == 1:
         assert spec.variant == "instruct" and spec.name.endswith("Vision Instruct")
         assert spec.folder.shards[0].name == "consolidated.pth"

@@ -127,7 +127,8 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
     dtype = first.tensors[_TEXT_TENSOR].dtype
     _check_shards(folder, checkpoints, p, dtype)
     variant, variant_evidence, notes = _variant(hints)
-    size = _SIZES.get((p.dim, p.n_layers)) or f"{_parameter_count(p) / 1e9:.1f}B"
+    count = _parameter_count(p)
+    size = _SIZES.get((p.dim, p.n_layers)) or (f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M")
     evidence = (
         Evidence("release", "Llama 3.2 Vision", _RELEASE_BECAUSE),
         Evidence("tokenizer", "tiktoken (Llama 3) + <|image|> at 128256", folder.tokenizer.name),
@@ -151,7 +152,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         instruct=variant != "base",
         evidence=evidence,
         summary=summary,
-        parameter_count=_parameter_count(p),
+        parameter_count=count,
         notes=tuple(notes),
         params=p,
         variant=variant,

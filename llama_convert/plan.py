@@ -38,7 +38,10 @@ class Part:
     zeros: bool = False
 
     def describe(self) -> str:
-        text = ("zeros shaped like " if self.zeros else "") + self.source
+        if self.zeros:
+            rows = self.take[1] - self.take[0] if self.take else (self.view[0] if self.view else "all")
+            return f"zeros: {rows} row(s) shaped like {self.source}" + (f" as {list(self.view)}" if self.view else "")
+        text = self.source
         if self.view is not None:
             text += f" as {list(self.view)}"
         if self.take is not None:

@@ -114,6 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", choices=("hf", "meta", "gguf"), help="target format (default: from DST / the other one)")
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
     conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
+    conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -161,6 +162,7 @@ def _convert(args: argparse.Namespace) -> int:
         to=args.to,
         mp=args.mp,
         outtype=args.outtype,
+        tokenizer=args.tokenizer,
         progress=_Bar(interactive),
         on_plan=None if args.quiet or args.json else lambda plan: _describe_plan(args, plan),
         **options,

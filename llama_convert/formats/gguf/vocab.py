@@ -8,8 +8,11 @@ the class llama.cpp's converter uses — reading the same files it would read.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +101,24 @@ def sentencepiece_tokens(
 def _special_vocab(files: dict[str, bytes], n_vocab: int, *, load_merges: bool) -> SpecialVocab:
     """``gguf.SpecialVocab`` over the tokenizer and config files (written to a scratch folder: it reads
     from a path)."""
-    with tempfile.TemporaryDirectory(prefix="llama-convert-vocab-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="llama-convert-vocab-") as tmp, _quiet("gguf"):
         for name in _SPECIAL_FILES:
             if name in files:
                 (Path(tmp) / name).write_bytes(files[name])
         return SpecialVocab(tmp, load_merges=load_merges, n_vocab=n_vocab)
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """Library code does not print: gguf's warnings (e.g. that it does not model Llama's sentence-pair
+    template, which llama.cpp never uses) would reach stderr through logging's last-resort handler."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def add_bpe_vocab(writer: GGUFWriter, files: dict[str, bytes], vocab_size: int, *, pre: str) -> None:

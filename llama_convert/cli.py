@@ -106,14 +106,12 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, …) or Hugging Face folder")
     conv.add_argument("dst", type=Path, help="output folder or .gguf file (must not exist or be empty unless --force)")
     _add_common(conv)
-    conv.add_argument("--to", choices=("hf", "meta", "gguf"), help="output format (default: from DST; .gguf → gguf)")
-    conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--force", action="store_true", help="replace an existing destination")
     conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
     conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
-    conv.add_argument("--to", choices=("hf", "meta", "gguf"), help="target format (default: from DST / the other one)")
+    conv.add_argument("--to", choices=("hf", "meta", "gguf"), help="target format (default: .gguf DST → gguf, else the other)")
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
     conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
@@ -153,12 +151,9 @@ def _convert(args: argparse.Namespace) -> int:
         _print_plan(plan)
         return 0
     interactive = not args.quiet and not args.json and sys.stderr.isatty()
-    if args.outtype is not None:
-        options["outtype"] = args.outtype
     result: ConversionResult = convert(
         args.src,
         args.dst,
-        to=args.to,
         force=args.force,
         verify=args.verify,
         tokenizer_only=args.tokenizer_only,

@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
     conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
-    conv.add_argument("--to", choices=("hf", "meta", "gguf"), help="target format (default: .gguf DST → gguf, else the other)")
+    conv.add_argument(
+        "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
+    )
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
     conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")

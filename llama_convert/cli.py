@@ -111,7 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
     conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
-    conv.add_argument("--to", choices=("hf", "meta", "gguf"), help="target format (default: from DST / the other one)")
+    conv.add_argument(
+        "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
+    )
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
     conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
@@ -125,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("--json", action="store_true", help="machine-readable output")
     insp.add_argument("--plan", action="store_true", help="also print every output tensor: sources, steps, file")
 
-    ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk")
+    ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk, or a GGUF file's structure")
     ver.add_argument("src", type=Path)
     ver.add_argument("-q", "--quiet", action="store_true")
     ver.add_argument("--json", action="store_true")
@@ -242,10 +244,24 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_gguf(args: argparse.Namespace) -> int:
+    from .formats.gguf.reader import describe_gguf, verify_gguf
+
+    if args.json:
+        report = describe_gguf(args.src)
+        print(json.dumps({"ok": not report.problems, **report.to_json()}, indent=2))
+        return 0 if not report.problems else 5
+    report = verify_gguf(args.src)
+    _say(args, f"{args.src}: structure OK — {report.summary}.")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from .verify import expected_checksums, raise_for_report, verify_checksums
 
     src = Path(args.src)
+    if src.suffix == ".gguf" and src.is_file():
+        return _verify_gguf(args)
     listed = [src / name for name in expected_checksums(src)]
     total = sum(p.stat().st_size for p in listed if p.is_file())
     bar = _Bar(not args.quiet and not args.json and sys.stderr.isatty())

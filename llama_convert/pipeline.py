@@ -11,7 +11,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -189,13 +189,44 @@ class _BackgroundVerify:
             self.result()
 
 
-def _advance(progress: Progress, verifier: _BackgroundVerify | None) -> Callable[[int], None]:
-    if verifier is None:
+class _Beside:
+    """Work that runs beside the weight stream — the small files (tokenizer building is seconds of CPU) and
+    the family's deferred checks — so that fixed costs overlap with the disk-bound stream. The first failure
+    stops the stream (``check``); results are collected before the output is renamed into place."""
+
+    def __init__(self, jobs: list[Callable[[], object]]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="llama-convert")
+        self.futures: list[Future] = [self._pool.submit(job) for job in jobs]
+
+    def check(self) -> None:
+        for future in self.futures:
+            if future.done() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+
+    def results(self) -> list[object]:
+        try:
+            return [future.result() for future in self.futures]
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _advance(
+    progress: Progress, verifier: _BackgroundVerify | None, beside: _Beside | None = None
+) -> Callable[[int], None]:
+    if verifier is None and beside is None:
         return progress.advance
 
     def advance(n: int) -> None:
         progress.advance(n)
-        verifier.check()
+        if verifier is not None:
+            verifier.check()
+        if beside is not None:
+            beside.check()
 
     return advance
 
@@ -256,15 +287,14 @@ def convert_to_hf(
     notes = list(spec.notes)
     weight_bytes = 0 if opts.tokenizer_only else plan.total_size
     check_free_space(dst.absolute(), weight_bytes + _TOKENIZER_ALLOWANCE)
-    if opts.tokenizer_only:
-        metadata = family.metadata_files(spec, plan.dtype, tokenizer=True)
-        metadata = {k: v for k, v in metadata.items() if k not in ("config.json", "generation_config.json")}
-    else:
-        metadata = family.metadata_files(spec, plan.dtype, tokenizer=opts.tokenizer)
+    with_tokenizer = opts.tokenizer or opts.tokenizer_only
+    checks = [] if opts.tokenizer_only else getattr(family, "deferred_checks", lambda spec: [])(spec)
+    beside = _Beside([lambda: family.metadata_files(spec, plan.dtype, tokenizer=with_tokenizer), *checks])
     verify = opts.verify and not opts.tokenizer_only
     verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if verify else None
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
-    key = fingerprint(sources, __version__, "hf", opts.tokenizer_only, plan.to_json(), sorted(metadata))
+    options = (opts.tokenizer_only, with_tokenizer)
+    key = fingerprint(sources, __version__, "hf", options, plan.to_json(), spec.name, spec.instruct)
     resumed = 0
     try:
         with resumable_output_dir(dst, fingerprint=key, force=opts.force, resume=opts.resume) as staging:
@@ -281,15 +311,20 @@ def convert_to_hf(
                     names += write_weights(
                         plan,
                         staging.path,
-                        advance=_advance(progress, verifier),
+                        advance=_advance(progress, verifier, beside),
                         skip=frozenset(staging.resumed),
                         on_file_done=staging.record,
                     )
                 finally:
                     progress.finish()
+            metadata = beside.results()[0]
+            assert isinstance(metadata, dict)
+            if opts.tokenizer_only:
+                metadata = {k: v for k, v in metadata.items() if k not in ("config.json", "generation_config.json")}
             names += _write_files(staging.path, metadata)
             verified = verifier.result() if verifier is not None else False
     except BaseException:
+        beside.cancel()
         if verifier is not None:
             verifier.cancel()
         raise

@@ -160,3 +160,48 @@ def test_llama_guard_3_converts_like_meta_and_as_published(
     assert f"S{categories}: " in prompt and f"S{categories + 1}: " not in prompt
     assert "User: How do I bake bread?" in prompt
     assert prompt.rstrip().endswith("<|start_header_id|>assistant<|end_header_id|>")
+
+
+def test_a_tie_seen_on_sampled_rows_is_proven_on_every_row(made, tmp_path):
+    from llama_convert.errors import ConversionError
+    from llama_convert.formats.meta.torch_zip import TorchCheckpoint
+
+    src = tmp_path / "Llama3.2-1B"
+    shutil.copytree(made("llama3.2-1b", tie_output=True), src)
+    (src / "checklist.chk").unlink()
+    shard = src / "consolidated.00.pth"
+    with TorchCheckpoint(shard) as ckpt:
+        ref = ckpt.tensors["output.weight"]
+        rows, row_bytes = ref.shape[0], ref.shape[1] * ref.dtype.itemsize
+        offset = ref.storage.file_offset + ref.storage_offset * ref.dtype.itemsize
+    sampled = {i * (rows - 4) // 63 + j for i in range(64) for j in range(4)}
+    row = next(r for r in range(rows) if r not in sampled)
+    with open(shard, "r+b") as f:  # one row of the head, between the sampled ones, no longer the embedding's
+        f.seek(offset + row * row_bytes)
+        value = f.read(1)
+        f.seek(offset + row * row_bytes)
+        f.write(bytes([value[0] ^ 0x40]))
+    assert llama_convert.detect(src).tie_embeddings  # the sampled evidence says tied…
+    with pytest.raises(ConversionError, match="sampled rows but not in all"):
+        llama_convert.convert(src, tmp_path / "hf")  # …and the full comparison beside the stream says no
+    assert not (tmp_path / "hf").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".hf")]
+
+
+def test_a_snapshot_config_of_another_model_is_a_contradiction(made, tmp_path):
+    repo = tmp_path / "Llama-3.2-1B"
+    place(made("llama3.2-1b", tie_output=True), repo / "original")
+    config = llama_convert.detect(repo).params
+    published = {
+        "hidden_size": config.dim,
+        "num_hidden_layers": config.n_layers,
+        "tie_word_embeddings": True,
+        "rope_scaling": {"factor": 32.0, "rope_type": "llama3"},
+    }
+    (repo / "config.json").write_text(json.dumps(published))
+    assert llama_convert.detect(repo).rope_scaling_factor == 32.0  # the snapshot agrees
+    (repo / "config.json").write_text(json.dumps({**published, "rope_scaling": {"factor": 8.0, "rope_type": "llama3"}}))
+    with pytest.raises(InputError, match=r"config.json says rope_scaling factor 8.0 but .* factor 32.0"):
+        llama_convert.detect(repo)
+    (repo / "config.json").write_text(json.dumps({**published, "num_hidden_layers": 16}))
+    with pytest.raises(InputError, match="num_hidden_layers 16 but"):
+        llama_convert.detect(repo)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
@@ -10,7 +11,7 @@ from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
 from ..base import Hints
-from .detect import recognise
+from .detect import recognise, rows_equal_everywhere
 from .guard import guard_chat_template
 from .hf_config import config_json, generation_config_json
 from .layout import recipes
@@ -57,6 +58,10 @@ class LlamaFamily:
             context_length=guard.context_length,
             template=guard_chat_template(guard.kind),
         )
+
+    def deferred_checks(self, spec: LlamaSpec) -> list[Callable[[], None]]:
+        """Checks that run beside the weight stream: tying was decided on sampled rows; compare them all."""
+        return [lambda: rows_equal_everywhere(spec)] if spec.tie_embeddings else []
 
     def details(self, spec: LlamaSpec) -> dict[str, Any]:
         p = spec.params

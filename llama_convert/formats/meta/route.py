@@ -155,7 +155,12 @@ def hf_to_meta(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -
         tensors = sorted(invert_recipes(recipes, dtype=dtype), key=lambda t: meta_order(t.name))
         _check_mp(tensors, mp, src)
         small, more = meta_small_files(hf.root, target, spec, tokenizer=opts.tokenizer)
-        notes = [*target.notes, *notes, *more]
+        notes = [
+            *target.notes,
+            *notes,
+            *more,
+            "a Hugging Face folder has no checksums to verify; checklist.chk covers the output",
+        ]
         total = sum(t.nbytes(mp) for t in tensors)
         progress.start(total, f"Writing {spec.name} (Meta, MP{mp})")
         try:

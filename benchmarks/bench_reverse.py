@@ -135,8 +135,8 @@ def render(result: dict) -> str:
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['run']} | {r['wall_s']} s | {r['cpu_s']} s | {r['peak_rss_mib']} MiB | {r['x_cp']} | {r['x_limit']} | "
-            f"{', '.join(map(str, r['all_wall_s']))} |"
+            f"| {r['run']} | {r['wall_s']} s | {r['cpu_s']} s | {r['peak_rss_mib']} MiB | {r['x_cp']} | "
+            f"{r['x_limit']} | {', '.join(map(str, r['all_wall_s']))} |"
         )
     ours = next(r for r in result["rows"] if r["run"].startswith("llama-convert"))
     lines.append("")

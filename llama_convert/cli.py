@@ -102,14 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llama-convert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    conv = sub.add_parser("convert", help="convert a Meta checkpoint folder into a Hugging Face folder")
-    conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, tokenizer.model)")
-    conv.add_argument("dst", type=Path, help="output folder (must not exist or be empty unless --force)")
+    conv = sub.add_parser("convert", help="convert a Meta checkpoint into a Hugging Face folder or GGUF, and back")
+    conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, …) or Hugging Face folder")
+    conv.add_argument("dst", type=Path, help="output folder or .gguf file (must not exist or be empty unless --force)")
     _add_common(conv)
     conv.add_argument("--force", action="store_true", help="replace an existing destination")
     conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
+    conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
+    conv.add_argument(
+        "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
+    )
+    conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
+    conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
+    conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -120,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("--json", action="store_true", help="machine-readable output")
     insp.add_argument("--plan", action="store_true", help="also print every output tensor: sources, steps, file")
 
-    ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk")
+    ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk, or a GGUF file's structure")
     ver.add_argument("src", type=Path)
     ver.add_argument("-q", "--quiet", action="store_true")
     ver.add_argument("--json", action="store_true")
@@ -153,6 +160,11 @@ def _convert(args: argparse.Namespace) -> int:
         verify=args.verify,
         tokenizer_only=args.tokenizer_only,
         fold_kv_heads=not args.keep_kv_heads,
+        resume=args.resume,
+        to=args.to,
+        mp=args.mp,
+        outtype=args.outtype,
+        tokenizer=args.tokenizer,
         progress=_Bar(interactive),
         on_plan=None if args.quiet or args.json else lambda plan: _describe_plan(args, plan),
         **options,
@@ -232,10 +244,24 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify_gguf(args: argparse.Namespace) -> int:
+    from .formats.gguf.reader import describe_gguf, verify_gguf
+
+    if args.json:
+        report = describe_gguf(args.src)
+        print(json.dumps({"ok": not report.problems, **report.to_json()}, indent=2))
+        return 0 if not report.problems else 5
+    report = verify_gguf(args.src)
+    _say(args, f"{args.src}: structure OK — {report.summary}.")
+    return 0
+
+
 def _verify(args: argparse.Namespace) -> int:
     from .verify import expected_checksums, raise_for_report, verify_checksums
 
     src = Path(args.src)
+    if src.suffix == ".gguf" and src.is_file():
+        return _verify_gguf(args)
     listed = [src / name for name in expected_checksums(src)]
     total = sum(p.stat().st_size for p in listed if p.is_file())
     bar = _Bar(not args.quiet and not args.json and sys.stderr.isatty())

@@ -19,7 +19,7 @@ _ASSUMED_THROUGHPUT = 500e6  # bytes/s read+write on an ordinary SSD, for the ti
 
 @dataclass(frozen=True)
 class FolderReport:
-    """What ``inspect`` found. ``kind`` is "meta" (convertible) or "huggingface"."""
+    """What ``inspect`` found. ``kind`` is "meta" (convertible), "huggingface" or "gguf"."""
 
     path: Path
     kind: str
@@ -48,13 +48,19 @@ def _huggingface_report(path: Path) -> FolderReport:
 
 
 def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:
-    """Describe ``src``: a Meta checkpoint (detected spec, plan, estimates) or a Hugging Face folder.
+    """Describe ``src``: a Meta checkpoint (detected spec, plan, estimates), a Hugging Face folder or a GGUF file.
 
     ``options`` are those of ``plan_conversion`` (dtype, max_shard_size, llama_version, instruct).
     """
     from .pipeline import plan_conversion, source_format
 
     path = Path(src)
+    if source_format(path) == "gguf":
+        from .formats.gguf.reader import describe_gguf
+
+        gguf = describe_gguf(path)
+        details = {k: v for k, v in gguf.to_json().items() if k not in ("path", "kind", "summary")}
+        return FolderReport(path, "gguf", gguf.summary, details)
     if source_format(path) == "hf":
         return _huggingface_report(path)
     plan = plan_conversion(path, **options)

@@ -1,0 +1,1 @@
+"""GGUF output (llama.cpp's format): streaming writer, tensor encodings, tokenizer metadata, reader."""

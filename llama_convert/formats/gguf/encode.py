@@ -1,0 +1,78 @@
+"""GGUF tensor types: which type a tensor gets, how many bytes it takes, and encoding row blocks into it.
+
+The choices are llama.cpp's (``convert_hf_to_gguf.py``, ``ModelBase.prepare_tensors``): 1-D tensors and
+norms are F32; every other tensor gets the output type; a Q8_0 tensor whose rows are not a multiple of
+32 values falls back to F16. Q8_0 blocks are made by ``gguf.quants`` (llama.cpp's numpy port of its
+reference quantiser), row block by row block: each 32-value block depends only on its own values, so
+quantising rows in pieces gives the bytes quantising the whole tensor gives.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
+
+from ...dtypes import DTYPES, DType, cast
+
+__all__ = ["OUTTYPES", "OutType", "encode", "file_type", "read_dtype", "tensor_nbytes", "tensor_type"]
+
+OutType = Literal["bf16", "f16", "q8_0"]
+OUTTYPES: dict[str, GGMLQuantizationType] = {
+    "bf16": GGMLQuantizationType.BF16,
+    "f16": GGMLQuantizationType.F16,
+    "q8_0": GGMLQuantizationType.Q8_0,
+}
+_FILE_TYPES = {
+    "bf16": LlamaFileType.MOSTLY_BF16,
+    "f16": LlamaFileType.MOSTLY_F16,
+    "q8_0": LlamaFileType.MOSTLY_Q8_0,
+}
+_F32, _BF16 = DTYPES["float32"], DTYPES["bfloat16"]
+_QUANT_CHUNK = 1 << 20  # values per gguf.quants call: bounds its float32 temporaries to a few MiB
+
+
+def file_type(outtype: OutType) -> int:
+    """``general.file_type`` for an output type (bf16 32, f16 1, q8_0 7)."""
+    return int(_FILE_TYPES[outtype])
+
+
+def tensor_type(name: str, shape: tuple[int, ...], outtype: OutType) -> GGMLQuantizationType:
+    """The GGUF type llama.cpp's converter gives tensor ``name`` of (numpy-order) ``shape``."""
+    if len(shape) <= 1 or name.endswith("_norm.weight"):
+        return GGMLQuantizationType.F32
+    qtype = OUTTYPES[outtype]
+    block, _ = GGML_QUANT_SIZES[qtype]
+    if shape[-1] % block:
+        return GGMLQuantizationType.F16  # llama.cpp: "Can't quantize tensor with shape ...", falling back to F16
+    return qtype
+
+
+def tensor_nbytes(shape: tuple[int, ...], qtype: GGMLQuantizationType) -> int:
+    """Bytes of a tensor of (numpy-order) ``shape`` stored as ``qtype``."""
+    block, type_size = GGML_QUANT_SIZES[qtype]
+    return math.prod(shape) // block * type_size
+
+
+def read_dtype(qtype: GGMLQuantizationType, source: DType) -> DType:
+    """The dtype row blocks are produced in for ``qtype``: the source's own for a BF16 copy of BF16
+    weights (so that contiguous tensors are copied verbatim), float32 otherwise."""
+    return source if qtype == GGMLQuantizationType.BF16 and source == _BF16 else _F32
+
+
+def encode(block: np.ndarray, dtype: DType, qtype: GGMLQuantizationType) -> np.ndarray:
+    """Rows held as ``dtype`` (whole rows, any leading shape) → the bytes of ``qtype``, as llama.cpp makes
+    them from float32: BF16 round-to-nearest-even (a bit copy of bf16 weights), F16 ``astype`` (round to
+    nearest even), Q8_0 through ``gguf.quants``."""
+    if qtype == GGMLQuantizationType.BF16:
+        return cast(block, dtype, _BF16)
+    values = cast(block, dtype, _F32)
+    if qtype == GGMLQuantizationType.F32:
+        return values
+    if qtype == GGMLQuantizationType.F16:
+        return values.astype(np.float16)
+    rows = values.reshape(-1, values.shape[-1])
+    step = max(1, _QUANT_CHUNK // max(rows.shape[1], 1))
+    return np.concatenate([quants.quantize(rows[i : i + step], qtype).reshape(-1) for i in range(0, len(rows), step)])

@@ -63,6 +63,18 @@ class LlamaFamily:
         """Checks that run beside the weight stream: tying was decided on sampled rows; compare them all."""
         return [lambda: rows_equal_everywhere(spec)] if spec.tie_embeddings else []
 
+    def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
+        """The way back: the Meta checkpoint an HF folder becomes (``reverse.layout.MetaLayout``)."""
+        from .to_meta import layout_from_hf
+
+        return layout_from_hf(config, root, hf_names, **options)
+
+    def reshard_layout(self, spec: LlamaSpec, mp: int) -> Any:
+        """The way back: recipes reading ``spec`` and the layout of the same model at ``mp`` shards."""
+        from .to_meta import reshard_layout
+
+        return reshard_layout(spec, mp)
+
     def details(self, spec: LlamaSpec) -> dict[str, Any]:
         p = spec.params
         return {

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,7 +20,19 @@ from .from_hf import MetaTarget
 from .releases import RELEASES, SIZE_LABELS, Version
 from .spec import LlamaSpec
 
-__all__ = ["META_DTYPE", "extra_meta_tensors", "meta_order", "meta_small_files", "resharded_spec", "target_spec"]
+if TYPE_CHECKING:
+    from ...plan import TensorRecipe
+    from ...reverse.layout import MetaLayout
+
+__all__ = [
+    "META_DTYPE",
+    "extra_meta_tensors",
+    "layout_from_hf",
+    "meta_order",
+    "meta_small_files",
+    "resharded_spec",
+    "target_spec",
+]
 
 META_DTYPE = {"llama1": "float16", "llama2": "bfloat16", "codellama": "bfloat16", "llama3": "bfloat16"}
 _FACTOR_VERSION: dict[float | None, Version] = {None: "3", 8.0: "3.1", 32.0: "3.2"}
@@ -167,3 +179,79 @@ def meta_small_files(
         )
     files["params.json"] = json.dumps(params).encode()
     return files, notes
+
+
+_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older transformers saved; Meta's code recomputes them
+
+
+def layout_from_hf(
+    config: dict[str, Any],
+    root: Path,
+    hf_names: set[str],
+    *,
+    mp: int,
+    dtype: DType | None,
+    dst: Path,
+    tokenizer: bool,
+) -> MetaLayout:
+    """The Meta checkpoint an HF Llama folder becomes (refusing what params.json cannot express)."""
+    from ...dtypes import DTYPES, dtype_by_name
+    from ...plan import Part, TensorRecipe
+    from ...reverse.layout import MetaLayout
+    from .from_hf import target_from_hf_config
+    from .layout import GLOBAL_SPLITS, recipes
+
+    target = target_from_hf_config(config, where=str(root / "config.json"))
+    dtype = dtype or dtype_by_name(META_DTYPE[target.family])
+    spec = target_spec(target, mp=mp, dtype=dtype, root=dst)
+    out = recipes(spec, dtype)
+    constants = extra_meta_tensors(target)
+    f32 = DTYPES["float32"]
+    out += [TensorRecipe(name, (Part(name, None),), value.shape, f32, f32) for name, value in constants.items()]
+    aliases: dict[str, str] = {}
+    notes = list(target.notes)
+    head, embed = GLOBAL_SPLITS["output.weight"][0], GLOBAL_SPLITS["tok_embeddings.weight"][0]
+    if head not in hf_names and target.tie_embeddings:
+        aliases[head] = embed
+        notes.append("output.weight written from the tied embedding, as Meta ships it")
+    small, more = meta_small_files(root, target, spec, tokenizer=tokenizer)
+    return MetaLayout(
+        spec=spec,
+        dtype=dtype,
+        recipes=out,
+        small_files=small,
+        aliases=aliases,
+        constants=constants,
+        ignored_suffixes=_IGNORED_SUFFIXES,
+        order=meta_order,
+        notes=(*notes, *more),
+    )
+
+
+def reshard_layout(spec: LlamaSpec, mp: int) -> tuple[list[TensorRecipe], MetaLayout]:
+    """Recipes that read ``spec``'s checkpoint, and the layout of the same model at ``mp`` shards. Neither
+    permutes rotary rows (Meta's order is kept) and both name ``output.weight`` (Meta ships it when tied)."""
+    from ...reverse.layout import MetaLayout
+    from .layout import recipes
+
+    def plain(out: list[TensorRecipe]) -> list[TensorRecipe]:
+        return [dataclasses.replace(r, rotary_heads=None) for r in out]
+
+    target, params = resharded_spec(spec, mp)
+    source = plain(recipes(dataclasses.replace(spec, tie_embeddings=False), spec.source_dtype))
+    notes = list(spec.notes)
+    if target.kv_fold > 1:
+        notes.append(
+            f"each of the {spec.n_kv_heads} KV heads repeated {target.kv_fold}× over {mp} shards, "
+            f"as Meta's MP{mp} release does"
+        )
+    assert spec.folder.tokenizer is not None  # a recognised Llama checkpoint has one
+    small = {"params.json": json.dumps(params).encode(), "tokenizer.model": spec.folder.tokenizer.read_bytes()}
+    layout = MetaLayout(
+        spec=dataclasses.replace(target, notes=tuple(notes)),
+        dtype=spec.source_dtype,
+        recipes=plain(recipes(target, spec.source_dtype)),
+        small_files=small,
+        notes=tuple(notes),
+    )
+    return source, layout

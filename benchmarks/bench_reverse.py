@@ -50,27 +50,32 @@ def _rm(path: Path) -> None:
     subprocess.run(["sync"], check=False)
 
 
-def prepare(key: str, work: Path) -> Path:
-    """An HF folder converted from a synthesized full-size Meta checkpoint (kept between runs)."""
+def prepare(key: str, work: Path, *, reshard: bool = False) -> Path:
+    """An HF folder converted from a synthesized full-size Meta checkpoint (kept between runs); with
+    ``reshard`` the Meta checkpoint itself."""
     from llama_convert import convert
     from llama_convert.testing.synth import synthesize
 
     case = model_case(key)
-    hf = work / f"{case.folder}-hf"
-    if (hf / "config.json").exists():
-        return hf
     meta = work / case.folder
+    hf = work / f"{case.folder}-hf"
+    if reshard and (meta / "checklist.chk").exists():
+        return meta
+    if not reshard and (hf / "config.json").exists():
+        return hf
     _rm(meta)
     t = time.perf_counter()
     synthesize(meta, synth_spec(case))
     print(f"synthesized {meta} in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+    if reshard:
+        return meta
     convert(meta, hf, force=True)
     _rm(meta)
     return hf
 
 
-def bench(key: str, work: Path, *, mp: int, repeats: int) -> dict:
-    hf = prepare(key, work)
+def bench(key: str, work: Path, *, mp: int, repeats: int, reshard: bool = False) -> dict:
+    hf = prepare(key, work, reshard=reshard)
     size = sum(p.stat().st_size for p in hf.iterdir())
     dst = work / f"{hf.name}-out"
     ours = f"llama-convert --to meta --mp {mp}"
@@ -121,12 +126,14 @@ def bench(key: str, work: Path, *, mp: int, repeats: int) -> dict:
             }
         )
     load = os.getloadavg()[0]
-    return {"model": key, "mp": mp, "bytes": size, "cold_cache": cold, "repeats": repeats, "rows": table, "load": load}
+    result = {"model": key, "mp": mp, "bytes": size, "cold_cache": cold, "repeats": repeats, "rows": table}
+    return {**result, "load": load, "source": "meta" if reshard else "hf"}
 
 
 def render(result: dict) -> str:
     lines = [
-        f"### {result['model']} HF → Meta MP{result['mp']} ({result['bytes'] / 1e9:.2f} GB, "
+        f"### {result['model']} {'Meta' if result.get('source') == 'meta' else 'HF'} → Meta MP{result['mp']} "
+        f"({result['bytes'] / 1e9:.2f} GB, "
         f"{'cold' if result['cold_cache'] else 'WARM (not root)'} cache, median of {result['repeats']}, "
         f"load average {result.get('load', 0):.1f} on {os.cpu_count()} cores)",
         "",
@@ -155,9 +162,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("bench-work"))
     parser.add_argument("--save", type=Path, help="write the results as JSON here")
+    parser.add_argument("--reshard", action="store_true", help="from the synthesized Meta checkpoint (Meta → Meta)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    results = [bench(key, args.work, mp=args.mp, repeats=args.repeats) for key in args.models]
+    results = [bench(key, args.work, mp=args.mp, repeats=args.repeats, reshard=args.reshard) for key in args.models]
     for result in results:
         print(render(result))
         print()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -50,14 +51,19 @@ def write_meta_folder(
 
     total = sum(t.nbytes(mp) for t in tensors)
     check_free_space(dst.absolute(), total + sum(map(len, small_files.values())) + (1 << 20))
-    with atomic_output_dir(dst, force=force) as tmp, ThreadPoolExecutor(1, thread_name_prefix="md5") as hasher:
-        writer = MetaShardWriter(tmp, mp, hasher)
+    # One MD5 lane per core (at most one per shard): shards hash in parallel, each file's bytes in order.
+    lanes = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
+    with atomic_output_dir(dst, force=force) as tmp:
+        writer = MetaShardWriter(tmp, mp, lanes)
         try:
             write_meta_tensors(tensors, source, writer, advance=advance)
             digests = writer.finish(sync=sync)
         except BaseException:
             writer.abort()
             raise
+        finally:
+            for lane in lanes:
+                lane.shutdown(wait=True, cancel_futures=True)
         for name, data in small_files.items():
             (tmp / name).write_bytes(data)
             digests[name] = hashlib.md5(data).hexdigest()

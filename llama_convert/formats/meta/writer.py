@@ -101,9 +101,12 @@ class HashedFile(io.RawIOBase):
 class MetaShardWriter:
     """``mp`` shard files written side by side; ``tensor()`` streams one tensor's slices into all of them."""
 
-    def __init__(self, out_dir: Path, mp: int, hasher: ThreadPoolExecutor) -> None:
+    def __init__(self, out_dir: Path, mp: int, hasher: ThreadPoolExecutor | Sequence[ThreadPoolExecutor]) -> None:
+        """``hasher``: one single-thread executor, or several (lanes): shard r hashes on lane r mod lanes, so
+        each file's bytes stay in order while different shards hash in parallel."""
         self.out_dir = Path(out_dir)
-        self.files = [HashedFile(self.out_dir / shard_name(r), hasher) for r in range(mp)]
+        lanes = [hasher] if isinstance(hasher, ThreadPoolExecutor) else list(hasher)
+        self.files = [HashedFile(self.out_dir / shard_name(r), lanes[r % len(lanes)]) for r in range(mp)]
         self.writers = [
             TorchZipWriter(f.path, prefix=f.path.stem, fileobj=f)
             for f in self.files  # type: ignore[arg-type]

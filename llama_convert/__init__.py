@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+__version__ = "0.2.0"  # before the imports: modules below read it
+
 from .describe import FolderReport, inspect
 from .detect import detect
 from .errors import (
@@ -23,8 +25,6 @@ from .errors import (
 )
 from .families import ModelSpec
 from .pipeline import ConversionResult, Progress, convert, plan_conversion
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ChecksumError",

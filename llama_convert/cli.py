@@ -102,16 +102,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"llama-convert {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    conv = sub.add_parser("convert", help="convert a Meta checkpoint folder into a Hugging Face folder")
-    conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, tokenizer.model)")
-    conv.add_argument("dst", type=Path, help="output folder (must not exist or be empty unless --force)")
+    conv = sub.add_parser("convert", help="convert a Meta checkpoint into a Hugging Face folder or GGUF, and back")
+    conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, …) or Hugging Face folder")
+    conv.add_argument("dst", type=Path, help="output folder or .gguf file (must not exist or be empty unless --force)")
     _add_common(conv)
-    conv.add_argument("--to", choices=("hf", "meta", "gguf"), help="output format (default: from DST; .gguf → gguf)")
-    conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--force", action="store_true", help="replace an existing destination")
     conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
+    conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
+    conv.add_argument(
+        "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
+    )
+    conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
+    conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
+    conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -148,16 +153,18 @@ def _convert(args: argparse.Namespace) -> int:
         _print_plan(plan)
         return 0
     interactive = not args.quiet and not args.json and sys.stderr.isatty()
-    if args.outtype is not None:
-        options["outtype"] = args.outtype
     result: ConversionResult = convert(
         args.src,
         args.dst,
-        to=args.to,
         force=args.force,
         verify=args.verify,
         tokenizer_only=args.tokenizer_only,
         fold_kv_heads=not args.keep_kv_heads,
+        resume=args.resume,
+        to=args.to,
+        mp=args.mp,
+        outtype=args.outtype,
+        tokenizer=args.tokenizer,
         progress=_Bar(interactive),
         on_plan=None if args.quiet or args.json else lambda plan: _describe_plan(args, plan),
         **options,

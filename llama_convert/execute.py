@@ -56,6 +56,8 @@ def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int) -> np
     """Rows ``start:stop`` of one shard's viewed-and-taken tensor."""
     ref = shard.tensors[part.source]
     view = part.view or ref.shape or (1,)
+    if part.zeros:
+        return np.zeros((stop - start, *view[1:]), dtype=ref.dtype.storage)
     first = (part.take[0] if part.take else 0) + start
     view_row = math.prod(view[1:])
     if part.view is None:
@@ -137,7 +139,7 @@ def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> 
     stacked on dim 0; contiguous shards merged on dim 0 or taken from one), the byte ranges; else None."""
     if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.transpose or recipe.dtype != recipe.source_dtype:
         return None
-    if len(recipe.parts) > 1 and recipe.cat_axis != 0:
+    if (len(recipe.parts) > 1 and recipe.cat_axis != 0) or any(part.zeros for part in recipe.parts):
         return None
     spans = []
     for part in recipe.parts:

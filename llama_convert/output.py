@@ -4,21 +4,38 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DestinationExistsError, DiskFullError
+from .errors import ConversionError, DestinationExistsError, DiskFullError
+from .resume import JOURNAL_NAME, Journal
 
-__all__ = ["atomic_output_dir", "check_destination", "check_free_space", "clear_stale_temporaries"]
+__all__ = [
+    "Staging",
+    "atomic_output_dir",
+    "check_destination",
+    "check_free_space",
+    "clear_stale_temporaries",
+    "resumable_output_dir",
+]
 
 _TMP_TAG = ".llama-convert-tmp-"
 _TRASH_TAG = ".llama-convert-old-"
+_PARTIAL_TAG = ".llama-convert-partial"
+_LOCK_NAME = ".llama-convert-lock"
 
 
 def _temp_name(dst: Path, tag: str) -> Path:
     return dst.parent / f".{dst.name}{tag}{os.getpid()}"
+
+
+def partial_dir(dst: Path) -> Path:
+    """Where a resumable conversion to ``dst`` stages its files."""
+    return dst.parent / f".{dst.name}{_PARTIAL_TAG}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -94,21 +111,110 @@ def atomic_output_dir(dst: str | os.PathLike[str], *, force: bool = False) -> It
             yield tmp
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    f"{dst.parent} ran out of space while writing {Path(exc.filename or tmp).name}; "
-                    "free some space or choose another destination (nothing was left behind)."
-                ) from None
+                raise _disk_full(dst, exc, tmp, 0) from None
             raise
-        _fsync_dir(tmp)
-        if dst.exists():
-            check_destination(dst, force=force)
-            trash = _temp_name(dst, _TRASH_TAG)
-            os.replace(dst, trash)
-            os.replace(tmp, dst)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.replace(tmp, dst)
-        _fsync_dir(dst.parent)
+        _publish(tmp, dst, force=force)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _disk_full(dst: Path, exc: OSError, where: Path, kept: int) -> DiskFullError:
+    name = Path(exc.filename or where).name
+    if kept:
+        return DiskFullError(
+            f"{dst.parent} ran out of space while writing {name}; {kept} completed file(s) are kept in {where.name}: "
+            "free some space and run the same command again to continue (--no-resume starts over)."
+        )
+    return DiskFullError(
+        f"{dst.parent} ran out of space while writing {name}; "
+        "free some space or choose another destination (nothing was left behind)."
+    )
+
+
+def _publish(tmp: Path, dst: Path, *, force: bool) -> None:
+    _fsync_dir(tmp)
+    if dst.exists():
+        check_destination(dst, force=force)
+        trash = _temp_name(dst, _TRASH_TAG)
+        os.replace(dst, trash)
+        os.replace(tmp, dst)
+        shutil.rmtree(trash, ignore_errors=True)
+    else:
+        os.replace(tmp, dst)
+    _fsync_dir(dst.parent)
+
+
+@dataclass
+class Staging:
+    """A resumable staging folder: write files into ``path``; ``resumed`` lists those already complete."""
+
+    path: Path
+    journal: Journal
+    resumed: dict[str, int]  # name → size of files kept from an interrupted run
+
+    def record(self, name: str) -> None:
+        """``name`` is written and fsync'd: a rerun may keep it."""
+        self.journal.record(name)
+
+
+def _lock(folder: Path, dst: Path) -> int:
+    fd = os.open(folder / _LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConversionError(
+            f"another llama-convert is writing {dst} right now; wait for it to finish or choose another destination."
+        ) from None
+    return fd
+
+
+def _clear(folder: Path, keep: set[str]) -> None:
+    for entry in folder.iterdir():
+        if entry.name not in keep:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def resumable_output_dir(
+    dst: str | os.PathLike[str], *, fingerprint: str, force: bool = False, resume: bool = True
+) -> Iterator[Staging]:
+    """Like ``atomic_output_dir``, but the staging folder survives a crash (kill -9, power loss) and a full
+    disk with a journal of complete files; a rerun with the same ``fingerprint`` keeps them."""
+    dst = Path(dst).absolute()
+    check_destination(dst, force=force)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    clear_stale_temporaries(dst)
+    folder = partial_dir(dst)
+    folder.mkdir(exist_ok=True)
+    lock = _lock(folder, dst)
+    succeeded = keep = False
+    try:
+        journal = Journal(folder, fingerprint)
+        resumed = journal.completed() if resume else {}
+        _clear(folder, {*resumed, JOURNAL_NAME, _LOCK_NAME} if resumed else {_LOCK_NAME})
+        if not resumed:
+            journal.start()
+        staging = Staging(folder, journal, resumed)
+        try:
+            yield staging
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                done = journal.completed()
+                keep = bool(done)
+                if keep:
+                    _clear(folder, {*done, JOURNAL_NAME, _LOCK_NAME})
+                raise _disk_full(dst, exc, folder, len(done)) from None
+            raise
+        (folder / JOURNAL_NAME).unlink(missing_ok=True)
+        (folder / _LOCK_NAME).unlink(missing_ok=True)
+        _publish(folder, dst, force=force)
+        succeeded = True
+    finally:
+        os.close(lock)
+        if not succeeded and not keep and folder.exists():
+            shutil.rmtree(folder, ignore_errors=True)

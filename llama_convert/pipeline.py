@@ -11,19 +11,21 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from . import __version__
 from .detect import detect
 from .dtypes import DType, dtype_by_name
 from .errors import MissingFileError, UnsupportedError
 from .execute import write_weights
 from .families import ModelSpec, family_of
 from .formats.meta.torch_zip import TorchCheckpoint
-from .output import atomic_output_dir, check_destination, check_free_space
+from .output import check_destination, check_free_space, resumable_output_dir
 from .plan import ConversionPlan, build_plan, parse_size
+from .resume import fingerprint
 from .verify import VerifyReport, raise_for_report, verify_checksums
 
 __all__ = ["ConversionResult", "ConvertOptions", "Progress", "convert", "plan_conversion", "source_format"]
@@ -75,6 +77,7 @@ class ConversionResult:
     seconds: float
     verified: bool  # checksums were checked against checklist.chk and matched
     notes: tuple[str, ...]
+    resumed_bytes: int = 0  # output bytes kept from an interrupted run
 
 
 def _as_dtype(dtype: str | DType | None) -> DType | None:
@@ -186,13 +189,44 @@ class _BackgroundVerify:
             self.result()
 
 
-def _advance(progress: Progress, verifier: _BackgroundVerify | None) -> Callable[[int], None]:
-    if verifier is None:
+class _Beside:
+    """Work that runs beside the weight stream — the small files (tokenizer building is seconds of CPU) and
+    the family's deferred checks — so that fixed costs overlap with the disk-bound stream. The first failure
+    stops the stream (``check``); results are collected before the output is renamed into place."""
+
+    def __init__(self, jobs: list[Callable[[], object]]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="llama-convert")
+        self.futures: list[Future] = [self._pool.submit(job) for job in jobs]
+
+    def check(self) -> None:
+        for future in self.futures:
+            if future.done() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+
+    def results(self) -> list[object]:
+        try:
+            return [future.result() for future in self.futures]
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def _advance(
+    progress: Progress, verifier: _BackgroundVerify | None, beside: _Beside | None = None
+) -> Callable[[int], None]:
+    if verifier is None and beside is None:
         return progress.advance
 
     def advance(n: int) -> None:
         progress.advance(n)
-        verifier.check()
+        if verifier is not None:
+            verifier.check()
+        if beside is not None:
+            beside.check()
 
     return advance
 
@@ -253,25 +287,44 @@ def convert_to_hf(
     notes = list(spec.notes)
     weight_bytes = 0 if opts.tokenizer_only else plan.total_size
     check_free_space(dst.absolute(), weight_bytes + _TOKENIZER_ALLOWANCE)
-    if opts.tokenizer_only:
-        metadata = family.metadata_files(spec, plan.dtype, tokenizer=True)
-        metadata = {k: v for k, v in metadata.items() if k not in ("config.json", "generation_config.json")}
-    else:
-        metadata = family.metadata_files(spec, plan.dtype, tokenizer=opts.tokenizer)
+    with_tokenizer = opts.tokenizer or opts.tokenizer_only
+    checks = [] if opts.tokenizer_only else getattr(family, "deferred_checks", lambda spec: [])(spec)
+    beside = _Beside([lambda: family.metadata_files(spec, plan.dtype, tokenizer=with_tokenizer), *checks])
     verify = opts.verify and not opts.tokenizer_only
     verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if verify else None
+    sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    options = (opts.tokenizer_only, with_tokenizer)
+    key = fingerprint(sources, __version__, "hf", options, plan.to_json(), spec.name, spec.instruct)
+    resumed = 0
     try:
-        with atomic_output_dir(dst, force=opts.force) as tmp:
+        with resumable_output_dir(dst, fingerprint=key, force=opts.force, resume=opts.resume) as staging:
             names: list[str] = []
             if not opts.tokenizer_only:
+                resumed = sum(staging.resumed.values())
+                if staging.resumed:
+                    notes.append(
+                        f"resumed an interrupted run: kept {len(staging.resumed)} of {len(plan.files)} weight "
+                        f"file(s), {resumed / 1e9:.2f} GB."
+                    )
                 progress.start(plan.total_size, f"Converting {spec.name}")
                 try:
-                    names += write_weights(plan, tmp, advance=_advance(progress, verifier))
+                    names += write_weights(
+                        plan,
+                        staging.path,
+                        advance=_advance(progress, verifier, beside),
+                        skip=frozenset(staging.resumed),
+                        on_file_done=staging.record,
+                    )
                 finally:
                     progress.finish()
-            names += _write_files(tmp, metadata)
+            metadata = beside.results()[0]
+            assert isinstance(metadata, dict)
+            if opts.tokenizer_only:
+                metadata = {k: v for k, v in metadata.items() if k not in ("config.json", "generation_config.json")}
+            names += _write_files(staging.path, metadata)
             verified = verifier.result() if verifier is not None else False
     except BaseException:
+        beside.cancel()
         if verifier is not None:
             verifier.cancel()
         raise
@@ -285,4 +338,5 @@ def convert_to_hf(
         seconds=time.perf_counter() - started,
         verified=verified,
         notes=tuple(notes),
+        resumed_bytes=resumed,
     )

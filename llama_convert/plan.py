@@ -27,14 +27,20 @@ class Part:
     Each shard's stored tensor is first viewed as ``view`` (same bytes; ``None``: as stored), then rows
     ``take`` of its axis 0 are kept (``None``: all; a fused tensor such as ``wqkv`` holds several parts),
     then the shards are concatenated along ``mp_axis`` (``None``: replicated, shard 0 is read).
+    With ``zeros`` the part has that shape and dtype but holds zeros, read from nowhere (padding rows such
+    as Mllama's per-aspect-ratio embeddings; the reverse direction checks them and drops them).
     """
 
     source: str
     mp_axis: int | None
     view: tuple[int, ...] | None = None
     take: tuple[int, int] | None = None
+    zeros: bool = False
 
     def describe(self) -> str:
+        if self.zeros:
+            rows = self.take[1] - self.take[0] if self.take else (self.view[0] if self.view else "all")
+            return f"zeros: {rows} row(s) shaped like {self.source}" + (f" as {list(self.view)}" if self.view else "")
         text = self.source
         if self.view is not None:
             text += f" as {list(self.view)}"

@@ -232,7 +232,7 @@ def _start(src: Path, dst: Path) -> tuple[subprocess.Popen, Path]:
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        temps = [p for p in dst.parent.glob(f".{dst.name}.llama-convert-tmp-*") if any(p.glob("*.safetensors"))]
+        temps = [p for p in dst.parent.glob(f".{dst.name}.llama-convert-partial") if any(p.glob("*.safetensors"))]
         if temps:
             return proc, temps[0]
         if proc.poll() is not None:

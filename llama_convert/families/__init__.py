@@ -9,11 +9,13 @@ from ..formats.meta.folder import MetaFolder
 from ..formats.meta.torch_zip import TorchCheckpoint
 from .base import Evidence, Family, Hints, ModelSpec
 from .llama import FAMILY as LLAMA
+from .llama4 import FAMILY as LLAMA4
+from .mllama import FAMILY as MLLAMA
 
 __all__ = ["FAMILIES", "Evidence", "Family", "Hints", "ModelSpec", "family_of", "recognise"]
 
 # Specific families first; Llama text last, since it claims any checkpoint with ``layers.0.attention.wq``.
-FAMILIES: tuple[Family, ...] = (LLAMA,)
+FAMILIES: tuple[Family, ...] = (LLAMA4, MLLAMA, LLAMA)
 
 
 def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> ModelSpec:

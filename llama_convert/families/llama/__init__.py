@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
@@ -10,7 +11,8 @@ from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
 from ..base import Hints
-from .detect import recognise
+from .detect import recognise, rows_equal_everywhere
+from .guard import guard_chat_template
 from .hf_config import config_json, generation_config_json
 from .layout import recipes
 from .spec import LlamaSpec
@@ -41,15 +43,25 @@ class LlamaFamily:
 
     def tokenizer_files(self, spec: LlamaSpec) -> dict[str, bytes]:
         assert spec.folder.tokenizer is not None
-        from .chat_templates import guard_template
-
+        guard = spec.guard
+        if guard is None:
+            return tokenizer_files(
+                spec.folder.tokenizer,
+                version=spec.release.version,
+                instruct=spec.instruct,
+                context_length=spec.release.context_length,
+            )
         return tokenizer_files(
             spec.folder.tokenizer,
-            version=spec.release.version,
-            instruct=spec.instruct,
-            context_length=spec.release.context_length,
-            template=guard_template(spec.guard) if spec.guard else None,
+            version=guard.shaped_like,
+            instruct=guard.tokenizer_eos == "<|eot_id|>",  # selects the tokenizer's eos; the template is Guard's
+            context_length=guard.context_length,
+            template=guard_chat_template(guard.kind),
         )
+
+    def deferred_checks(self, spec: LlamaSpec) -> list[Callable[[], None]]:
+        """Checks that run beside the weight stream: tying was decided on sampled rows; compare them all."""
+        return [lambda: rows_equal_everywhere(spec)] if spec.tie_embeddings else []
 
     def details(self, spec: LlamaSpec) -> dict[str, Any]:
         p = spec.params
@@ -60,7 +72,7 @@ class LlamaFamily:
             "size": spec.size,
             "instruct": spec.instruct,
             "instruct_reason": spec.instruct_reason,
-            "guard": spec.guard,
+            "guard": spec.guard.title if spec.guard else None,
             "layers": p.n_layers,
             "dim": p.dim,
             "heads": p.n_heads,

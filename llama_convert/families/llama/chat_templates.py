@@ -50,10 +50,3 @@ def _read_template(stem: str) -> str:
     text = resources.files(__package__).joinpath("templates", f"{stem}.jinja").read_text(encoding="utf-8")
     # No trailing newline: renderers without trim_blocks would print it.
     return text.rstrip("\n")
-
-
-def guard_template(guard: str) -> str | None:
-    """The prompt template of a Llama Guard release (None until its template ships)."""
-    stem = {"Llama Guard 3": "guard3", "Llama Guard 2": "guard2"}.get(guard)
-    path = resources.files(__package__).joinpath("templates", f"{stem}.jinja")
-    return _read_template(stem) if stem and path.is_file() else None

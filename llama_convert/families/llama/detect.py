@@ -8,17 +8,17 @@ import re
 import numpy as np
 
 from ...dtypes import DType
-from ...errors import InputError, ShapeMismatchError, UnsupportedError
+from ...errors import ConversionError, InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, MetaParams
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
 from ..base import Evidence, Hints
-from .guard_variants import guard_release
+from .guard import GuardFacts, guard_facts
 from .layout import SKIPPED_TENSORS, expected_shard_shapes
 from .releases import RELEASES, SIZE_LABELS, Release, Version
 from .spec import LlamaSpec
 
-__all__ = ["recognise"]
+__all__ = ["recognise", "rows_equal_everywhere", "rows_sampled_equal"]
 
 _NAME_HINTS: tuple[tuple[str, Version], ...] = (
     (r"llama[-_ ]?3[._-]3", "3.3"),
@@ -87,6 +87,34 @@ def _rows_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, block_rows: 
             if not np.array_equal(ckpt.read_rows(a, start, stop), ckpt.read_rows(b, start, stop)):
                 return False
     return True
+
+
+def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, samples: int = 64, rows: int = 4) -> bool:
+    """Whether two tensors agree on ``samples`` evenly spread blocks of rows in every shard: cheap evidence of
+    tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion."""
+    for ckpt in checkpoints:
+        if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
+            return False
+        last = max(0, ckpt.tensors[a].shape[0] - rows)  # first and last block included
+        for start in sorted({i * last // (samples - 1) for i in range(samples)}):
+            stop = min(start + rows, ckpt.tensors[a].shape[0])
+            if not np.array_equal(ckpt.read_rows(a, start, stop), ckpt.read_rows(b, start, stop)):
+                return False
+    return True
+
+
+def rows_equal_everywhere(spec: LlamaSpec) -> None:
+    """The full check behind a sampled tie: raises if the output layer is not the embedding after all."""
+    checkpoints = [TorchCheckpoint(path) for path in spec.shards]
+    try:
+        if not _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight"):
+            raise ConversionError(
+                f"{spec.folder.root}: output.weight equals tok_embeddings.weight in sampled rows but not in all, so "
+                "it cannot be tied; convert again with --llama-version 3.1 to keep it as its own lm_head."
+            )
+    finally:
+        for ckpt in checkpoints:
+            ckpt.close()
 
 
 def _kv_duplicated(checkpoints: list[TorchCheckpoint], params: MetaParams, layer: int) -> bool:
@@ -227,7 +255,7 @@ def _llama3_version(
             )
         evidence.append(Evidence("rope", "unscaled (Llama 3)", "params.json has no use_scaled_rope"))
         return "3", None, False
-    tied = _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight")
+    tied = rows_sampled_equal(checkpoints, "tok_embeddings.weight", "output.weight")
     if tied:
         evidence.append(
             Evidence("embeddings", "tied, Llama 3.2 rope (factor 32)", "output.weight == tok_embeddings.weight")
@@ -264,7 +292,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
     p = folder.params
     evidence: list[Evidence] = [Evidence("tokenizer", kind, folder.tokenizer.name)]
     probe_dtype = first.tensors["layers.0.attention.wq.weight"].dtype
-    guard = guard_release(hints.variant_names)
+    guard = guard_facts(hints.variant_names, dim=p.dim, n_layers=p.n_layers)
     early_notes: list[str] = []
     factor: float | None
     if hints.version is not None:
@@ -276,7 +304,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
                 "put the release's own tokenizer.model beside params.json."
             )
         version_reason, factor = "--llama-version", release.rope_scaling_factor
-        tie = release.ties_embeddings and _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight")
+        tie = release.ties_embeddings and rows_sampled_equal(checkpoints, "tok_embeddings.weight", "output.weight")
     else:
         _check_tokenizer_matches(folder, kind)
         if kind == "tiktoken":
@@ -289,8 +317,9 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         version_reason = evidence[-1].because
         if kind == "sentencepiece":
             version_reason = _sentencepiece_version(folder, *_name_version(hints.variant_names), probe_dtype)[1]
-    if guard is not None and guard.rope_scaling_factor is not None and release.rope_scaling_factor is not None:
-        factor = guard.rope_scaling_factor
+    if guard is not None and hints.version is None:
+        release, factor = _guard_shape(guard, factor, evidence)
+        version_reason = evidence[-1].because
     evidence.append(Evidence("release", release.title, version_reason))
     vocab, dtype = _check_layout(folder, checkpoints, release.embedding_split_dim)
     instruct, variant_evidence, notes = _variant(release, hints, guard.title if guard else None)
@@ -313,7 +342,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         f"{p.n_layers} layers, dim {p.dim}, {p.n_heads} heads / {n_kv} KV heads, vocab {vocab}, "
         f"FFN {p.intermediate_size}"
     )
-    return LlamaSpec(
+    spec = LlamaSpec(
         family="llama",
         name=spec_name,
         folder=folder,
@@ -333,8 +362,53 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         kv_fold=kv_fold,
         tie_embeddings=tie,
         rope_scaling_factor=factor,
-        guard=guard.title if guard else None,
+        guard=guard,
     )
+    if hints.version is None:
+        _check_snapshot_config(spec, hints)
+    return spec
+
+
+def _guard_shape(guard: GuardFacts, factor: float | None, evidence: list[Evidence]) -> tuple[Release, float | None]:
+    """A Guard model is the release it was fine-tuned from, with its own published rope factor."""
+    scaling = guard.config_overrides.get("rope_scaling")
+    guard_factor = scaling["factor"] if scaling else factor
+    evidence.append(
+        Evidence(
+            "rope",
+            f"factor {guard_factor:g}" if guard_factor else "unscaled",
+            f"{guard.title} is Llama {guard.shaped_like}-shaped and published with this rope",
+        )
+    )
+    return RELEASES[guard.shaped_like], guard_factor  # type: ignore[index]
+
+
+def _check_snapshot_config(spec: LlamaSpec, hints: Hints) -> None:
+    """A Hub snapshot's own config.json must describe the same model as the original/ checkpoint."""
+    config = hints.hf_config
+    if not config:
+        return
+    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+    factor = rope.get("factor") if rope.get("rope_type", rope.get("type")) == "llama3" else None
+    ours = {
+        "hidden_size": spec.params.dim,
+        "num_hidden_layers": spec.params.n_layers,
+        "num_attention_heads": spec.params.n_heads,
+        "num_key_value_heads": spec.n_kv_heads,
+        "vocab_size": spec.vocab_size,
+        "tie_word_embeddings": spec.tie_embeddings,
+        "rope_scaling factor": spec.rope_scaling_factor,
+    }
+    theirs = {**{k: config.get(k) for k in ours}, "rope_scaling factor": factor}
+    for key, value in ours.items():
+        if key in config or key == "rope_scaling factor":
+            other = theirs[key]
+            if other != value and not (isinstance(other, float) and value is not None and float(value) == other):
+                raise InputError(
+                    f"the snapshot's config.json says {key} {other} but {spec.folder.root} holds a checkpoint with "
+                    f"{key} {value}; the Hugging Face files and original/ belong to different models — remove one, "
+                    "or pass --llama-version to decide."
+                )
 
 
 def _kv_fold(

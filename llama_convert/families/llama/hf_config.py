@@ -12,6 +12,9 @@ __all__ = ["config_json", "generation_config_json"]
 
 def _eos(spec: LlamaSpec, for_generation: bool) -> int | list[int]:
     release = spec.release
+    if spec.guard is not None:
+        ids = spec.guard.generation_eos
+        return ids[0] if len(ids) == 1 else list(ids)
     if not spec.instruct:
         return release.eos_token_id
     ids = release.instruct_eos_token_ids if for_generation else release.instruct_config_eos
@@ -47,7 +50,7 @@ def config_json(spec: LlamaSpec, dtype: DType) -> dict[str, Any]:
             "hidden_size": p.dim,
             "initializer_range": 0.02,
             "intermediate_size": p.intermediate_size,
-            "max_position_embeddings": release.context_length,
+            "max_position_embeddings": spec.guard.context_length if spec.guard else release.context_length,
             "mlp_bias": False,
             "model_type": "llama",
             "num_attention_heads": p.n_heads,
@@ -64,6 +67,12 @@ def config_json(spec: LlamaSpec, dtype: DType) -> dict[str, Any]:
             "vocab_size": spec.vocab_size,
         }
     )
+    if spec.guard is not None:
+        # Published departures from the shape the Guard model was fine-tuned from; the spec already holds the
+        # rope factor (name and tensors decide it) and the tying (the tensors show it).
+        config.update(
+            {k: v for k, v in spec.guard.config_overrides.items() if k not in ("rope_scaling", "tie_word_embeddings")}
+        )
     return config
 
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ...formats.meta.folder import MetaParams
 from ..base import ModelSpec
+from .guard import GuardFacts
 from .releases import Release
 
 __all__ = ["LlamaSpec"]
@@ -24,7 +25,7 @@ class LlamaSpec(ModelSpec):
     kv_fold: int  # >1: Meta's resharder repeated each KV head this often; folded back
     tie_embeddings: bool
     rope_scaling_factor: float | None  # llama3-type rope scaling factor, None without scaling
-    guard: str | None  # the Llama Guard release ("Llama Guard 3"), None otherwise
+    guard: GuardFacts | None  # the Llama Guard release, None otherwise
 
     @property
     def n_kv_heads(self) -> int:

@@ -145,12 +145,29 @@ class _DTypeRef:
         self.dtype = dtype
 
 
+class _OpaqueExtraState:
+    """Inert stand-in for the ``io.BytesIO`` objects TransformerEngine leaves in Llama 4 shards
+    (``*._extra_state``): built from the pickle, its state is discarded; it is not a tensor."""
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _latin1_bytes(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as pickle protocol 2 uses it to store bytes; only that use is admitted."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("_codecs.encode is admitted only to rebuild latin-1 bytes")
+    return text.encode("latin-1")
+
+
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("collections", "OrderedDict"): collections.OrderedDict,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
     ("torch.storage", "UntypedStorage"): _StorageType(DTYPES["uint8"]),
+    ("_io", "BytesIO"): _OpaqueExtraState,
+    ("_codecs", "encode"): _latin1_bytes,
     **{("torch", name): _StorageType(dtype) for name, dtype in _STORAGE_CLASSES.items()},
     **{("torch", name): _DTypeRef(dtype) for name, dtype in DTYPES.items()},
 }

@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -91,25 +92,63 @@ class _PickleEmitter:
         self.out += b")R"
 
 
+def _zip64(size: int) -> bool:
+    # zipfile itself switches to zip64 headers above ZIP64_LIMIT / 1.05; decide the same way everywhere
+    # so that the alignment padding accounts for the header zipfile really writes.
+    return size * 1.05 > zipfile.ZIP64_LIMIT
+
+
+class StorageSink:
+    """One storage being written: push C-ordered chunks with ``write``; ``close`` checks the size."""
+
+    def __init__(self, owner: TorchZipWriter, key: str, dtype: DType, numel: int, member: IO[bytes]) -> None:
+        self._owner, self.key, self._dtype, self._numel, self._member = owner, key, dtype, numel, member
+        self._written = 0
+
+    def write(self, chunk: np.ndarray) -> int:
+        data = np.ascontiguousarray(chunk, dtype=self._dtype.storage)
+        self._member.write(memoryview(data.reshape(-1).view(np.uint8)))
+        self._written += data.nbytes
+        return data.nbytes
+
+    def close(self) -> None:
+        self._member.close()
+        size = self._numel * self._dtype.itemsize
+        if self._written != size:
+            raise ValueError(f"storage {self.key}: got {self._written} bytes, expected {size}")
+        self._owner._storages.append(_Storage(self.key, self._dtype, self._numel))
+
+    def __enter__(self) -> StorageSink:
+        return self
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        if exc_type is None:
+            self.close()
+
+
 @dataclass
 class TorchZipWriter:
     """Accumulate storages (streamed to disk at once) and tensor views; ``close()`` writes the index."""
 
     path: Path
     prefix: str = "consolidated"
+    # Write through this file object instead of opening ``path`` (e.g. one that hashes as it writes; an
+    # unseekable one makes zipfile put each member's CRC after its data, so bytes are written only once).
+    fileobj: IO[bytes] | None = None
     _zip: zipfile.ZipFile = field(init=False)
     _storages: list[_Storage] = field(default_factory=list, init=False)
     _tensors: dict[str, _Tensor] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
-        self._zip = zipfile.ZipFile(self.path, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        target = self.fileobj if self.fileobj is not None else self.path
+        self._zip = zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True)
 
     def _member(self, name: str, size: int) -> zipfile.ZipInfo:
         info = zipfile.ZipInfo(f"{self.prefix}/{name}", date_time=(1980, 1, 1, 0, 0, 0))
         info.compress_type = zipfile.ZIP_STORED
         info.file_size = size
-        zip64 = size > zipfile.ZIP64_LIMIT
+        zip64 = _zip64(size)
         header = 30 + len(info.filename.encode()) + (20 if zip64 else 0)
         pad = (-(self._zip.fp.tell() + header + 4)) % _ALIGN
         # A private extra-field record (id 0x4650, as torch uses) pads the data to the alignment.
@@ -118,18 +157,17 @@ class TorchZipWriter:
 
     def add_storage(self, dtype: DType, numel: int, chunks: Iterable[np.ndarray]) -> str:
         """Stream a storage of ``numel`` elements from ``chunks``; returns its key."""
+        with self.open_storage(dtype, numel) as sink:
+            for chunk in chunks:
+                sink.write(chunk)
+        return sink.key
+
+    def open_storage(self, dtype: DType, numel: int) -> StorageSink:
+        """A storage of ``numel`` elements whose bytes are pushed with ``write`` (close it before the next one)."""
         key = str(len(self._storages))
         size = numel * dtype.itemsize
-        written = 0
-        with self._zip.open(self._member(f"data/{key}", size), "w", force_zip64=size > zipfile.ZIP64_LIMIT) as w:
-            for chunk in chunks:
-                data = np.ascontiguousarray(chunk, dtype=dtype.storage)
-                w.write(memoryview(data.reshape(-1).view(np.uint8)))
-                written += data.nbytes
-        if written != size:
-            raise ValueError(f"storage {key}: got {written} bytes, expected {size}")
-        self._storages.append(_Storage(key, dtype, numel))
-        return key
+        member = self._zip.open(self._member(f"data/{key}", size), "w", force_zip64=_zip64(size))
+        return StorageSink(self, key, dtype, numel, member)
 
     def add_view(
         self,
@@ -185,6 +223,10 @@ class TorchZipWriter:
             self._zip.writestr(self._member(name, len(content)), content)
         self._zip.close()
 
+    def discard(self) -> None:
+        """Give up without writing the index (the caller removes the file)."""
+        self._zip.fp = None  # zipfile then skips its end records, also when it is garbage-collected
+
     def __enter__(self) -> TorchZipWriter:
         return self
 
@@ -193,4 +235,5 @@ class TorchZipWriter:
             self.close()
         else:
             self._zip.close()
-            os.unlink(self.path)
+            if self.fileobj is None:
+                os.unlink(self.path)

@@ -1,0 +1,79 @@
+"""The Llama 4 family: Scout (17B-16E) and Maverick (17B-128E), base and Instruct, text + vision."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ...dtypes import DType
+from ...formats.meta.folder import MetaFolder
+from ...formats.meta.torch_zip import TorchCheckpoint
+from ...plan import TensorRecipe
+from ...tokenizer import json_bytes
+from ..base import Hints
+from .detect import recognise
+from .hf_config import (
+    config_json,
+    context_length,
+    generation_config_json,
+    preprocessor_config_json,
+    processor_config_json,
+)
+from .layout import tensor_table
+from .spec import Llama4Spec
+from .tokenizer import llama4_tokenizer_files
+
+__all__ = ["FAMILY", "Llama4Family", "Llama4Spec"]
+
+
+class Llama4Family:
+    """Llama 4 checkpoints → ``Llama4ForConditionalGeneration`` (``Llama4ForCausalLM`` without vision)."""
+
+    name = "llama4"
+
+    def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> Llama4Spec | None:
+        return recognise(folder, checkpoints, hints)
+
+    def recipes(self, spec: Llama4Spec, dtype: DType) -> list[TensorRecipe]:
+        table = tensor_table(spec.params, spec.mp, spec.vocab_size)
+        return [target.recipe(dtype, spec.source_dtype) for target in table]
+
+    def metadata_files(self, spec: Llama4Spec, dtype: DType, *, tokenizer: bool = True) -> dict[str, bytes]:
+        p = spec.params
+        files = {
+            "config.json": json_bytes(config_json(p, dtype, vocab=spec.vocab_size, instruct=spec.instruct)),
+            "generation_config.json": json_bytes(generation_config_json()),
+        }
+        if tokenizer:
+            assert spec.folder.tokenizer is not None
+            files.update(
+                llama4_tokenizer_files(
+                    spec.folder.tokenizer, instruct=spec.instruct, context_length=context_length(p, spec.instruct)
+                )
+            )
+            if p.vision is not None:
+                files["preprocessor_config.json"] = json_bytes(preprocessor_config_json(p))
+                files["processor_config.json"] = json_bytes(processor_config_json(p))
+        return files
+
+    def details(self, spec: Llama4Spec) -> dict[str, Any]:
+        p = spec.params
+        return {
+            "release": "Llama 4",
+            "variant": spec.variant,
+            "size": spec.size,
+            "instruct": spec.instruct,
+            "instruct_reason": spec.instruct_reason,
+            "layers": p.n_layers,
+            "dim": p.dim,
+            "heads": p.n_heads,
+            "kv_heads": p.n_kv_heads,
+            "vocab_size": spec.vocab_size,
+            "experts": p.moe.num_experts,
+            "moe_layers": [i for i in range(p.n_layers) if p.is_moe_layer(i)],
+            "moe_intermediate_size": p.moe_hidden_dim,
+            "dense_intermediate_size": p.dense_hidden_dim,
+            "vision": p.vision is not None,
+        }
+
+
+FAMILY = Llama4Family()

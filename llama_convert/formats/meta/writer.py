@@ -1,0 +1,148 @@
+"""Write a Meta-format folder: ``consolidated.NN.pth`` shards in one streaming pass, and ``checklist.chk``.
+
+Every shard is a ``torch.save``-compatible zip (``TorchZipWriter``) written through ``HashedFile``: bytes
+go to disk once, strictly in order (zipfile then records each member's CRC after its data), and an
+MD5 of every file is computed on a second thread as they go, so ``checklist.chk`` needs no re-read.
+All shards are open at once: a tensor is cut into its model-parallel slices as its row blocks pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from ...dtypes import DType
+from ..hf.safetensors_writer import _Writeback
+from .torch_zip_writer import StorageSink, TorchZipWriter
+
+__all__ = ["HashedFile", "MetaShardWriter", "checklist_text", "shard_name"]
+
+_IN_FLIGHT = 4  # hash jobs queued per file before the writer waits: bounds the blocks kept alive
+
+
+def shard_name(rank: int) -> str:
+    return f"consolidated.{rank:02d}.pth"
+
+
+class HashedFile(io.RawIOBase):
+    """A write-only, unseekable file that MD5-hashes its bytes on a worker thread and paces writeback."""
+
+    def __init__(self, path: Path, hasher: ThreadPoolExecutor) -> None:
+        super().__init__()
+        self.path = path
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._pos = 0
+        self._md5 = hashlib.md5()
+        self._hasher = hasher
+        self._jobs: deque[Future] = deque()
+        self._writeback = _Writeback(self._fd)
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, *args: object) -> int:
+        raise io.UnsupportedOperation("HashedFile is written strictly in order")
+
+    def write(self, data) -> int:  # type: ignore[override]
+        view = memoryview(data).cast("B")
+        size = len(view)
+        done = 0
+        while done < size:
+            done += os.write(self._fd, view[done:])
+        self._writeback.wrote(size)
+        self._pos += size
+        # hashlib releases the GIL for large buffers: hashing overlaps the next block's read and write.
+        # The caller never reuses a buffer it has written, so hashing it later is safe.
+        self._jobs.append(self._hasher.submit(self._md5.update, view))
+        while len(self._jobs) > _IN_FLIGHT:
+            self._jobs.popleft().result()
+        return size
+
+    def md5(self) -> str:
+        while self._jobs:
+            self._jobs.popleft().result()
+        return self._md5.hexdigest()
+
+    def flush(self) -> None:
+        pass
+
+    def finish(self, *, sync: bool = True) -> str:
+        """Wait for the hash, fsync, close; return the MD5 hex digest."""
+        digest = self.md5()
+        if sync:
+            os.fsync(self._fd)
+        self.close()
+        return digest
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            with contextlib.suppress(Exception):
+                while self._jobs:
+                    self._jobs.popleft().result()
+            os.close(self._fd)
+            self._fd = -1
+        super().close()
+
+
+class MetaShardWriter:
+    """``mp`` shard files written side by side; ``tensor()`` streams one tensor's slices into all of them."""
+
+    def __init__(self, out_dir: Path, mp: int, hasher: ThreadPoolExecutor) -> None:
+        self.out_dir = Path(out_dir)
+        self.files = [HashedFile(self.out_dir / shard_name(r), hasher) for r in range(mp)]
+        self.writers = [
+            TorchZipWriter(f.path, prefix=f.path.stem, fileobj=f)
+            for f in self.files  # type: ignore[arg-type]
+        ]
+        self.digests: dict[str, str] = {}
+
+    @property
+    def mp(self) -> int:
+        return len(self.files)
+
+    def open_tensor(self, name: str, dtype: DType, shard_shapes: Sequence[tuple[int, ...]]) -> list[StorageSink]:
+        """One storage per shard for tensor ``name`` (its own bytes only); write the slices, then ``close_tensor``."""
+        sinks = []
+        for writer, shape in zip(self.writers, shard_shapes, strict=True):
+            sinks.append(writer.open_storage(dtype, int(np.prod(shape, dtype=np.int64))))
+        self._open = (name, list(shard_shapes), sinks)
+        return sinks
+
+    def close_tensor(self) -> None:
+        name, shapes, sinks = self._open
+        for writer, shape, sink in zip(self.writers, shapes, sinks, strict=True):
+            sink.close()
+            writer.add_view(name, sink.key, shape)
+
+    def finish(self, *, sync: bool = True) -> dict[str, str]:
+        """Write every shard's index, flush, and return ``{file name: md5}``."""
+        for writer, f in zip(self.writers, self.files, strict=True):
+            writer.close()
+            self.digests[f.path.name] = f.finish(sync=sync)
+        return self.digests
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            writer.discard()
+        for f in self.files:
+            with contextlib.suppress(Exception):
+                f.close()
+
+
+def checklist_text(digests: dict[str, str]) -> str:
+    """``md5sum`` output for the files, sorted by name, as Meta's checklist.chk has it."""
+    return "".join(f"{md5}  {name}\n" for name, md5 in sorted(digests.items()))

@@ -1,0 +1,1 @@
+"""The way back: Hugging Face → Meta's original format, and Meta → Meta resharding."""

@@ -1,0 +1,83 @@
+"""Row sources for the way back: a Hugging Face folder, or Meta shards seen through the forward recipes.
+
+Both hand out rows of the Hugging Face-side tensors (by recipe output name), which ``invert`` turns back
+into Meta shards. Resharding is thus Meta → (virtual Hugging Face tensors) → Meta: the forward executor
+merges the source shards and folds duplicated KV heads; nothing is written in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from ..dtypes import DType
+from ..execute import produce_blocks
+from ..formats.hf.reader import HFFolder
+from ..formats.meta.torch_zip import TorchCheckpoint
+from ..plan import TensorRecipe
+
+__all__ = ["HFRows", "RecipeRows"]
+
+
+class HFRows:
+    """Rows of the tensors of a Hugging Face folder; ``aliases`` name a stored tensor under another name
+    (a tied ``lm_head.weight`` is the embedding)."""
+
+    def __init__(self, folder: HFFolder, aliases: dict[str, str] | None = None) -> None:
+        self.folder = folder
+        self.aliases = aliases or {}
+
+    def dtype_of(self, name: str) -> DType:
+        return self.folder.tensors[self.aliases.get(name, name)].dtype
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.folder.read_rows(self.aliases.get(name, name), start, stop)
+
+    def prefetch(self, name: str, start: int, stop: int) -> None:
+        self.folder.prefetch(self.aliases.get(name, name), start, stop)
+
+
+class _Stream:
+    """The blocks of one recipe's output, handed out as consecutive row ranges."""
+
+    def __init__(self, recipe: TensorRecipe, blocks: Iterator[np.ndarray]) -> None:
+        self.recipe, self.blocks, self.position = recipe, blocks, 0
+        self.buffer: list[np.ndarray] = []
+        self.buffered = 0
+
+    def take(self, start: int, stop: int) -> np.ndarray:
+        if start != self.position:
+            raise RuntimeError(f"{self.recipe.name}: rows must be read in order (asked {start}, at {self.position})")
+        while self.buffered < stop - start:
+            block = next(self.blocks).reshape(-1, *self.recipe.shape[1:])
+            self.buffer.append(block)
+            self.buffered += block.shape[0]
+        joined = self.buffer[0] if len(self.buffer) == 1 else np.concatenate(self.buffer, axis=0)
+        out, rest = joined[: stop - start], joined[stop - start :]
+        self.buffer = [rest] if rest.shape[0] else []
+        self.buffered = rest.shape[0]
+        self.position = stop
+        return out
+
+
+class RecipeRows:
+    """Rows of the recipes' outputs, produced from Meta shards by the forward executor (read in order)."""
+
+    def __init__(self, recipes: Sequence[TensorRecipe], shards: Sequence[TorchCheckpoint]) -> None:
+        self.recipes = {r.name: r for r in recipes}
+        self.shards = shards
+        self._streams: dict[str, _Stream] = {}
+
+    def dtype_of(self, name: str) -> DType:
+        return self.recipes[name].dtype
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        stream = self._streams.get(name)
+        if stream is None:
+            recipe = self.recipes[name]
+            stream = self._streams[name] = _Stream(recipe, produce_blocks(recipe, self.shards))
+        out = stream.take(start, stop)
+        if stop >= (self.recipes[name].shape[0] if self.recipes[name].shape else 1):
+            del self._streams[name]
+        return out

@@ -1,0 +1,110 @@
+"""Automatic resume: a conversion killed mid-run continues from the files it proved complete."""
+
+from __future__ import annotations
+
+import errno
+import filecmp
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import tiny
+
+import llama_convert
+from llama_convert.errors import DiskFullError
+from llama_convert.testing.synth import synthesize
+
+SHARD = "40MB"  # ~11 output files for the ~430 MB source
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("resume")
+    spec = tiny("llama3.1-8b", head_dim=64, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    return synthesize(root / "Llama3.1-8B-Instruct", spec)
+
+
+def _cli(src: Path, dst: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "llama_convert", "convert", str(src), str(dst), "--max-shard-size", SHARD, *extra]
+
+
+def _journal_entries(dst: Path) -> int:
+    journal = dst.parent / f".{dst.name}.llama-convert-partial" / ".llama-convert-journal"
+    try:
+        return max(0, len(journal.read_text().splitlines()) - 1)
+    except OSError:
+        return 0
+
+
+def _kill_after(dst: Path, proc: subprocess.Popen, files: int) -> None:
+    deadline = time.monotonic() + 120
+    while _journal_entries(dst) < files:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the conversion ended before {files} files were complete")
+        time.sleep(0.005)
+    proc.kill()  # SIGKILL: nothing runs, the staging folder and its journal stay
+    proc.wait(timeout=60)
+
+
+def _same_tree(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    for name in names:
+        assert filecmp.cmp(a / name, b / name, shallow=False), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(source, tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("clean") / "out"
+    llama_convert.convert(source, dst, max_shard_size=SHARD)
+    return dst
+
+
+def test_kill_9_then_the_same_command_resumes(source, uninterrupted, tmp_path):
+    dst = tmp_path / "out"
+    _kill_after(dst, subprocess.Popen(_cli(source, dst), stderr=subprocess.PIPE), files=3)
+    assert not dst.exists()
+    kept = _journal_entries(dst)
+    rerun = subprocess.run(_cli(source, dst), capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"resumed an interrupted run: kept {kept} of " in rerun.stderr
+    _same_tree(dst, uninterrupted)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]  # no staging, journal or lock left
+
+
+def test_changed_source_or_no_resume_starts_over(source, uninterrupted, tmp_path):
+    dst = tmp_path / "out"
+    _kill_after(dst, subprocess.Popen(_cli(source, dst), stderr=subprocess.PIPE), files=2)
+    result = llama_convert.convert(source, dst, max_shard_size=SHARD, resume=False)
+    assert result.resumed_bytes == 0 and not any("resumed" in n for n in result.notes)
+    _same_tree(dst, uninterrupted)
+
+    other = tmp_path / "other"
+    _kill_after(other, subprocess.Popen(_cli(source, other), stderr=subprocess.PIPE), files=2)
+    result = llama_convert.convert(source, other, max_shard_size="30MB")  # other options: other plan
+    assert result.resumed_bytes == 0
+
+
+def test_full_disk_keeps_completed_files_and_the_rerun_continues(source, uninterrupted, tmp_path, monkeypatch):
+    from llama_convert.formats.hf import safetensors_writer
+
+    real_init = safetensors_writer.SafetensorsWriter.__init__
+
+    def full_at_the_fifth_file(self, path, *args, **kwargs):
+        if Path(path).name.startswith("model-00005-"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_init(self, path, *args, **kwargs)
+
+    dst = tmp_path / "out"
+    monkeypatch.setattr(safetensors_writer.SafetensorsWriter, "__init__", full_at_the_fifth_file)
+    with pytest.raises(DiskFullError, match="4 completed file"):
+        llama_convert.convert(source, dst, max_shard_size=SHARD)
+    monkeypatch.setattr(safetensors_writer.SafetensorsWriter, "__init__", real_init)
+    assert not dst.exists()
+    result = llama_convert.convert(source, dst, max_shard_size=SHARD)
+    assert result.resumed_bytes > 0
+    _same_tree(dst, uninterrupted)

@@ -1,0 +1,46 @@
+"""The way back from the command line: --to meta, --mp, exit codes of refusals."""
+
+from __future__ import annotations
+
+import json
+
+from conftest import tiny
+
+from llama_convert.cli import main
+from llama_convert.testing.synth import synthesize
+
+
+def test_hf_to_meta_and_reshard_from_the_command_line(capsys, tmp_path):
+    src = synthesize(tmp_path / "Llama3.1-8B", tiny("llama3.1-8b", tokenizer="small-tiktoken"))
+    assert main(["convert", str(src), str(tmp_path / "hf"), "-q"]) == 0
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "meta"), "--mp", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["files"] == [
+        "consolidated.00.pth",
+        "consolidated.01.pth",
+        "params.json",
+        "tokenizer.model",
+        "checklist.chk",
+    ]
+    assert result["kv_heads"] == 8 and result["release"] == "Llama 3.1"
+    assert main(["convert", str(tmp_path / "meta"), str(tmp_path / "mp1"), "--to", "meta", "--mp", "1", "-q"]) == 0
+    assert sorted(p.name for p in (tmp_path / "mp1").iterdir()) == [
+        "checklist.chk",
+        "consolidated.00.pth",
+        "params.json",
+        "tokenizer.model",
+    ]
+    assert (tmp_path / "mp1" / "consolidated.00.pth").stat().st_size > 0
+
+
+def test_refusals_exit_with_their_codes(capsys, tmp_path):
+    src = synthesize(tmp_path / "Llama3.1-8B", tiny("llama3.1-8b", tokenizer="small-tiktoken"))
+    assert main(["convert", str(src), str(tmp_path / "hf"), "-q"]) == 0
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({**config, "attention_bias": True}))
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "meta")]) == 4
+    err = capsys.readouterr().err
+    assert "sets attention_bias; Meta's Llama has no bias terms, so it cannot be expressed." in err
+    assert main(["convert", str(src), str(tmp_path / "again"), "--to", "meta"]) == 3  # Meta → Meta needs --mp
+    assert "is already in Meta's format; pass --mp N" in capsys.readouterr().err
+    assert not (tmp_path / "meta").exists() and not (tmp_path / "again").exists()

@@ -121,7 +121,9 @@ def test_refusals(small, tmp_path):
         llama_convert.convert(src, tmp_path / "x.gguf", outtype="q4_0")
     hf = tmp_path / "hf"
     llama_convert.convert(src, hf, verify=False)
-    with pytest.raises(UnsupportedError, match="Hugging Face folder"):
+    config = json.loads((hf / "config.json").read_text())
+    (hf / "config.json").write_text(json.dumps({**config, "architectures": ["Llama4ForConditionalGeneration"]}))
+    with pytest.raises(UnsupportedError, match="describes Llama4ForConditionalGeneration; only Llama text models"):
         llama_convert.convert(hf, tmp_path / "y.gguf")
     spec = llama_convert.detect(src)
     with pytest.raises(UnsupportedError, match="cannot be written as GGUF"):
@@ -154,3 +156,27 @@ def test_read_header_equals_gguf_reader(small):
     assert [(t.name, t.shape, t.qtype, t.offset) for t in tensors] == [
         (t.name, tuple(int(s) for s in reversed(t.shape)), t.tensor_type, t.data_offset) for t in reader.tensors
     ]
+
+
+@pytest.mark.parametrize("outtype", ["bf16", "q8_0"])
+def test_hf_folder_to_gguf_equals_meta_to_gguf(small, tmp_path, outtype):
+    """Our HF folder → GGUF (q_proj/k_proj rows back from halves to pairs, metadata from the folder's files)
+    holds the same tensors and metadata as the direct Meta → GGUF file; only the naming keys differ (derived
+    from the folder's name, as llama.cpp does)."""
+    src, _ = small
+    hf = tmp_path / "Llama-3.1-8B-Instruct"
+    llama_convert.convert(src, hf, verify=False)
+    direct, via_hf = tmp_path / "direct.gguf", tmp_path / "via-hf.gguf"
+    llama_convert.convert(src, direct, outtype=outtype, verify=False)
+    llama_convert.convert(hf, via_hf, outtype=outtype)
+    (m1, t1), (m2, t2) = read_header(direct), read_header(via_hf)
+    naming = {"general.name", "general.basename", "general.finetune", "general.size_label"}
+    assert {k: v for k, v in m1.items() if k not in naming} == {k: v for k, v in m2.items() if k not in naming}
+    assert m2["general.name"][1] == "Llama 3.1 8B Instruct"  # gguf's heuristics on the folder name
+    assert [(t.name, t.shape, t.qtype) for t in t1] != [] and {t.name for t in t1} == {t.name for t in t2}
+    by_name = {t.name: t for t in t2}
+    for a in t1:
+        b = by_name[a.name]
+        assert (a.shape, a.qtype) == (b.shape, b.qtype), a.name
+        data_a = np.fromfile(direct, np.uint8, a.nbytes, offset=a.offset)
+        assert np.array_equal(data_a, np.fromfile(via_hf, np.uint8, b.nbytes, offset=b.offset)), a.name

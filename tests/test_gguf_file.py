@@ -180,3 +180,13 @@ def test_hf_folder_to_gguf_equals_meta_to_gguf(small, tmp_path, outtype):
         assert (a.shape, a.qtype) == (b.shape, b.qtype), a.name
         data_a = np.fromfile(direct, np.uint8, a.nbytes, offset=a.offset)
         assert np.array_equal(data_a, np.fromfile(via_hf, np.uint8, b.nbytes, offset=b.offset)), a.name
+
+
+def test_llama4_checkpoint_is_refused_with_a_clear_sentence(tmp_path, tmp_path_factory):
+    llama4_fixtures = pytest.importorskip("llama4_fixtures")
+    pytest.importorskip("llama_models")
+    llama4_fixtures.init_model_parallel(tmp_path_factory.mktemp("gloo"))
+    src = llama4_fixtures.make_checkpoint(tmp_path / "Llama-4-Scout-17B-16E-Instruct", "scout", mp=1)
+    with pytest.raises(UnsupportedError, match=r"cannot be written as GGUF by this version \(only Llama text"):
+        llama_convert.convert(src, tmp_path / "scout.gguf")
+    assert not (tmp_path / "scout.gguf").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -103,8 +104,7 @@ def plan_gguf(spec: ModelSpec, outtype: str | None = None) -> GGUFPlan:
 
 
 def json_config(spec: ModelSpec) -> dict[str, Any]:
-    import json
-
+    """The family's config.json of ``spec`` (what llama.cpp's converter would read its hyperparameters from)."""
     return json.loads(family_of(spec).metadata_files(spec, spec.source_dtype, tokenizer=False)["config.json"])
 
 

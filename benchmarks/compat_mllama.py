@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="compat-mllama-"))
+    work.mkdir(parents=True, exist_ok=True)
     fx.init_model_parallel(work / "rendezvous")
     results = []
     for shape in (fx.SHAPE_11B, fx.SHAPE_90B):

@@ -88,7 +88,10 @@ def test_snapshot_files_confirm_or_contradict_the_name(made, tmp_path):
     base = tmp_path / "Llama-3.1-8B"
     place(made("llama3.1-8b"), base / "original")
     (base / "generation_config.json").write_text(json.dumps({"eos_token_id": [128001, 128008, 128009]}))
-    with pytest.raises(InputError, match=r"the name says base .* say instruct; pass --instruct or --base"):
+    with pytest.raises(
+        InputError,
+        match=r"the name says base .*\(eos ids \[128001, 128008, 128009\]\) says instruct; pass --instruct or --base",
+    ):
         llama_convert.detect(base)
     assert llama_convert.detect(base, instruct=True).instruct is True
 

@@ -66,7 +66,9 @@ def hf_model(folder: Path):
     import torch
     from transformers import MllamaForConditionalGeneration
 
-    return MllamaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    model, info = MllamaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    assert not any(info.get(k) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    return model.eval()
 
 
 def test_zero_flag_conversion_recognises_size_variant_and_layout(case):
@@ -187,3 +189,13 @@ def test_guard_3_vision_by_name_and_contradictions_refused(case, tmp_path):
     message = "holds text_model.layers.6.attention.wk.weight, which Llama 3.2 Vision does not have"
     with pytest.raises(UnsupportedError, match=re.escape(message)):
         detect(fewer)
+
+    snapshot = tmp_path / "Llama-3.2-11B-Vision"  # a Hub snapshot whose config.json is another model's
+    (snapshot / "original").mkdir(parents=True)
+    for f in case.src.iterdir():
+        (snapshot / "original" / f.name).symlink_to(f)
+    config = json.loads((case.dst / "config.json").read_text())
+    config["text_config"]["hidden_size"] = 4096
+    (snapshot / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InputError, match=re.escape("config.json says hidden_size 4096 but")):
+        detect(snapshot)

@@ -270,3 +270,30 @@ def test_guard_template_puts_the_image_first_and_lists_the_categories():
         "<|end_header_id|>"
     )
     assert "chat_template.json" in files and "chat_template.json" not in tokenizer.tokenizer_files(TOKENIZER, "base")
+
+
+def test_params_read_flat_and_nested_cross_attention_count(tmp_path):
+    from llama_convert.errors import InputError, UnsupportedError
+    from llama_convert.families.mllama.params import is_vision_params, parse_vision_params
+
+    shapes = {
+        "vision_model.vision_encoder.class_embedding": (1280,),
+        "vision_model.vision_projection.weight": (4096, 7680),
+        "text_model.learnable_embedding.weight": (1, 4096),
+        **{f"vision_model.vision_encoder.transformer.resblocks.{i}.ln_1.weight": (1280,) for i in range(32)},
+        **{f"vision_model.vision_encoder.global_transformer.resblocks.{i}.ln_1.weight": (1280,) for i in range(8)},
+    }
+    flat = {"dim": 4096, "n_layers": 32, "n_heads": 32, "n_kv_heads": 8, "vocab_size": 128256,
+            "multiple_of": 1024, "ffn_dim_multiplier": 1.3, "norm_eps": 1e-05, "rope_theta": 500000.0,
+            "use_scaled_rope": True, "vision_chunk_size": 560, "vision_max_num_chunks": 4,
+            "vision_num_cross_attention_layers": 8}  # fmt: skip
+    assert parse_vision_params(flat, shapes, tmp_path / "params.json", mp=8) == release("11B")
+    nested = {k: v for k, v in flat.items() if k != "vision_num_cross_attention_layers"}
+    nested["vision_model"] = {"cross_attention_adapter": {"num_layers": 8}}
+    assert is_vision_params(nested) and not is_vision_params({"dim": 4096})
+    assert parse_vision_params(nested, shapes, tmp_path / "params.json", mp=8).n_cross == 8
+    with pytest.raises(InputError, match="vision_num_cross_attention_layers"):
+        parse_vision_params({**flat, "vision_num_cross_attention_layers": 40}, shapes, tmp_path / "p.json", mp=8)
+    wider = {**shapes, "vision_model.vision_projection.weight": (4096, 6400)}
+    with pytest.raises(UnsupportedError, match="cannot tell which layers"):
+        parse_vision_params(flat, wider, tmp_path / "params.json", mp=8)

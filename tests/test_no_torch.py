@@ -36,6 +36,11 @@ SCRIPT = textwrap.dedent(
     assert code == 0, code
     assert (root / "out" / "model.safetensors").exists()
     assert (root / "out" / "tokenizer.json").exists()
+    # Every other route too: Meta → GGUF, Hugging Face → Meta, Meta → Meta resharding.
+    assert main(["convert", str(root / "Meta-Llama-3.1-70B-Instruct"), str(root / "out.gguf"), "--quiet"]) == 0
+    assert main(["convert", str(root / "out"), str(root / "back"), "--mp", "2", "--quiet"]) == 0
+    assert main(["convert", str(root / "back"), str(root / "back1"), "--to", "meta", "--mp", "1", "--quiet"]) == 0
+    assert (root / "back1" / "consolidated.00.pth").exists() and (root / "out.gguf").stat().st_size > 0
     loaded = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
     assert not loaded, loaded
     print("converted without torch")

@@ -13,6 +13,7 @@ from ...formats.meta.folder import MetaFolder, MetaParams
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
 from ..base import Evidence, Hints
+from ..naming import check_snapshot_config, instruct_from_names
 from .guard import GuardFacts, guard_facts
 from .layout import SKIPPED_TENSORS, expected_shard_shapes
 from .releases import RELEASES, SIZE_LABELS, Release, Version
@@ -29,7 +30,6 @@ _NAME_HINTS: tuple[tuple[str, Version], ...] = (
     (r"llama[-_ ]?2", "2"),
     (r"llama[-_ ]?1(?!\d)", "1"),
 )
-_INSTRUCT_WORDS = re.compile(r"instruct|chat|(?<![a-z])it(?![a-z])", re.I)
 
 
 def _name_version(names: tuple[str, ...]) -> tuple[Version | None, str]:
@@ -207,38 +207,20 @@ def _hf_eos(hints: Hints) -> set[int] | None:
     return None
 
 
+_RELEASE_NAME = re.compile("|".join(f"(?:{pattern})" for pattern, _ in _NAME_HINTS), re.I)
+
+
 def _variant(release: Release, hints: Hints, guard: str | None) -> tuple[bool, Evidence, list[str]]:
     """Base or instruct, from the names; a Hub snapshot's own files confirm or contradict."""
-    notes: list[str] = []
-    if hints.instruct is not None:
-        word = "--instruct" if hints.instruct else "--base"
-        return hints.instruct, Evidence("variant", "instruct" if hints.instruct else "base", word), notes
-    if guard is not None:
-        return True, Evidence("variant", guard, "a Llama Guard model is a classifier prompted as a chat"), notes
-    said = next(((n, m.group(0)) for n in hints.variant_names if (m := _INSTRUCT_WORDS.search(n))), None)
-    named_release = _name_version(hints.variant_names)[0] is not None
+    if guard is not None and hints.instruct is None:
+        return True, Evidence("variant", guard, "a Llama Guard model is a classifier prompted as a chat"), []
     eos = _hf_eos(hints)
-    hf_instruct = None if eos is None else bool(eos - {release.eos_token_id})
-    if said is not None:
-        instruct, evidence = True, Evidence("variant", "instruct", f"the name {said[0]!r} contains {said[1]!r}")
-    elif named_release:
-        name = next(n for n in hints.variant_names if _name_version((n,))[0])
-        instruct, evidence = False, Evidence("variant", "base", f"the name {name!r} has no -Instruct/-chat suffix")
-    elif hf_instruct is not None:
-        return hf_instruct, Evidence("variant", "instruct" if hf_instruct else "base", "the snapshot's eos ids"), notes
-    else:
-        notes.append(
-            "nothing in the folder names tells base from instruct: converted as base; pass --instruct if it is "
-            "an instruct model."
-        )
-        return False, Evidence("variant", "base", "no name says instruct (assumed)"), notes
-    if hf_instruct is not None and hf_instruct != instruct:
-        raise InputError(
-            f"the name says {'instruct' if instruct else 'base'} ({evidence.because}) but the snapshot's "
-            f"generation_config.json/config.json eos ids {sorted(eos or ())} say "
-            f"{'instruct' if hf_instruct else 'base'}; pass --instruct or --base."
-        )
-    return instruct, evidence, notes
+    return instruct_from_names(
+        hints,
+        release_name=_RELEASE_NAME,
+        snapshot_instruct=None if eos is None else bool(eos - {release.eos_token_id}),
+        snapshot_reason=f"the snapshot's generation config (eos ids {sorted(eos or ())})",
+    )
 
 
 def _llama3_version(
@@ -385,11 +367,12 @@ def _guard_shape(guard: GuardFacts, factor: float | None, evidence: list[Evidenc
 
 def _check_snapshot_config(spec: LlamaSpec, hints: Hints) -> None:
     """A Hub snapshot's own config.json must describe the same model as the original/ checkpoint."""
-    config = hints.hf_config
-    if not config:
-        return
-    rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
-    factor = rope.get("factor") if rope.get("rope_type", rope.get("type")) == "llama3" else None
+    config = dict(hints.hf_config or {})
+    if "rope_scaling" in config or "rope_parameters" in config:
+        rope = config.get("rope_scaling") or config.get("rope_parameters") or {}
+        config["rope_scaling factor"] = (
+            rope.get("factor") if rope.get("rope_type", rope.get("type")) == "llama3" else None
+        )
     ours = {
         "hidden_size": spec.params.dim,
         "num_hidden_layers": spec.params.n_layers,
@@ -399,16 +382,7 @@ def _check_snapshot_config(spec: LlamaSpec, hints: Hints) -> None:
         "tie_word_embeddings": spec.tie_embeddings,
         "rope_scaling factor": spec.rope_scaling_factor,
     }
-    theirs = {**{k: config.get(k) for k in ours}, "rope_scaling factor": factor}
-    for key, value in ours.items():
-        if key in config or key == "rope_scaling factor":
-            other = theirs[key]
-            if other != value and not (isinstance(other, float) and value is not None and float(value) == other):
-                raise InputError(
-                    f"the snapshot's config.json says {key} {other} but {spec.folder.root} holds a checkpoint with "
-                    f"{key} {value}; the Hugging Face files and original/ belong to different models — remove one, "
-                    "or pass --llama-version to decide."
-                )
+    check_snapshot_config(spec.folder.root, config, ours)
 
 
 def _kv_fold(

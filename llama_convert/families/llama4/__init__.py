@@ -47,7 +47,10 @@ class Llama4Family:
             assert spec.folder.tokenizer is not None
             files.update(
                 llama4_tokenizer_files(
-                    spec.folder.tokenizer, instruct=spec.instruct, context_length=context_length(p, spec.instruct)
+                    spec.folder.tokenizer,
+                    instruct=spec.instruct,
+                    context_length=context_length(p, spec.instruct),
+                    vision=p.vision is not None,
                 )
             )
             if p.vision is not None:

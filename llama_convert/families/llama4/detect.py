@@ -12,6 +12,7 @@ from ...errors import InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ..base import Evidence, Hints
+from ..naming import check_snapshot_config, instruct_from_names
 from .hf_config import variant
 from .layout import DROPPED, shard_shapes, tensor_table
 from .params import Llama4Params, is_llama4_params, parse_llama4_params
@@ -23,7 +24,7 @@ __all__ = ["recognise"]
 # Tensor names only Llama 4 shards hold (Meta's fused TransformerEngine layout and its MoE).
 _LLAMA4_TENSORS = ("layers.0.attention.wqkv.weight", "layers.0.attention.wqkv.layer_norm_weight")
 _LAYER = re.compile(r"^layers\.(\d+)\.")
-_INSTRUCT_WORDS = re.compile(r"instruct|chat|(?<![a-z])it(?![a-z])", re.I)
+_LLAMA4_NAME = re.compile(r"llama[-_ ]?4", re.I)
 # Published sizes by (dim, layers, experts): the rest are labelled by parameter count.
 _RELEASE_SIZES = {(5120, 48, 16): "17B-16E", (5120, 48, 128): "17B-128E"}
 
@@ -105,8 +106,6 @@ def _check_snapshot_config(folder: MetaFolder, p: Llama4Params, vocab: int, hint
     values are not compared: the published Scout config carries Llama 3.1's, not Meta's)."""
     config = hints.hf_config or {}
     text = config.get("text_config", config)
-    if not isinstance(text, dict) or not text:
-        return
     ours = {
         "hidden_size": p.dim,
         "num_hidden_layers": p.n_layers,
@@ -116,12 +115,7 @@ def _check_snapshot_config(folder: MetaFolder, p: Llama4Params, vocab: int, hint
         "num_local_experts": p.moe.num_experts,
         "interleave_moe_layer_step": p.moe.interleave_moe_layer_step,
     }
-    for key, value in ours.items():
-        if key in text and text[key] != value:
-            raise InputError(
-                f"the snapshot's config.json says {key} {text[key]} but {folder.root} holds a checkpoint with "
-                f"{key} {value}; the Hugging Face files and original/ belong to different models — remove one."
-            )
+    check_snapshot_config(folder.root, text if isinstance(text, dict) else None, ours)
 
 
 def _check_tokenizer(folder: MetaFolder, evidence: list[Evidence]) -> None:
@@ -199,20 +193,13 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], p: Lla
 
 def _instruct(hints: Hints) -> tuple[bool, Evidence, list[str]]:
     """Base or instruct from the override, then the names, then a Hub snapshot's tokenizer_config."""
-    if hints.instruct is not None:
-        word = "--instruct" if hints.instruct else "--base"
-        return hints.instruct, Evidence("instruct", "instruct" if hints.instruct else "base", word), []
-    said = next(((n, m.group(0)) for n in hints.variant_names if (m := _INSTRUCT_WORDS.search(n))), None)
-    if said is not None:
-        return True, Evidence("instruct", "instruct", f"the name {said[0]!r} contains {said[1]!r}"), []
     eos = (hints.hf_tokenizer_config or {}).get("eos_token")
     if isinstance(eos, dict):
         eos = eos.get("content")
-    if eos in ("<|eot|>", "<|end_of_text|>"):
-        instruct = eos == "<|eot|>"
-        return instruct, Evidence("instruct", "instruct" if instruct else "base", f"the snapshot's eos {eos}"), []
-    if any(re.search(r"llama[-_ ]?4", n, re.I) for n in hints.variant_names):
-        name = next(n for n in hints.variant_names if re.search(r"llama[-_ ]?4", n, re.I))
-        return False, Evidence("instruct", "base", f"the name {name!r} has no -Instruct suffix"), []
-    note = "nothing in the folder names tells base from instruct: converted as base; pass --instruct if it is one."
-    return False, Evidence("instruct", "base", "no name says instruct (assumed)"), [note]
+    return instruct_from_names(
+        hints,
+        release_name=_LLAMA4_NAME,
+        snapshot_instruct={"<|eot|>": True, "<|end_of_text|>": False}.get(eos),  # type: ignore[arg-type]
+        snapshot_reason=f"the snapshot's tokenizer_config.json (eos {eos})",
+        topic="instruct",
+    )

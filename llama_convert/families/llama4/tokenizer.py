@@ -73,7 +73,9 @@ def special_token_names() -> list[str]:
     return named + [f"<|reserved_special_token_{i}|>" for i in range(NUM_SPECIAL_TOKENS - len(named))]
 
 
-def llama4_tokenizer_files(tokenizer_model: Path, *, instruct: bool, context_length: int) -> dict[str, bytes]:
+def llama4_tokenizer_files(
+    tokenizer_model: Path, *, instruct: bool, context_length: int, vision: bool = True
+) -> dict[str, bytes]:
     """``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` for Llama 4."""
     tokens = read_ranks(tokenizer_model)
     if len(tokens) != NUM_BASE_TOKENS:
@@ -83,7 +85,7 @@ def llama4_tokenizer_files(tokenizer_model: Path, *, instruct: bool, context_len
         )
     names = special_token_names()
     tokenizer = build_tokenizer(tokens, names, pattern=LLAMA4_PATTERN, bos=BOS)
-    config = tokenizer_config_json(instruct=instruct, context_length=context_length)
+    config = tokenizer_config_json(instruct=instruct, context_length=context_length, vision=vision)
     eos = EOS_INSTRUCT if instruct else EOS_BASE
     special_map = {"bos_token": _entry(BOS), "eos_token": _entry(eos), "pad_token": _entry(PAD)}
     return {
@@ -93,7 +95,7 @@ def llama4_tokenizer_files(tokenizer_model: Path, *, instruct: bool, context_len
     }
 
 
-def tokenizer_config_json(*, instruct: bool, context_length: int) -> dict[str, object]:
+def tokenizer_config_json(*, instruct: bool, context_length: int, vision: bool = True) -> dict[str, object]:
     """``tokenizer_config.json``: Meta's special tokens, eos ``<|eot|>`` (instruct) or ``<|end_of_text|>``,
     pad ``<|finetune_right_pad|>`` and, for instruct models, the chat template."""
     config: dict[str, object] = {
@@ -111,10 +113,11 @@ def tokenizer_config_json(*, instruct: bool, context_length: int) -> dict[str, o
             "model_input_names": ["input_ids", "attention_mask"],
             "model_max_length": context_length,
             "pad_token": PAD,
-            "processor_class": "Llama4Processor",
             "tokenizer_class": "PreTrainedTokenizerFast",
         }
     )
+    if vision:  # AutoProcessor then builds Llama4Processor from the processor files written beside
+        config["processor_class"] = "Llama4Processor"
     return config
 
 

@@ -14,6 +14,7 @@ from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
 from ..base import Evidence, Hints, ModelSpec
+from ..naming import check_snapshot_config, instruct_from_names
 from .layout import recipes
 from .params import VISION_HEADS, VisionParams, is_vision_params, parse_vision_params
 from .tokenizer import Variant
@@ -22,7 +23,6 @@ __all__ = ["MllamaSpec", "recognise"]
 
 _VISION_TENSOR = "vision_model.vision_encoder.class_embedding"
 _TEXT_TENSOR = "text_model.tok_embeddings.weight"
-_INSTRUCT = re.compile(r"instruct|chat|(?<![a-z])it(?![a-z])", re.I)
 _GUARD = re.compile(r"guard[-_ ]?3", re.I)
 _RELEASE_NAME = re.compile(r"llama[-_ ]?3[._-]?2|vision", re.I)
 _SIZES = {(4096, 32): "11B", (8192, 80): "90B"}
@@ -42,27 +42,44 @@ class MllamaSpec(ModelSpec):
     size: str
 
 
-def _variant(hints: Hints) -> tuple[Variant, Evidence, list[str]]:
-    if hints.instruct is not None:
-        word = "--instruct" if hints.instruct else "--base"
-        return ("instruct" if hints.instruct else "base"), Evidence("variant", word.strip("-"), word), []
-    guard = next((n for n in hints.variant_names if _GUARD.search(n)), None)
-    if guard is not None:
-        return "guard", Evidence("variant", "Llama Guard 3 Vision", f"the name {guard!r}"), []
-    said = next(((n, m.group(0)) for n in hints.variant_names if (m := _INSTRUCT.search(n))), None)
-    if said is not None:
-        return "instruct", Evidence("variant", "instruct", f"the name {said[0]!r} contains {said[1]!r}"), []
-    named = next((n for n in hints.variant_names if _RELEASE_NAME.search(n)), None)
-    if named is not None:
-        return "base", Evidence("variant", "base", f"the name {named!r} has no -Instruct suffix"), []
-    for config in (hints.hf_generation_config, hints.hf_config and hints.hf_config.get("text_config")):
+def _snapshot_instruct(hints: Hints) -> bool | None:
+    """What a Hub snapshot's own files say: several eos ids (end of turn too) mean instruct."""
+    text_config = hints.hf_config.get("text_config") if hints.hf_config else None
+    for config in (hints.hf_generation_config, text_config):
         if isinstance(config, dict) and "eos_token_id" in config:
-            eos = config["eos_token_id"]
-            instruct = isinstance(eos, list) and len(eos) > 1
-            decided: Variant = "instruct" if instruct else "base"
-            return decided, Evidence("variant", decided, "the snapshot's eos ids"), []
-    note = "nothing in the folder names tells base from instruct: converted as base; pass --instruct if it is one."
-    return "base", Evidence("variant", "base", "no name says instruct (assumed)"), [note]
+            return isinstance(config["eos_token_id"], list) and len(config["eos_token_id"]) > 1
+    return None
+
+
+def _variant(hints: Hints) -> tuple[Variant, Evidence, list[str]]:
+    guard = next((n for n in hints.variant_names if _GUARD.search(n)), None)
+    if guard is not None and hints.instruct is None:
+        return "guard", Evidence("variant", "Llama Guard 3 Vision", f"the name {guard!r}"), []
+    instruct, evidence, notes = instruct_from_names(
+        hints, release_name=_RELEASE_NAME, snapshot_instruct=_snapshot_instruct(hints)
+    )
+    return ("instruct" if instruct else "base"), evidence, notes
+
+
+def _check_snapshot(folder: MetaFolder, hints: Hints, p: VisionParams) -> None:
+    """A Hub snapshot's config.json beside original/ must describe the same model."""
+    config = hints.hf_config
+    if not config:
+        return
+    if config.get("model_type") not in (None, "mllama"):
+        raise InputError(
+            f"the snapshot's config.json is a {config.get('model_type')!r} model but {folder.root} holds a Llama 3.2 "
+            "Vision checkpoint; the Hugging Face files and original/ belong to different models."
+        )
+    text = {
+        "hidden_size": p.dim,
+        "num_hidden_layers": p.n_layers + p.n_cross,
+        "num_attention_heads": p.n_heads,
+        "num_key_value_heads": p.n_kv_heads,
+        "vocab_size": p.vocab_size,
+    }
+    check_snapshot_config(folder.root, config.get("text_config"), text)
+    check_snapshot_config(folder.root, config.get("vision_config"), {"hidden_size": p.vision_width})
 
 
 def _check_shards(folder: MetaFolder, checkpoints: list[TorchCheckpoint], p: VisionParams, dtype: DType) -> None:
@@ -126,6 +143,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
     p = parse_vision_params(folder.raw_params, shapes, folder.params_path, mp=mp)
     dtype = first.tensors[_TEXT_TENSOR].dtype
     _check_shards(folder, checkpoints, p, dtype)
+    _check_snapshot(folder, hints, p)
     variant, variant_evidence, notes = _variant(hints)
     count = _parameter_count(p)
     size = _SIZES.get((p.dim, p.n_layers)) or (f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M")

@@ -38,8 +38,15 @@ _PREFIX: Final = "vision_model.vision_encoder."
 
 
 def is_vision_params(raw: Mapping[str, Any]) -> bool:
-    """True when params.json carries Llama 3.2 Vision's keys."""
-    return any(key in raw for key in VISION_KEYS)
+    """True when params.json carries Llama 3.2 Vision's keys (flat, or the nested ``vision_model`` form)."""
+    return any(key in raw for key in VISION_KEYS) or _nested_cross_layers(raw) is not None
+
+
+def _nested_cross_layers(raw: Mapping[str, Any]) -> Any:
+    """``vision_model.cross_attention_adapter.num_layers``, the form Meta's ModelArgs also accepts."""
+    vision = raw.get("vision_model")
+    adapter = vision.get("cross_attention_adapter") if isinstance(vision, Mapping) else None
+    return adapter.get("num_layers") if isinstance(adapter, Mapping) else None
 
 
 @dataclass(frozen=True)
@@ -159,7 +166,7 @@ def parse_vision_params(
         norm_eps=need("norm_eps", float, 1e-5),
         rope_theta=need("rope_theta", float, 500000.0),
         use_scaled_rope=need("use_scaled_rope", bool, False),
-        n_cross=need("vision_num_cross_attention_layers", int),
+        n_cross=need("vision_num_cross_attention_layers", int, _nested_cross_layers(raw)),
         tile_size=need("vision_chunk_size", int),
         max_tiles=need("vision_max_num_chunks", int, 4),
         vision_width=width,

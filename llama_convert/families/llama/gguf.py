@@ -106,8 +106,10 @@ def rope_freqs(config: dict[str, Any]) -> np.ndarray | None:
 
 
 def model_id(spec: LlamaSpec) -> str:
-    """The name the naming keys are derived from: the model's published-style name (``Llama-3.1-8B-Instruct``)."""
-    return spec.name.replace(" ", "-")
+    """The name the naming keys are derived from: the model's published-style name (``Llama-3.1-8B-Instruct``,
+    ``Llama-3.2-1B``; base models carry no suffix)."""
+    name = spec.name.removesuffix(" base") if not spec.instruct else spec.name
+    return name.replace(" ", "-")
 
 
 def _naming(writer: GGUFWriter, name: str, config: dict[str, Any], generation: dict[str, Any], params: int) -> None:

@@ -1,6 +1,6 @@
 """Run our GGUF in llama.cpp (llama-cpp-python) and compare its logits with transformers on our HF folder.
 
-For a small synthesized Llama 3.1-shaped checkpoint (real Llama 3 tokenizer, scaled rope; width and depth
+For a small synthesized Llama 3.1-shaped checkpoint (small tiktoken vocabulary, scaled rope; width and depth
 given below) and a Llama 2-shaped one (SentencePiece), it converts the checkpoint to a Hugging Face folder
 and, directly, to GGUF (bf16 and f16), runs the same token ids through transformers (float32 weights) and
 through llama.cpp (``logits_all``), and reports the largest absolute logit difference and whether the
@@ -61,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     spm = write_small_sentencepiece(work / "spm")
     cases = {
-        "Llama3.1-8B-Instruct": tiny("llama3.1-8b", head_dim=64, n_layers=2, tokenizer="llama3"),
+        "Llama3.1-8B-Instruct": tiny("llama3.1-8b", head_dim=64, n_layers=2, tokenizer="small-tiktoken"),
         "llama-2-7b": tiny("llama2-7b", head_dim=64, n_layers=2, tokenizer=spm, vocab_size=512),
     }
     rng = np.random.default_rng(0)
     lines = [
         "# llama.cpp logits of our GGUF vs transformers on our Hugging Face folder",
         "",
-        "`benchmarks/logits_gguf.py`: 2 layers, head_dim 64, each release's head counts; 48 random token ids.",
+        "`benchmarks/logits_gguf.py`: 2 layers, head_dim 64, each release's head counts; 200 random token ids.",
         "",
         "| model | GGUF type | max abs logit diff | max abs logit | argmax agrees |",
         "|---|---|---:|---:|---|",
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if not hf.exists():
             llama_convert.convert(src, hf, verify=False)
         vocab = json.loads((hf / "config.json").read_text())["vocab_size"]
-        ids = [int(i) for i in rng.integers(3, min(vocab, 128000), size=48)]
+        ids = [int(i) for i in rng.integers(3, min(vocab, 128000), size=200)]
         want = hf_logits(hf, ids)
         for outtype in ("bf16", "f16"):
             gguf = work / f"{folder}.{outtype}.gguf"

@@ -44,3 +44,33 @@ def test_refusals_exit_with_their_codes(capsys, tmp_path):
     assert main(["convert", str(src), str(tmp_path / "again"), "--to", "meta"]) == 3  # Meta → Meta needs --mp
     assert "is already in Meta's format; pass --mp N" in capsys.readouterr().err
     assert not (tmp_path / "meta").exists() and not (tmp_path / "again").exists()
+
+
+NO_TORCH = """
+import sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+        return None
+
+sys.meta_path.insert(0, NoTorch())
+from pathlib import Path
+from llama_convert.cli import main
+
+root = Path(sys.argv[1])
+assert main(["convert", str(root / "hf"), str(root / "meta"), "--mp", "2", "-q"]) == 0
+assert main(["convert", str(root / "meta"), str(root / "mp1"), "--to", "meta", "--mp", "1", "-q"]) == 0
+assert not [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+"""
+
+
+def test_the_way_back_never_imports_torch(tmp_path):
+    import subprocess
+    import sys
+
+    src = synthesize(tmp_path / "Llama3.1-8B", tiny("llama3.1-8b", tokenizer="small-tiktoken"))
+    assert main(["convert", str(src), str(tmp_path / "hf"), "-q"]) == 0
+    subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp_path)], check=True)
+    assert (tmp_path / "mp1" / "consolidated.00.pth").exists()

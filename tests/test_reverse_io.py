@@ -121,3 +121,13 @@ def test_shard_writer_output_loads_in_torch_and_passes_md5(tmp_path):
             assert all(ref.storage.file_offset % 64 == 0 for ref in ckpt.tensors.values())
             assert ckpt.tensors["big"].storage.numel == 1500 * 70  # only this shard's bytes
     assert checklist_text(digests).splitlines()[0] == f"{digests['consolidated.00.pth']}  consolidated.00.pth"
+
+
+@pytest.mark.parametrize("bad", ["\u00ad", "\u2581a"])  # a byte outside GPT-2's map; SentencePiece's ▁
+def test_tokenizer_json_that_is_not_byte_level_is_refused(tmp_path, bad):
+    from llama_convert.tokenizer.tiktoken_ranks import tiktoken_model_from_tokenizer_json
+
+    path = tmp_path / "tokenizer.json"
+    path.write_text(json.dumps({"model": {"type": "BPE", "vocab": {"a": 0, bad: 1}}, "added_tokens": []}))
+    with pytest.raises(InputError, match=r"that is not a byte-level string; copy the release's tokenizer\.model"):
+        tiktoken_model_from_tokenizer_json(path)

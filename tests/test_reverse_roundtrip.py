@@ -56,7 +56,8 @@ CASES = {
     "Llama3.2-3B-Instruct": dict(preset="llama3.2-3b", tokenizer="small-tiktoken"),
     "Llama3.3-70B-Instruct": dict(preset="llama3.3-70b", tokenizer="small-tiktoken", n_layers=1),
     "Llama-3.1-405B-Instruct-MP16": dict(preset="llama3.1-405b-mp16", tokenizer="small-tiktoken", n_layers=1),
-    "llama-2-13b-chat": dict(preset="llama2-13b", spm=True),  # MP2, embedding split along dim 1
+    "llama-2-13b-chat": dict(preset="llama2-13b", spm=True, rope_freqs=True),  # MP2, embedding split on dim 1
+    "llama-7b": dict(preset="llama1-7b", spm=True),  # float16, rope.freqs
     "CodeLlama-34b": dict(preset="codellama-34b", spm=True),  # MP4
 }
 

@@ -11,7 +11,9 @@ bounded by the block size; every source byte is read once.
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,7 +28,7 @@ from ..plan import TensorRecipe
 __all__ = ["BLOCK_BYTES", "MetaTensor", "RowSource", "Segment", "invert_recipes", "write_meta_tensors"]
 
 BLOCK_BYTES = 32 << 20
-_READ_AHEAD = 2  # blocks the kernel is asked to read while the current one is written
+_READ_AHEAD = 2  # blocks produced ahead of the one being written
 
 
 class RowSource(Protocol):
@@ -35,9 +37,6 @@ class RowSource(Protocol):
     def dtype_of(self, name: str) -> DType: ...
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray: ...
-
-    def prefetch(self, name: str, start: int, stop: int) -> None:
-        """Hint that rows ``start:stop`` of ``name`` come next (the disk reads them while we write)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +151,27 @@ def _blocks(seg: Segment, itemsize: int) -> Iterator[tuple[int, int]]:
         yield start, min(rows, start + step)
 
 
+def _route(block: np.ndarray, t: MetaTensor, seg: Segment, start: int, stop: int, sinks: list, mp: int) -> None:
+    """Cut merged rows ``start:stop`` along the tensor's MP axis into the shards' storages."""
+    if t.mp_axis is None:
+        for sink in sinks:
+            sink.write(block)
+    elif t.mp_axis == 0:
+        per_shard = seg.shape[0] // mp
+        row = start
+        while row < stop:
+            shard, local = divmod(row, per_shard)
+            take = min(stop - row, per_shard - local)
+            sinks[shard].write(block[row - start : row - start + take])
+            row += take
+    else:
+        width = seg.shape[t.mp_axis] // mp
+        for shard, sink in enumerate(sinks):
+            index = [slice(None)] * block.ndim
+            index[t.mp_axis] = slice(shard * width, (shard + 1) * width)
+            sink.write(np.ascontiguousarray(block[tuple(index)]))
+
+
 def write_meta_tensors(
     tensors: Sequence[MetaTensor],
     source: RowSource,
@@ -159,7 +179,11 @@ def write_meta_tensors(
     *,
     advance: Callable[[int], None] = lambda n: None,
 ) -> None:
-    """Stream every tensor's slices into all of the writer's shards."""
+    """Stream every tensor's slices into all of the writer's shards.
+
+    A reader thread produces the next blocks (read, permute, cast) while this one writes the current
+    block: reading from disk overlaps writing to it, as ``cp`` overlaps them in the kernel.
+    """
     mp = writer.mp
     jobs = [
         (t, seg, start, stop)
@@ -167,35 +191,26 @@ def write_meta_tensors(
         for seg in t.segments
         for start, stop in _blocks(seg, max(t.dtype.itemsize, source.dtype_of(seg.source).itemsize))
     ]
-    prefetch = getattr(source, "prefetch", None)
-    job = 0
-    for t in tensors:
-        sinks = writer.open_tensor(t.name, t.dtype, [t.shard_shape(mp)] * mp)
-        for seg in t.segments:
-            per_shard = (seg.shape[0] // mp) if seg.shape else 1
-            while job < len(jobs) and jobs[job][1] is seg:
-                _, _, start, stop = jobs[job]
-                job += 1
-                for ahead in jobs[job : job + _READ_AHEAD] if prefetch is not None else ():
-                    nxt = ahead[1]
-                    if not nxt.transpose:
-                        prefetch(nxt.source, ahead[2] // nxt.kv_repeat, ahead[3] // nxt.kv_repeat)
-                block = _produce(seg, source, start, stop, t.dtype)
-                if t.mp_axis is None:
-                    for sink in sinks:
-                        sink.write(block)
-                elif t.mp_axis == 0:
-                    row = start
-                    while row < stop:
-                        shard, local = divmod(row, per_shard)
-                        take = min(stop - row, per_shard - local)
-                        sinks[shard].write(block[row - start : row - start + take])
-                        row += take
-                else:
-                    width = seg.shape[t.mp_axis] // mp
-                    for shard, sink in enumerate(sinks):
-                        index = [slice(None)] * block.ndim
-                        index[t.mp_axis] = slice(shard * width, (shard + 1) * width)
-                        sink.write(np.ascontiguousarray(block[tuple(index)]))
+    pending: deque[Future[np.ndarray]] = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="read") as reader:
+        try:
+            submitted = 0
+            current: MetaTensor | None = None
+            sinks: list = []
+            for t, seg, start, stop in jobs:
+                while submitted < len(jobs) and len(pending) <= _READ_AHEAD:
+                    jt, js, ja, jb = jobs[submitted]
+                    pending.append(reader.submit(_produce, js, source, ja, jb, jt.dtype))
+                    submitted += 1
+                block = pending.popleft().result()
+                if t is not current:
+                    if current is not None:
+                        writer.close_tensor()
+                    current, sinks = t, writer.open_tensor(t.name, t.dtype, [t.shard_shape(mp)] * mp)
+                _route(block, t, seg, start, stop, sinks, mp)
                 advance(block.nbytes if t.mp_axis is not None else block.nbytes * mp)
-        writer.close_tensor()
+            if current is not None:
+                writer.close_tensor()
+        finally:
+            for future in pending:
+                future.cancel()

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from ..dtypes import DType
+from ..dtypes import DTYPES, DType
 from ..execute import produce_blocks
 from ..formats.hf.reader import HFFolder
 from ..formats.meta.torch_zip import TorchCheckpoint
@@ -24,18 +24,22 @@ class HFRows:
     """Rows of the tensors of a Hugging Face folder; ``aliases`` name a stored tensor under another name
     (a tied ``lm_head.weight`` is the embedding)."""
 
-    def __init__(self, folder: HFFolder, aliases: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, folder: HFFolder, aliases: dict[str, str] | None = None, constants: dict[str, np.ndarray] | None = None
+    ) -> None:
         self.folder = folder
         self.aliases = aliases or {}
+        self.constants = constants or {}  # small float32 tensors Meta ships but HF does not store
 
     def dtype_of(self, name: str) -> DType:
+        if name in self.constants:
+            return DTYPES["float32"]
         return self.folder.tensors[self.aliases.get(name, name)].dtype
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        if name in self.constants:
+            return self.constants[name][start:stop]
         return self.folder.read_rows(self.aliases.get(name, name), start, stop)
-
-    def prefetch(self, name: str, start: int, stop: int) -> None:
-        self.folder.prefetch(self.aliases.get(name, name), start, stop)
 
 
 class _Stream:

@@ -404,7 +404,9 @@ def synthesize(dst: str | Path, spec: SynthSpec) -> Path:
                 writer.add_view(name, storage, shapes[name])
                 i += 1
             if spec.rope_freqs:
-                freqs = np.zeros(meta.head_dim // 2, dtype=np.float32)
+                # Meta's precomputed rotary frequencies: 1 / theta^(2i / head_dim), i < head_dim / 2.
+                theta = np.float32(meta.rope_theta or 10000.0)
+                freqs = np.float32(1.0) / theta ** (np.arange(0, meta.head_dim, 2, dtype=np.float32) / meta.head_dim)
                 writer.add_tensor("rope.freqs", cast(freqs, dtype_by_name("float32"), dtype), dtype)
     if spec.checklist:
         files = sorted(p for p in dst.iterdir() if p.is_file() and p.name != "checklist.chk")

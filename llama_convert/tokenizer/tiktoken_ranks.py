@@ -39,15 +39,22 @@ def tiktoken_model_from_tokenizer_json(path: Path, *, vocab_size: int | None = N
             f"{path} is not a byte-level BPE tokenizer (Llama 3 style); copy the release's tokenizer.model instead."
         )
     specials = {int(t["id"]) for t in data.get("added_tokens") or [] if t.get("special")}
-    decode = {ch: b for b, ch in bytes_to_unicode().items()}
+    # The GPT-2 map sends each byte to one character; translating back to latin-1 characters of the same
+    # ordinal makes ``encode("latin-1")`` return the token's bytes (C speed for 128k tokens).
+    # Characters below 256 outside the map's image are dropped, so that they show as a length change.
+    to_latin1: dict[int, str | None] = {c: None for c in range(256)}
+    to_latin1.update({ord(ch): chr(b) for b, ch in bytes_to_unicode().items()})
     by_id: dict[int, bytes] = {}
     for text, token_id in model["vocab"].items():
         if token_id in specials:
             continue
         try:
-            by_id[int(token_id)] = bytes(decode[ch] for ch in text)
-        except KeyError:
-            raise _fail(path, f"has token {text!r} that is not a byte-level string") from None
+            token = text.translate(to_latin1).encode("latin-1")
+        except UnicodeEncodeError:
+            token = b""
+        if len(token) != len(text):
+            raise _fail(path, f"has token {text!r} that is not a byte-level string")
+        by_id[int(token_id)] = token
     n = len(by_id)
     if n == 0 or max(by_id) != n - 1:
         raise _fail(path, f"has {n} base tokens that do not hold the ids 0…{n - 1}")

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ...dtypes import DType
 from ...errors import InputError, MissingFileError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, parse_params
@@ -18,7 +20,7 @@ from .from_hf import MetaTarget
 from .releases import RELEASES, SIZE_LABELS, Version
 from .spec import LlamaSpec
 
-__all__ = ["META_DTYPE", "meta_order", "meta_small_files", "resharded_spec", "target_spec"]
+__all__ = ["META_DTYPE", "extra_meta_tensors", "meta_order", "meta_small_files", "resharded_spec", "target_spec"]
 
 META_DTYPE = {"llama1": "float16", "llama2": "bfloat16", "codellama": "bfloat16", "llama3": "bfloat16"}
 _FACTOR_VERSION: dict[float | None, Version] = {None: "3", 8.0: "3.1", 32.0: "3.2"}
@@ -26,8 +28,19 @@ _FAMILY_VERSION: dict[str, Version] = {"llama1": "1", "llama2": "2", "codellama"
 
 
 def meta_order(name: str) -> int:
-    """Sort key giving the order Meta's shards store tensors in: embedding, layers, norm, output."""
-    return {"tok_embeddings.weight": 0, "norm.weight": 2, "output.weight": 3}.get(name, 1)
+    """Sort key giving the order Meta's shards store tensors in: embedding, layers, norm, output, rope.freqs."""
+    return {"tok_embeddings.weight": 0, "norm.weight": 2, "output.weight": 3, "rope.freqs": 4}.get(name, 1)
+
+
+def extra_meta_tensors(target: MetaTarget) -> dict[str, np.ndarray]:
+    """Tensors Meta ships that no HF tensor holds: Llama 1/2's precomputed rotary frequencies ``rope.freqs``
+    (1 / theta^(2i / head_dim), in the weights' dtype, in every shard); code that loads Llama 2 shards
+    often deletes that key before ``load_state_dict`` and fails without it."""
+    if target.family not in ("llama1", "llama2"):
+        return {}
+    theta = np.float32(target.params.get("rope_theta", 10000.0))
+    hd = target.head_dim
+    return {"rope.freqs": np.float32(1.0) / theta ** (np.arange(0, hd, 2, dtype=np.float32) / hd)}
 
 
 def kv_repeat(n_kv_heads: int, mp: int, where: object = "the model") -> int:

@@ -8,7 +8,6 @@ ourselves and read row ranges with ``pread`` straight into numpy buffers (bf16 a
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -128,15 +127,6 @@ class SafetensorsFile:
         """A whole tensor (small ones only)."""
         return self.read_rows(name).reshape(self.tensors[name].shape)
 
-    def prefetch(self, name: str, start: int, stop: int) -> None:
-        """Ask the kernel to start reading rows ``start:stop`` now (asynchronous; a hint only)."""
-        ref = self.tensors[name]
-        row_bytes = math.prod(ref.shape[1:]) * ref.dtype.itemsize if ref.shape else ref.dtype.itemsize
-        with contextlib.suppress(OSError, AttributeError):
-            os.posix_fadvise(
-                self.fileno(), ref.file_offset + start * row_bytes, (stop - start) * row_bytes, os.POSIX_FADV_WILLNEED
-            )
-
 
 @dataclass
 class HFFolder:
@@ -160,9 +150,6 @@ class HFFolder:
 
     def read_rows(self, name: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None):
         return self.file_of(name).read_rows(name, start, stop, out)
-
-    def prefetch(self, name: str, start: int, stop: int) -> None:
-        self.file_of(name).prefetch(name, start, stop)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.where)

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ...dtypes import DType, dtype_by_name
+from ...dtypes import DTYPES, DType, dtype_by_name
 from ...errors import InputError, UnsupportedError
 from ...output import atomic_output_dir, check_destination, check_free_space
 from ...plan import Part, TensorRecipe
@@ -129,7 +129,7 @@ def hf_to_meta(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -
     """A Hugging Face Llama folder → Meta's format with ``opts.mp`` shards (default 1)."""
     from ...families.llama.from_hf import target_from_hf_config
     from ...families.llama.layout import recipes as llama_recipes
-    from ...families.llama.to_meta import META_DTYPE, meta_order, meta_small_files, target_spec
+    from ...families.llama.to_meta import META_DTYPE, extra_meta_tensors, meta_order, meta_small_files, target_spec
     from ...reverse.invert import invert_recipes
     from ...reverse.sources import HFRows
 
@@ -149,15 +149,29 @@ def hf_to_meta(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -
                 f"weights rounded from {' and '.join(narrowed)} to {dtype} (Meta's dtype for the family); "
                 "pass --dtype to keep another"
             )
+        constants = extra_meta_tensors(target)
+        for name, value in constants.items():  # replicated in every shard, cast like the weights
+            recipes.append(TensorRecipe(name, (Part(name, None),), value.shape, DTYPES["float32"], DTYPES["float32"]))
         tensors = sorted(invert_recipes(recipes, dtype=dtype), key=lambda t: meta_order(t.name))
         _check_mp(tensors, mp, src)
         small, more = meta_small_files(hf.root, target, spec, tokenizer=opts.tokenizer)
-        notes = [*target.notes, *notes, *more]
+        notes = [
+            *target.notes,
+            *notes,
+            *more,
+            "a Hugging Face folder has no checksums to verify; checklist.chk covers the output",
+        ]
         total = sum(t.nbytes(mp) for t in tensors)
         progress.start(total, f"Writing {spec.name} (Meta, MP{mp})")
         try:
             files = write_meta_folder(
-                dst, tensors, HFRows(hf, aliases), mp=mp, small_files=small, force=opts.force, advance=progress.advance
+                dst,
+                tensors,
+                HFRows(hf, aliases, constants),
+                mp=mp,
+                small_files=small,
+                force=opts.force,
+                advance=progress.advance,
             )
         finally:
             progress.finish()

@@ -24,7 +24,7 @@ from ...plan import TensorRecipe
 from .layout import recipes
 from .spec import LlamaSpec
 
-__all__ = ["ARCH", "add_metadata", "gguf_name", "gguf_recipes", "model_id", "rope_freqs"]
+__all__ = ["ARCH", "add_metadata", "add_spec_metadata", "gguf_name", "gguf_recipes", "model_id", "rope_freqs"]
 
 ARCH = "llama"
 _GLOBAL_NAMES = {
@@ -106,8 +106,10 @@ def rope_freqs(config: dict[str, Any]) -> np.ndarray | None:
 
 
 def model_id(spec: LlamaSpec) -> str:
-    """The name the naming keys are derived from: the model's published-style name (``Llama-3.1-8B-Instruct``)."""
-    return spec.name.replace(" ", "-")
+    """The name the naming keys are derived from: the model's published-style name (``Llama-3.1-8B-Instruct``,
+    ``Llama-3.2-1B``; base models carry no suffix)."""
+    name = spec.name.removesuffix(" base") if not spec.instruct else spec.name
+    return name.replace(" ", "-")
 
 
 def _naming(writer: GGUFWriter, name: str, config: dict[str, Any], generation: dict[str, Any], params: int) -> None:
@@ -141,20 +143,50 @@ def _hparams(writer: GGUFWriter, config: dict[str, Any], file_type: int) -> None
     writer.add_rope_dimension_count(_head_dim(config))
 
 
+def llama3_pre_tokenizer(tokenizer_json: dict[str, Any]) -> bool:
+    """Whether a tokenizer.json splits text as Llama 3's does (its regex, then byte-level), which llama.cpp
+    names ``llama-bpe``."""
+    from ...tokenizer.tiktoken_bpe import LLAMA3_PATTERN
+
+    pre = tokenizer_json.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre])
+    regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
+    return regexes == [LLAMA3_PATTERN] and any(s.get("type") == "ByteLevel" for s in steps)
+
+
 def add_metadata(
-    writer: GGUFWriter, spec: LlamaSpec, files: dict[str, bytes], *, file_type: int, n_params: int
+    writer: GGUFWriter,
+    files: dict[str, bytes],
+    *,
+    name: str,
+    sentencepiece: Path | None,
+    file_type: int,
+    n_params: int,
+    where: str = "tokenizer.json",
 ) -> None:
-    """Every metadata key llama.cpp's converter writes for our Hugging Face folder of ``spec``."""
+    """Every metadata key llama.cpp's converter writes for a Hugging Face Llama folder holding ``files``
+    (config.json, generation_config.json, tokenizer files) and named ``name``; ``sentencepiece`` is its
+    SentencePiece tokenizer.model (Llama 1/2), None for Llama 3's byte-level BPE."""
     config = json.loads(files["config.json"])
     generation = json.loads(files.get("generation_config.json", b"{}"))
-    _naming(writer, model_id(spec), config, generation, n_params)
+    _naming(writer, name, config, generation, n_params)
     _hparams(writer, config, file_type)
     writer.add_quantization_version(GGML_QUANT_VERSION)
-    if spec.release.tokenizer_kind == "tiktoken":
+    if sentencepiece is None:
+        if not llama3_pre_tokenizer(json.loads(files["tokenizer.json"])):
+            raise UnsupportedError(
+                f"{where} does not pre-tokenize as Llama 3 does, so llama.cpp's pre-tokenizer for it is unknown; "
+                "convert with llama.cpp's convert_hf_to_gguf.py instead."
+            )
         add_bpe_vocab(writer, files, config["vocab_size"], pre=LLAMA3_PRE_TOKENIZER)
     else:
-        assert spec.folder.tokenizer is not None
-        add_sentencepiece_vocab(writer, files, spec.folder.tokenizer, config["vocab_size"])
+        add_sentencepiece_vocab(writer, files, sentencepiece, config["vocab_size"])
     if config["vocab_size"] == CODE_LLAMA_VOCAB:
         # llama.cpp sets Code Llama's infill ids; gguf's writer has a key only for eot among them
         writer.add_eot_token_id(CODE_LLAMA_EOT)
+
+
+def add_spec_metadata(writer: GGUFWriter, spec: LlamaSpec, files: dict[str, bytes], **kw: int) -> None:
+    """``add_metadata`` for a Meta checkpoint: the family's own files, named after the detected model."""
+    sp = None if spec.release.tokenizer_kind == "tiktoken" else spec.folder.tokenizer
+    add_metadata(writer, files, name=model_id(spec), sentencepiece=sp, **kw)  # type: ignore[arg-type]

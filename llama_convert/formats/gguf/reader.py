@@ -1,9 +1,9 @@
-"""Describe and check a GGUF file (``inspect out.gguf``, ``verify out.gguf``) with gguf's ``GGUFReader``.
+"""Describe and check a GGUF file (``inspect out.gguf``, ``verify out.gguf``).
 
-The reader memory-maps the file and parses only the header, metadata and tensor infos: cheap even for a
-large model. ``verify`` checks the structure — every tensor whole blocks of its type, its offset aligned,
-its bytes inside the file and not overlapping another's — and the keys a loader needs (architecture, block
-count, a vocabulary as large as the model's); it does not read the weights.
+Only the header — metadata and tensor infos — is parsed: cheap even for a large model. ``verify`` checks
+the structure — every tensor whole blocks of its type, its offset aligned, its bytes inside the file and not
+overlapping another's — and the keys a loader needs (architecture, block count, a vocabulary as large as
+the model's); it does not read the weights.
 """
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import struct
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gguf import GGML_QUANT_SIZES, GGUFReader, GGUFValueType
+import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from ...errors import InputError, VerificationError
+from ...errors import InputError, UnsupportedError, VerificationError
 
-__all__ = ["GGUFReport", "describe_gguf", "verify_gguf"]
+__all__ = ["GGUFReport", "TensorInfo", "describe_gguf", "read_header", "verify_gguf"]
 
 _SUMMARY_KEYS = ("general.name", "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre")
 _FILE_TYPE_NAMES = {0: "f32", 1: "f16", 7: "q8_0", 32: "bf16"}
@@ -66,40 +68,116 @@ class GGUFReport:
         }
 
 
-def _open(path: Path) -> GGUFReader:
-    try:
-        return GGUFReader(path)
-    except (ValueError, OSError, IndexError, KeyError) as exc:
-        raise InputError(f"{path} is not a readable GGUF file ({exc}); write it again.") from None
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_STRING, _ARRAY = 8, 9
 
 
-def _value(field_: Any) -> Any:
-    if field_.types and field_.types[0] == GGUFValueType.ARRAY:
-        return len(field_.data)
-    return field_.contents()
+@dataclass(frozen=True)
+class TensorInfo:
+    """A tensor info of the header: numpy-order shape, type and absolute offset of its bytes."""
+
+    name: str
+    shape: tuple[int, ...]
+    qtype: GGMLQuantizationType
+    offset: int
+
+    @property
+    def nbytes(self) -> int:
+        block, type_size = GGML_QUANT_SIZES[self.qtype]
+        return math.prod(self.shape) // block * type_size
+
+
+class _Cursor:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def unpack(self, fmt: str) -> Any:
+        value = struct.unpack_from(fmt, self.data, self.pos)[0]
+        self.pos += struct.calcsize(fmt)
+        return value
+
+    def string(self) -> str:
+        n = self.unpack("<Q")
+        text = self.data[self.pos : self.pos + n].decode("utf-8")
+        self.pos += n
+        return text
+
+    def value(self, vtype: int) -> tuple[list[str], Any]:
+        if vtype == _STRING:
+            return ["STRING"], self.string()
+        if vtype in _SCALARS:
+            return [GGUFValueType(vtype).name], self.unpack(_SCALARS[vtype])
+        if vtype != _ARRAY:
+            raise ValueError(f"unknown value type {vtype}")
+        item, n = self.unpack("<I"), self.unpack("<Q")
+        names = ["ARRAY", GGUFValueType(item).name]
+        if item == _STRING:
+            return names, [self.string() for _ in range(n)]
+        fmt = _SCALARS[item]
+        values = np.frombuffer(self.data, dtype=np.dtype(fmt), count=n, offset=self.pos).tolist()
+        self.pos += n * struct.calcsize(fmt)
+        return names, values
+
+
+def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, tuple[list[str], Any]], list[TensorInfo]]:
+    """Metadata (key → (type names, value)) and tensor infos of a GGUF file, parsed in one pass over its
+    header. ``GGUFReader`` takes tens of seconds on a Llama 3 vocabulary (a numpy view per token); this
+    reads the same values in well under a second."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(24)
+        if len(head) < 24 or head[:4] != b"GGUF":
+            raise InputError(f"{path} is not a GGUF file (no GGUF magic); check the file name.")
+        version, n_tensors, n_kv = struct.unpack("<IQQ", head[4:])
+        if version not in (2, 3):
+            raise UnsupportedError(f"{path} is GGUF version {version}; versions 2 and 3 are read.")
+        size = 1 << 20
+        while True:  # the header's size is unknown until parsed: read more until it fits
+            f.seek(0)
+            data = f.read(size)
+            try:
+                cur = _Cursor(data)
+                cur.pos = 24
+                metadata = {}
+                for _ in range(n_kv):
+                    key = cur.string()
+                    metadata[key] = cur.value(cur.unpack("<I"))
+                infos = []
+                for _ in range(n_tensors):
+                    name = cur.string()
+                    dims = [cur.unpack("<Q") for _ in range(cur.unpack("<I"))]
+                    qtype, offset = GGMLQuantizationType(cur.unpack("<I")), cur.unpack("<Q")
+                    infos.append((name, tuple(reversed(dims)), qtype, offset))
+                break
+            except (struct.error, ValueError, UnicodeDecodeError) as exc:
+                if len(data) < size:
+                    raise InputError(f"{path} has a damaged or truncated header ({exc}); write it again.") from None
+                size *= 4
+    alignment = metadata.get("general.alignment", ([], 32))[1]
+    start = cur.pos + (-cur.pos % alignment)
+    return metadata, [TensorInfo(n, shape, q, start + off) for n, shape, q, off in infos]
 
 
 def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
     """Read a GGUF file's header, metadata and tensor infos, and check its structure."""
     path = Path(path)
-    reader = _open(path)
-    metadata = {f.name: _value(f) for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+    fields, tensors = read_header(path)
+    metadata = {k: (len(v) if t[0] == "ARRAY" else v) for k, (t, v) in fields.items()}
     arch = metadata.get("general.architecture")
     alignment = int(metadata.get("general.alignment", 32))
     file_bytes = path.stat().st_size
     problems: list[str] = []
     spans: list[tuple[int, int, str]] = []
-    for t in reader.tensors:
-        block, type_size = GGML_QUANT_SIZES[t.tensor_type]
-        n = math.prod(int(s) for s in t.shape)
+    for t in tensors:
+        block, _ = GGML_QUANT_SIZES[t.qtype]
+        n = math.prod(t.shape)
         if n % block:
-            problems.append(f"{t.name}: {n} values are not whole {t.tensor_type.name} blocks of {block}")
-        expected = n // block * type_size
-        if (t.data_offset - reader.data_offset) % alignment:
+            problems.append(f"{t.name}: {n} values are not whole {t.qtype.name} blocks of {block}")
+        if t.offset % alignment:
             problems.append(f"{t.name}: data not aligned to {alignment} bytes")
-        if t.data_offset + expected > file_bytes:
+        if t.offset + t.nbytes > file_bytes:
             problems.append(f"{t.name}: data runs past the end of the file (truncated?)")
-        spans.append((t.data_offset, t.data_offset + expected, t.name))
+        spans.append((t.offset, t.offset + t.nbytes, t.name))
     spans.sort()
     for (_, end, a), (start, _, b) in itertools.pairwise(spans):
         if start < end:
@@ -120,10 +198,10 @@ def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
         path=path,
         arch=arch,
         metadata=metadata,
-        tensor_count=len(reader.tensors),
-        tensor_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        tensor_count=len(tensors),
+        tensor_bytes=sum(t.nbytes for t in tensors),
         file_bytes=file_bytes,
-        types=dict(Counter(t.tensor_type.name for t in reader.tensors)),
+        types=dict(Counter(t.qtype.name for t in tensors)),
         problems=tuple(problems),
     )
 

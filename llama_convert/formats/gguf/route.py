@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from .writer import GGUFStreamWriter, TensorEntry, atomic_output_file, check_ggu
 
 __all__ = ["GGUFPlan", "GGUFTensor", "convert_to_gguf", "plan_gguf"]
 
-# Family name → the module holding its GGUF facts (ARCH, gguf_recipes, rope_freqs, add_metadata).
+# Family name → the module holding its GGUF facts (ARCH, gguf_recipes, rope_freqs, add_spec_metadata).
 GGUF_FAMILIES = {"llama": "llama_convert.families.llama.gguf"}
 _METADATA_ALLOWANCE = 64 << 20  # header, vocabulary and merges, for the free-space check
 
@@ -103,8 +104,7 @@ def plan_gguf(spec: ModelSpec, outtype: str | None = None) -> GGUFPlan:
 
 
 def json_config(spec: ModelSpec) -> dict[str, Any]:
-    import json
-
+    """The family's config.json of ``spec`` (what llama.cpp's converter would read its hyperparameters from)."""
     return json.loads(family_of(spec).metadata_files(spec, spec.source_dtype, tokenizer=False)["config.json"])
 
 
@@ -119,7 +119,7 @@ def write_gguf(
     """Write the whole GGUF file of ``plan`` at ``path`` (metadata from the family's facts over ``files``)."""
     facts = gguf_facts(plan.spec)
     writer = GGUFWriter(None, plan.arch)
-    facts.add_metadata(writer, plan.spec, files, file_type=file_type(plan.outtype), n_params=plan.parameter_count)
+    facts.add_spec_metadata(writer, plan.spec, files, file_type=file_type(plan.outtype), n_params=plan.parameter_count)
     stream = GGUFStreamWriter(path, writer, [t.entry for t in plan.tensors])
     shards = [TorchCheckpoint(p) for p in plan.spec.shards]
     try:
@@ -144,15 +144,15 @@ def write_gguf(
 
 
 def convert_to_gguf(src: Path, dst: Path, opts: Any, *, progress: Any) -> Any:
-    """A Meta checkpoint folder → one GGUF file at ``dst``; checksums verified beside the conversion."""
+    """A Meta checkpoint folder (checksums verified beside the conversion) or a Hugging Face Llama folder →
+    one GGUF file at ``dst``."""
     from ...pipeline import ConversionResult, _advance, _BackgroundVerify, source_format
 
     started = time.perf_counter()
     if source_format(src) == "hf":
-        raise UnsupportedError(
-            f"{src} is a Hugging Face folder; GGUF is written from Meta's original checkpoint folder in this "
-            "version (or use llama.cpp's convert_hf_to_gguf.py on the folder)."
-        )
+        from .from_hf import hf_to_gguf
+
+        return hf_to_gguf(src, dst, opts, progress=progress)
     check_gguf_destination(dst.absolute(), force=opts.force)
     spec = detect(src, llama_version=opts.llama_version, instruct=opts.instruct, fold_kv_heads=opts.fold_kv_heads)
     plan = plan_gguf(spec, opts.outtype)

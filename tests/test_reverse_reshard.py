@@ -107,3 +107,20 @@ def test_corrupt_source_is_refused_and_nothing_is_left(tmp_path):
     with pytest.raises(ChecksumError):
         convert(src, tmp_path / "out", to="meta", mp=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["Llama3.1-8B"]
+
+
+@pytest.mark.parametrize(
+    ("folder", "preset", "changes"),
+    [
+        ("Llama3.2-1B", "llama3.2-1b", {"tokenizer": "small-tiktoken"}),  # tied: output.weight is kept
+        ("llama-7b", "llama1-7b", {"spm": True}),  # float16, rope.freqs carried over
+    ],
+)
+def test_there_and_back_keeps_every_tensor(tmp_path, sentencepiece_model, folder, preset, changes):
+    changes = dict(changes)
+    if changes.pop("spm", False):
+        changes.update(tokenizer=sentencepiece_model, vocab_size=512)
+    src = synthesize(tmp_path / "a" / folder, tiny(preset, **changes))
+    convert(src, tmp_path / "mp2", to="meta", mp=2)
+    convert(tmp_path / "mp2", tmp_path / "b" / folder, to="meta", mp=1)
+    assert_same_meta(src, tmp_path / "b" / folder)

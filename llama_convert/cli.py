@@ -138,6 +138,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _to_meta(args: argparse.Namespace) -> bool:
+    """Whether the conversion writes Meta's format (``--to meta``, or an HF source by default)."""
+    from .pipeline import source_format, target_format
+
+    return target_format(source_format(args.src), args.dst, args.to) == "meta"
+
+
 def _convert(args: argparse.Namespace) -> int:
     options = {
         "dtype": args.dtype,
@@ -145,6 +152,15 @@ def _convert(args: argparse.Namespace) -> int:
         "llama_version": args.llama_version,
         "instruct": args.instruct,
     }
+    if args.dry_run and _to_meta(args):
+        from .formats.meta.route import plan_to_meta
+
+        meta_plan = plan_to_meta(args.src, args.dst, mp=args.mp, tokenizer=args.tokenizer, **options)
+        _say(args, f"Would write {meta_plan.spec.name} in Meta's format, MP{meta_plan.mp}.")
+        for note in meta_plan.notes:
+            _say(args, f"  note: {note}")
+        print("\n".join(meta_plan.lines()))
+        return 0
     if args.dry_run:
         from .pipeline import plan_conversion
 

@@ -74,3 +74,21 @@ def test_the_way_back_never_imports_torch(tmp_path):
     assert main(["convert", str(src), str(tmp_path / "hf"), "-q"]) == 0
     subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp_path)], check=True)
     assert (tmp_path / "mp1" / "consolidated.00.pth").exists()
+
+
+def test_dry_run_into_meta_lists_the_shards_and_writes_nothing(capsys, tmp_path):
+    src = synthesize(tmp_path / "Llama3.1-8B", tiny("llama3.1-8b", tokenizer="small-tiktoken"))
+    assert main(["convert", str(src), str(tmp_path / "hf"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "hf"), str(tmp_path / "meta"), "--mp", "16", "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "Would write Llama 3.1 in Meta's format, MP16." in captured.err
+    assert "each of the 8 KV heads repeated 2× over 16 shards" in captured.err
+    lines = captured.out.splitlines()
+    assert lines[0].startswith("consolidated.00.pth … consolidated.15.pth")
+    assert (
+        "  layers.0.attention.wk.weight [8, 256] bfloat16, split on dim 0 ← "
+        "model.layers.0.self_attn.k_proj.weight (halves → pairs) (each head ×2)" in lines
+    )
+    assert [line.split()[0] for line in lines[-3:]] == ["tokenizer.model", "params.json", "checklist.chk"]
+    assert not (tmp_path / "meta").exists()

@@ -14,8 +14,9 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ...dtypes import DType, dtype_by_name
 from ...errors import InputError, UnsupportedError
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     from ...reverse.invert import MetaTensor, RowSource
     from ...reverse.layout import MetaLayout
 
-__all__ = ["convert_to_meta", "write_meta_folder"]
+__all__ = ["MetaPlan", "convert_to_meta", "plan_to_meta", "write_meta_folder"]
 
 
 def write_meta_folder(
@@ -143,66 +144,124 @@ def _layout_from_hf(hf: HFFolder, dst: Path, opts: ConvertOptions, mp: int) -> M
     raise UnsupportedError(f"{hf.root / 'config.json'} describes a model no family converts to Meta's format.")
 
 
+@dataclass(frozen=True)
+class MetaPlan:
+    """What a conversion into Meta's format will write, decided before any weight byte is read."""
+
+    spec: Any  # the family's spec of the written checkpoint
+    mp: int
+    tensors: tuple[MetaTensor, ...]
+    small_files: dict[str, bytes]
+    notes: tuple[str, ...]
+
+    @property
+    def total_size(self) -> int:
+        return sum(t.nbytes(self.mp) for t in self.tensors)
+
+    def lines(self) -> list[str]:
+        """The plan as text for ``--dry-run``: every Meta tensor, its shard shape, split axis and sources."""
+        out = [f"consolidated.00.pth … consolidated.{self.mp - 1:02d}.pth  ({self.total_size / 1e9:.2f} GB)"]
+        for t in self.tensors:
+            split = "replicated" if t.mp_axis is None else f"split on dim {t.mp_axis}"
+            steps = []
+            for seg in t.segments:
+                step = seg.source
+                step += " (halves → pairs)" if seg.rotary else ""
+                step += f" (each head ×{seg.kv_repeat})" if seg.kv_repeat > 1 else ""
+                steps.append(step)
+            out.append(f"  {t.name} {list(t.shard_shape(self.mp))} {t.dtype}, {split} ← {'; '.join(steps)}")
+        out += [f"{name}  ({len(data)} bytes)" for name, data in self.small_files.items()]
+        return [*out, "checklist.chk"]
+
+
+def _plan_from_hf(hf: HFFolder, dst: Path, opts: ConvertOptions, mp: int) -> tuple[MetaPlan, MetaLayout]:
+    from ...reverse.invert import invert_recipes
+
+    layout = _layout_from_hf(hf, dst, opts, mp)
+    notes = [*layout.notes, *_check_hf_tensors(hf, layout)]
+    notes.append("a Hugging Face folder has no checksums to verify; checklist.chk covers the output")
+    tensors = sorted(invert_recipes(layout.recipes, dtype=layout.dtype), key=lambda t: layout.order(t.name))
+    _check_mp(tensors, mp, hf.root)
+    return MetaPlan(layout.spec, mp, tuple(tensors), layout.small_files, tuple(notes)), layout
+
+
+def plan_to_meta(src: str | os.PathLike[str], dst: str | os.PathLike[str] = "out", **options: Any) -> MetaPlan:
+    """Plan a conversion into Meta's format (an HF folder, or a Meta checkpoint at ``mp`` shards) without
+    writing anything; ``options`` are ``ConvertOptions`` fields."""
+    from ...pipeline import ConvertOptions, source_format
+
+    opts = ConvertOptions(**options)
+    src, dst = Path(src), Path(dst)
+    if source_format(src) == "hf":
+        with find_hf_folder(src) as hf:
+            return _plan_from_hf(hf, dst, opts, _degree(opts.mp))[0]
+    _, _, layout, tensors = _plan_reshard(src, opts, _degree(opts.mp))
+    return MetaPlan(layout.spec, _degree(opts.mp), tuple(tensors), layout.small_files, layout.notes)
+
+
 def hf_to_meta(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
     """A Hugging Face folder → Meta's format with ``opts.mp`` shards (default 1)."""
-    from ...reverse.invert import invert_recipes
     from ...reverse.sources import HFRows
 
     started = time.perf_counter()
     mp = _degree(opts.mp)
     check_destination(dst.absolute(), force=opts.force)
     with find_hf_folder(src) as hf:
-        layout = _layout_from_hf(hf, dst, opts, mp)
-        notes = [*layout.notes, *_check_hf_tensors(hf, layout)]
-        notes.append("a Hugging Face folder has no checksums to verify; checklist.chk covers the output")
-        tensors = sorted(invert_recipes(layout.recipes, dtype=layout.dtype), key=lambda t: layout.order(t.name))
-        _check_mp(tensors, mp, src)
-        total = sum(t.nbytes(mp) for t in tensors)
-        progress.start(total, f"Writing {layout.spec.name} (Meta, MP{mp})")
+        plan, layout = _plan_from_hf(hf, dst, opts, mp)
+        progress.start(plan.total_size, f"Writing {plan.spec.name} (Meta, MP{mp})")
         try:
             files = write_meta_folder(
                 dst,
-                tensors,
+                plan.tensors,
                 HFRows(hf, layout.aliases, layout.constants),
                 mp=mp,
-                small_files=layout.small_files,
+                small_files=plan.small_files,
                 force=opts.force,
                 advance=progress.advance,
             )
         finally:
             progress.finish()
-    return _result(layout.spec, dst, files, total, started, False, notes)
+    return _result(plan.spec, dst, files, plan.total_size, started, False, list(plan.notes))
 
 
-def reshard(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
-    """A Meta checkpoint → the same model at ``opts.mp`` shards (bit-exact tensors), checksums verified."""
+def _plan_reshard(src: Path, opts: ConvertOptions, mp: int) -> tuple[Any, list[TensorRecipe], MetaLayout, list]:
+    """The source spec, recipes reading it, the target layout and its Meta tensors (source order)."""
     from ...detect import detect
     from ...families import family_of
-    from ...pipeline import _BackgroundVerify
     from ...reverse.invert import invert_recipes
-    from ...reverse.sources import RecipeRows
 
-    started = time.perf_counter()
-    mp = _degree(opts.mp)
-    check_destination(dst.absolute(), force=opts.force)
     spec = detect(src, llama_version=opts.llama_version, instruct=opts.instruct, fold_kv_heads=opts.fold_kv_heads)
     make = getattr(family_of(spec), "reshard_layout", None)
     if make is None:
         raise UnsupportedError(f"{src}: resharding {spec.name} checkpoints is not supported yet.")
     source_recipes, layout = make(spec, mp)
     target_recipes = list(layout.recipes)
-    shards = [TorchCheckpoint(p) for p in spec.shards]
+    with TorchCheckpoint(spec.shards[0]) as first:
+        refs = dict(first.tensors)
     # Tensors no recipe reads (rope.freqs of old checkpoints) are carried over, the same in every shard.
     used = {p.source for r in source_recipes for p in r.parts}
-    for name, ref in shards[0].tensors.items():
+    for name, ref in refs.items():
         if name not in used:
             extra = TensorRecipe(name, (Part(name, None),), ref.shape, ref.dtype, ref.dtype)
             source_recipes.append(extra)
             target_recipes.append(extra)
-    order = {name: i for i, name in enumerate(shards[0].tensors)}
+    order = {name: i for i, name in enumerate(refs)}
     tensors = sorted(invert_recipes(target_recipes, dtype=layout.dtype), key=lambda t: order[t.name])
-    tensors = [dataclasses.replace(t, dtype=shards[0].tensors[t.name].dtype) for t in tensors]
+    tensors = [dataclasses.replace(t, dtype=refs[t.name].dtype) for t in tensors]
     _check_mp(tensors, mp, src)
+    return spec, source_recipes, layout, tensors
+
+
+def reshard(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
+    """A Meta checkpoint → the same model at ``opts.mp`` shards (bit-exact tensors), checksums verified."""
+    from ...pipeline import _BackgroundVerify
+    from ...reverse.sources import RecipeRows
+
+    started = time.perf_counter()
+    mp = _degree(opts.mp)
+    check_destination(dst.absolute(), force=opts.force)
+    spec, source_recipes, layout, tensors = _plan_reshard(src, opts, mp)
+    shards = [TorchCheckpoint(p) for p in spec.shards]
     notes = list(layout.notes)
     verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if opts.verify else None
     verified = False

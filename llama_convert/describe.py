@@ -42,7 +42,7 @@ def _huggingface_report(path: Path) -> FolderReport:
     summary = (
         f"a Hugging Face model folder ({arch}, {config.get('num_hidden_layers', '?')} layers, "
         f"hidden size {config.get('hidden_size', '?')}, {len(weights)} weight files, {size / 1e9:.2f} GB); "
-        "already converted — nothing to do."
+        "convert it to Meta's format (`llama-convert convert SRC DST [--mp N]`) or to GGUF (DST ending in .gguf)."
     )
     return FolderReport(path, "huggingface", summary, {"config": config, "weight_files": weights, "bytes": size})
 

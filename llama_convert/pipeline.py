@@ -8,10 +8,9 @@ default (here), to GGUF (``formats.gguf``) or to Meta shards of another model-pa
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -19,14 +18,14 @@ from typing import Literal
 from . import __version__
 from .detect import detect
 from .dtypes import DType, dtype_by_name
-from .errors import MissingFileError, UnsupportedError
+from .errors import UnsupportedError
 from .execute import write_weights
 from .families import ModelSpec, family_of
 from .formats.meta.torch_zip import TorchCheckpoint
 from .output import check_destination, check_free_space, resumable_output_dir
 from .plan import ConversionPlan, build_plan, parse_size
 from .resume import fingerprint
-from .verify import VerifyReport, raise_for_report, verify_checksums
+from .verify import BackgroundVerify
 
 __all__ = ["ConversionResult", "ConvertOptions", "Progress", "convert", "plan_conversion", "source_format"]
 
@@ -135,60 +134,6 @@ def _write_files(out: Path, files: dict[str, bytes]) -> list[str]:
     return list(files)
 
 
-class _BackgroundVerify:
-    """Checksum verification running beside the conversion.
-
-    Hashing (md5, one core) overlaps with converting (mostly I/O): the verdict is collected
-    before the output is renamed into place, and a mismatch stops the conversion early.
-    """
-
-    def __init__(self, src: Path, *, workers: int) -> None:
-        self._src = src
-        self.report: VerifyReport | None = None
-        self.error: BaseException | None = None
-        self.missing_checklist = False
-        self.mismatch = threading.Event()
-        self._cancel = threading.Event()
-
-        def on_file(name: str, expected: str, actual: str) -> None:
-            if expected != actual:
-                self.mismatch.set()
-
-        def run() -> None:
-            try:
-                self.report = verify_checksums(src, workers=workers, on_file=on_file, cancel=self._cancel)
-            except MissingFileError:
-                self.missing_checklist = True
-            except CancelledError:
-                pass
-            except BaseException as exc:  # re-raised in the caller's thread
-                self.error = exc
-                self.mismatch.set()
-
-        self._thread = threading.Thread(target=run, name="llama-convert-verify", daemon=True)
-        self._thread.start()
-
-    def result(self) -> bool:
-        """Wait; raise ChecksumError on mismatch; return whether a checklist was verified."""
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-        if self.missing_checklist or self.report is None:
-            return False
-        raise_for_report(self.report, self._src)
-        return True
-
-    def cancel(self) -> None:
-        """Stop hashing (the conversion failed; nobody will ask for the verdict)."""
-        self._cancel.set()
-        self._thread.join()
-
-    def check(self) -> None:
-        """Raise at once if a file already failed (called between blocks of the conversion)."""
-        if self.mismatch.is_set():
-            self.result()
-
-
 class _Beside:
     """Work that runs beside the weight stream — the small files (tokenizer building is seconds of CPU) and
     the family's deferred checks — so that fixed costs overlap with the disk-bound stream. The first failure
@@ -215,8 +160,8 @@ class _Beside:
         self._pool.shutdown(wait=True)
 
 
-def _advance(
-    progress: Progress, verifier: _BackgroundVerify | None, beside: _Beside | None = None
+def checked_advance(
+    progress: Progress, verifier: BackgroundVerify | None, beside: _Beside | None = None
 ) -> Callable[[int], None]:
     if verifier is None and beside is None:
         return progress.advance
@@ -291,7 +236,7 @@ def convert_to_hf(
     checks = [] if opts.tokenizer_only else getattr(family, "deferred_checks", lambda spec: [])(spec)
     beside = _Beside([lambda: family.metadata_files(spec, plan.dtype, tokenizer=with_tokenizer), *checks])
     verify = opts.verify and not opts.tokenizer_only
-    verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if verify else None
+    verifier = BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if verify else None
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
     options = (opts.tokenizer_only, with_tokenizer)
     key = fingerprint(sources, __version__, "hf", options, plan.to_json(), spec.name, spec.instruct)
@@ -311,7 +256,7 @@ def convert_to_hf(
                     names += write_weights(
                         plan,
                         staging.path,
-                        advance=_advance(progress, verifier, beside),
+                        advance=checked_advance(progress, verifier, beside),
                         skip=frozenset(staging.resumed),
                         on_file_done=staging.record,
                     )

@@ -21,6 +21,7 @@ from pathlib import Path
 from .errors import ChecksumError, InputError, MissingFileError
 
 __all__ = [
+    "BackgroundVerify",
     "ChecklistEntry",
     "Md5Stream",
     "VerifyReport",
@@ -305,3 +306,57 @@ class Md5Stream:
                     raise InputError(f"{self._path} ends at byte {self.position}; download it again or {_NO_VERIFY}.")
                 self._md5.update(chunk)
                 self.position += len(chunk)
+
+
+class BackgroundVerify:
+    """Checksum verification running beside the conversion.
+
+    Hashing (md5, one core) overlaps with converting (mostly I/O): the verdict is collected
+    before the output is renamed into place, and a mismatch stops the conversion early.
+    """
+
+    def __init__(self, src: Path, *, workers: int) -> None:
+        self._src = src
+        self.report: VerifyReport | None = None
+        self.error: BaseException | None = None
+        self.missing_checklist = False
+        self.mismatch = threading.Event()
+        self._cancel = threading.Event()
+
+        def on_file(name: str, expected: str, actual: str) -> None:
+            if expected != actual:
+                self.mismatch.set()
+
+        def run() -> None:
+            try:
+                self.report = verify_checksums(src, workers=workers, on_file=on_file, cancel=self._cancel)
+            except MissingFileError:
+                self.missing_checklist = True
+            except CancelledError:
+                pass
+            except BaseException as exc:  # re-raised in the caller's thread
+                self.error = exc
+                self.mismatch.set()
+
+        self._thread = threading.Thread(target=run, name="llama-convert-verify", daemon=True)
+        self._thread.start()
+
+    def result(self) -> bool:
+        """Wait; raise ChecksumError on mismatch; return whether a checklist was verified."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        if self.missing_checklist or self.report is None:
+            return False
+        raise_for_report(self.report, self._src)
+        return True
+
+    def cancel(self) -> None:
+        """Stop hashing (the conversion failed; nobody will ask for the verdict)."""
+        self._cancel.set()
+        self._thread.join()
+
+    def check(self) -> None:
+        """Raise at once if a file already failed (called between blocks of the conversion)."""
+        if self.mismatch.is_set():
+            self.result()

@@ -99,7 +99,8 @@ def test_inspect_meta_and_huggingface_folders(capsys, llama31, tmp_path):
     main([str(llama31), str(tmp_path / "hf"), "-q"])
     capsys.readouterr()
     assert main(["inspect", str(tmp_path / "hf")]) == 0
-    assert "already converted" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "a Hugging Face model folder (LlamaForCausalLM" in out and "convert it to Meta's format" in out
 
 
 def test_verify_command(capsys, llama31, tmp_path):

@@ -146,7 +146,8 @@ def write_gguf(
 def convert_to_gguf(src: Path, dst: Path, opts: Any, *, progress: Any) -> Any:
     """A Meta checkpoint folder (checksums verified beside the conversion) or a Hugging Face Llama folder →
     one GGUF file at ``dst``."""
-    from ...pipeline import ConversionResult, _advance, _BackgroundVerify, source_format
+    from ...pipeline import ConversionResult, checked_advance, source_format
+    from ...verify import BackgroundVerify
 
     started = time.perf_counter()
     if source_format(src) == "hf":
@@ -158,13 +159,13 @@ def convert_to_gguf(src: Path, dst: Path, opts: Any, *, progress: Any) -> Any:
     plan = plan_gguf(spec, opts.outtype)
     check_free_space(dst.absolute(), plan.total_size + _METADATA_ALLOWANCE)
     files = family_of(spec).metadata_files(spec, spec.source_dtype, tokenizer=True)
-    verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if opts.verify else None
+    verifier = BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if opts.verify else None
     notes = list(spec.notes)
     try:
         with atomic_output_file(dst, force=opts.force) as tmp:
             progress.start(plan.total_size, f"Converting {spec.name} to GGUF {plan.outtype}")
             try:
-                write_gguf(plan, tmp, files, advance=_advance(progress, verifier))
+                write_gguf(plan, tmp, files, advance=checked_advance(progress, verifier))
             finally:
                 progress.finish()
             verified = verifier.result() if verifier is not None else False

@@ -254,8 +254,8 @@ def _plan_reshard(src: Path, opts: ConvertOptions, mp: int) -> tuple[Any, list[T
 
 def reshard(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
     """A Meta checkpoint → the same model at ``opts.mp`` shards (bit-exact tensors), checksums verified."""
-    from ...pipeline import _BackgroundVerify
     from ...reverse.sources import RecipeRows
+    from ...verify import BackgroundVerify
 
     started = time.perf_counter()
     mp = _degree(opts.mp)
@@ -263,7 +263,7 @@ def reshard(src: Path, dst: Path, opts: ConvertOptions, progress: Progress) -> C
     spec, source_recipes, layout, tensors = _plan_reshard(src, opts, mp)
     shards = [TorchCheckpoint(p) for p in spec.shards]
     notes = list(layout.notes)
-    verifier = _BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if opts.verify else None
+    verifier = BackgroundVerify(spec.folder.root, workers=opts.verify_workers) if opts.verify else None
     verified = False
 
     def advance(n: int) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from llama_convert.errors import UnsupportedError
-from llama_convert.families.llama.from_hf import meta_ffn_width, target_from_hf_config
+from llama_convert.families.llama.from_hf import target_from_hf_config
+from llama_convert.formats.meta.folder import ffn_width as meta_ffn_width
 
 _LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 

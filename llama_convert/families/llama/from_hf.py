@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ...errors import InputError, UnsupportedError
+from ...formats.meta.folder import ffn_width
 
-__all__ = ["MetaTarget", "ffn_parameters", "meta_ffn_width", "target_from_hf_config"]
+__all__ = ["MetaTarget", "ffn_parameters", "target_from_hf_config"]
 
 MetaFamily = Literal["llama1", "llama2", "codellama", "llama3"]
 
@@ -49,27 +50,19 @@ _KNOWN_FFN: dict[MetaFamily, list[tuple[tuple[int, int], tuple[int, int, bool], 
 _LLAMA3_ROPE = {"low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
 
 
-def meta_ffn_width(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
-    """The SwiGLU width exactly as Meta's ``FeedForward`` computes it."""
-    hidden = int(2 * (4 * dim) / 3)
-    if ffn_dim_multiplier is not None:
-        hidden = int(ffn_dim_multiplier * hidden)
-    return multiple_of * math.ceil(hidden / multiple_of)
-
-
 def _generic_ffn(dim: int, width: int) -> tuple[int, float | None]:
     """The pair with the fewest decimals in the multiplier and the largest power-of-two ``multiple_of``."""
     base = int(2 * (4 * dim) / 3)
     powers = [2**k for k in range(12, -1, -1) if width % 2**k == 0]
     for decimals in range(0, 7):
         for multiple_of in powers:
-            if decimals == 0 and meta_ffn_width(dim, multiple_of, None) == width:
+            if decimals == 0 and ffn_width(dim, multiple_of, None) == width:
                 return multiple_of, None
             step = 10.0**-decimals
             around = width / base
             for k in range(math.floor(around / step) - 1, math.ceil(around / step) + 2):
                 mult = round(k * step, decimals)
-                if mult > 0 and meta_ffn_width(dim, multiple_of, mult) == width:
+                if mult > 0 and ffn_width(dim, multiple_of, mult) == width:
                     return multiple_of, mult
     # Exact to the last bit: int(mult * base) == width with multiple_of 1.
     mult = width / base
@@ -90,7 +83,7 @@ def ffn_parameters(
     ordered += [k[2] for k in known if k[1] == heads]
     ordered += [k[2] for k in known]
     for multiple_of, mult in ordered:
-        if meta_ffn_width(dim, multiple_of, mult) == width:
+        if ffn_width(dim, multiple_of, mult) == width:
             return multiple_of, mult
     return _generic_ffn(dim, width)
 

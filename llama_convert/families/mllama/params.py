@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...errors import InputError, ShapeMismatchError, UnsupportedError
+from ...formats.meta.folder import ffn_width
 
 __all__ = [
     "INTERMEDIATE_LAYERS",
@@ -78,11 +79,7 @@ class VisionParams:
 
     @property
     def intermediate_size(self) -> int:
-        """The SwiGLU hidden width exactly as Meta's FeedForward computes it."""
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+        return ffn_width(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
     @property
     def patches(self) -> int:

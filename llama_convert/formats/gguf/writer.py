@@ -13,15 +13,15 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from ...errors import ConversionError, DestinationExistsError, DiskFullError, InputError
-from ..hf.safetensors_writer import _Writeback
+from ...errors import ConversionError, DestinationExistsError, DiskFullError
+from ..stream import AppendingFile
 
 __all__ = ["GGUFStreamWriter", "TensorEntry", "atomic_output_file", "check_gguf_destination"]
 
@@ -38,7 +38,7 @@ class TensorEntry:
     nbytes: int
 
 
-class GGUFStreamWriter:
+class GGUFStreamWriter(AppendingFile):
     """Write the header, metadata and tensor infos held by ``writer``, then take each tensor's bytes in
     order, in pieces (``write`` / ``copy_from``), closing each tensor with ``end_tensor``."""
 
@@ -57,47 +57,11 @@ class GGUFStreamWriter:
         self._tensors = list(tensors)
         self._index = 0
         self._in_tensor = 0
-        self._fd = os.open(path, os.O_WRONLY)
+        super().__init__(os.open(path, os.O_WRONLY))
         os.lseek(self._fd, 0, os.SEEK_END)
-        self._writeback = _Writeback(self._fd)
 
-    def _write_all(self, data: memoryview | bytes) -> None:
-        view = memoryview(data).cast("B")
-        while view:
-            n = os.write(self._fd, view)
-            view = view[n:]
-            self._writeback.wrote(n)
-
-    def write(self, block: np.ndarray) -> int:
-        """Append a block of the current tensor's bytes; returns the bytes written."""
-        data = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
-        self._write_all(memoryview(data))
-        self._in_tensor += data.nbytes
-        return data.nbytes
-
-    def copy_from(self, src_fd: int, offset: int, nbytes: int, advance: Callable[[int], None]) -> None:
-        """Append ``nbytes`` of another file from ``offset``, copied in the kernel (``copy_file_range``)
-        where the filesystem allows, through a buffer otherwise."""
-        end = offset + nbytes
-        while offset < end:
-            step = min(end - offset, 64 << 20)
-            try:
-                n = os.copy_file_range(src_fd, self._fd, step, offset)
-            except (AttributeError, OSError) as exc:
-                if isinstance(exc, OSError) and exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL):
-                    raise
-                n = 0
-            if n <= 0:
-                data = os.pread(src_fd, step, offset)
-                if not data:
-                    raise InputError(f"a source file ended at byte {offset} while copying; it changed during the run.")
-                self._write_all(data)
-                n = len(data)
-            else:
-                self._writeback.wrote(n)
-            self._in_tensor += n
-            advance(n)
-            offset += n
+    def counted(self, n: int) -> None:
+        self._in_tensor += n
 
     def end_tensor(self) -> None:
         """Check the current tensor's size and pad to the alignment."""

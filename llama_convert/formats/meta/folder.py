@@ -14,6 +14,7 @@ from ...errors import InputError, MissingFileError, UnsupportedError
 __all__ = [
     "MetaFolder",
     "MetaParams",
+    "ffn_width",
     "find_meta_folder",
     "hub_repo",
     "is_generic_dir_name",
@@ -24,6 +25,14 @@ __all__ = [
 _SHARD_RE = re.compile(r"^consolidated\.(\d+)\.pth$")
 _SINGLE_SHARD = "consolidated.pth"  # the Hub's original/ folder of Llama 3.2 11B Vision names its one shard so
 _HUB_CACHE_RE = re.compile(r"^models--([^/]+?)--(.+)$")
+
+
+def ffn_width(dim: int, multiple_of: int, ffn_dim_multiplier: float | None) -> int:
+    """The SwiGLU hidden width exactly as Meta's FeedForward computes it."""
+    hidden = int(2 * (4 * dim) / 3)
+    if ffn_dim_multiplier is not None:
+        hidden = int(ffn_dim_multiplier * hidden)
+    return multiple_of * math.ceil(hidden / multiple_of)
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,7 @@ class MetaParams:
 
     @property
     def intermediate_size(self) -> int:
-        """The SwiGLU hidden width exactly as Meta's FeedForward computes it."""
-        hidden = int(2 * (4 * self.dim) / 3)
-        if self.ffn_dim_multiplier is not None:
-            hidden = int(self.ffn_dim_multiplier * hidden)
-        return self.multiple_of * math.ceil(hidden / self.multiple_of)
+        return ffn_width(self.dim, self.multiple_of, self.ffn_dim_multiplier)
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...dtypes import DType
-from ..hf.safetensors_writer import _Writeback
+from ..stream import Writeback
 from .torch_zip_writer import StorageSink, TorchZipWriter
 
 __all__ = ["HashedFile", "MetaShardWriter", "checklist_text", "shard_name"]
@@ -43,7 +43,7 @@ class HashedFile(io.RawIOBase):
         self._md5 = hashlib.md5()
         self._hasher = hasher
         self._jobs: deque[Future] = deque()
-        self._writeback = _Writeback(self._fd)
+        self._writeback = Writeback(self._fd)
 
     def writable(self) -> bool:
         return True

@@ -1,0 +1,122 @@
+"""Appending to an output file in bounded memory: row blocks written through, verbatim byte ranges of a
+source copied in the kernel, and writeback paced so that dirty pages never pile up. Every sink that streams
+tensor data (safetensors, GGUF) appends through this."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import os
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import InputError
+
+__all__ = ["WRITEBACK_WINDOW", "AppendingFile", "Writeback"]
+
+WRITEBACK_WINDOW = 64 << 20  # bytes; see Writeback
+
+
+class Writeback:
+    """Stream output to disk at a steady pace instead of letting dirty pages pile up.
+
+    Without this the kernel lets gigabytes of dirty page cache accumulate, then throttles the
+    writer and leaves a long fsync at the end. Every ``WRITEBACK_WINDOW`` bytes we start writeback
+    of the window just written (``sync_file_range(WRITE)``, non-blocking), wait for the window
+    before it, and drop that one from the page cache (``POSIX_FADV_DONTNEED``): the disk stays
+    busy, and page cache and memory use stay flat. Python's ``os`` has no ``sync_file_range``,
+    hence ctypes; where it is unavailable this does nothing.
+    """
+
+    _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._flushed = 0  # start of the window whose writeback was started last
+        self._pending = 0  # bytes written since then
+        self._call = _sync_file_range()
+
+    def wrote(self, n: int) -> None:
+        self._pending += n
+        if self._call is None or self._pending < WRITEBACK_WINDOW:
+            return
+        start = self._flushed
+        self._call(self._fd, start, self._pending, self._WRITE)
+        if start:
+            previous = max(0, start - WRITEBACK_WINDOW)
+            self._call(self._fd, previous, start - previous, self._WAIT_BEFORE | self._WRITE | self._WAIT_AFTER)
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(self._fd, previous, start - previous, os.POSIX_FADV_DONTNEED)
+        self._flushed += self._pending
+        self._pending = 0
+
+
+def _sync_file_range():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        func = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    func.restype = ctypes.c_int
+    return func
+
+
+class AppendingFile:
+    """An open file that output is appended to; ``counted(n)`` is told of every data byte appended through
+    ``write`` or ``copy_from`` (subclasses count per tensor or per file)."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._writeback = Writeback(fd)
+
+    def counted(self, n: int) -> None:
+        """Called with the size of every data piece appended."""
+
+    def _write_all(self, data: memoryview | bytes) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+            self._writeback.wrote(n)
+
+    def write(self, block: np.ndarray) -> int:
+        """Append a block of tensor data (made C-contiguous); returns the bytes written."""
+        data = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
+        self._write_all(memoryview(data))
+        self.counted(data.nbytes)
+        return data.nbytes
+
+    def copy_from(self, src_fd: int, offset: int, nbytes: int, advance: Callable[[int], None] = lambda n: None) -> None:
+        """Append ``nbytes`` of another file from ``offset`` without passing them through user space
+        (``copy_file_range``; plain reads and writes where the kernel or filesystem cannot)."""
+        end = offset + nbytes
+        while offset < end:
+            step = min(end - offset, 64 << 20)
+            try:
+                n = os.copy_file_range(src_fd, self._fd, step, offset)
+            except (AttributeError, OSError) as exc:
+                if isinstance(exc, OSError) and exc.errno not in (
+                    errno.EXDEV,
+                    errno.ENOSYS,
+                    errno.EINVAL,
+                    errno.EOPNOTSUPP,
+                ):
+                    raise
+                n = 0
+            if n <= 0:  # unsupported here (or a short source): copy through a buffer instead
+                data = os.pread(src_fd, step, offset)
+                if not data:
+                    raise InputError(
+                        f"a source file ended at byte {offset} while copying; it was truncated during the run."
+                    )
+                self._write_all(data)
+                n = len(data)
+            else:
+                self._writeback.wrote(n)
+            self.counted(n)
+            advance(n)
+            offset += n

@@ -25,8 +25,11 @@ __all__ = [
     "build_tokenizer",
     "bytes_to_unicode",
     "derive_merges",
+    "named_specials",
     "read_ranks",
     "tiktoken_tokenizer_files",
+    "token_entry",
+    "tokenizer_config",
 ]
 
 # Meta's pre-tokenizer regex (``pat_str`` of the Llama 3 tokenizer).
@@ -176,15 +179,27 @@ def tiktoken_tokenizer_files(
     context_length: int,
     chat_template: str | None,
     pattern: str = LLAMA3_PATTERN,
+    pad: str | None = None,
+    tokens: list[bytes] | None = None,
+    extra_config: dict[str, object] | None = None,
 ) -> dict[str, bytes]:
     """``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` for a tiktoken file whose
-    special tokens (``special_names``, in id order) follow its last rank."""
-    tokens = read_ranks(tokenizer_model)
+    special tokens (``special_names``, in id order) follow its last rank (``tokens``: the ranks already read)."""
+    tokens = read_ranks(tokenizer_model) if tokens is None else tokens
     tokenizer = build_tokenizer(tokens, special_names, pattern=pattern, bos=bos)
-    config = _tokenizer_config(
-        special_names, len(tokens), bos=bos, eos=eos, context_length=context_length, template=chat_template
+    config = tokenizer_config(
+        special_names,
+        len(tokens),
+        bos=bos,
+        eos=eos,
+        context_length=context_length,
+        template=chat_template,
+        pad=pad,
+        extra=extra_config,
     )
-    special_map = {"bos_token": _token_entry(bos), "eos_token": _token_entry(eos)}
+    special_map = {"bos_token": token_entry(bos), "eos_token": token_entry(eos)}
+    if pad is not None:
+        special_map["pad_token"] = token_entry(pad)
     return {
         "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
         "tokenizer_config.json": json_bytes(config),
@@ -196,16 +211,35 @@ def _added_token(name: str) -> AddedToken:
     return AddedToken(name, single_word=False, lstrip=False, rstrip=False, normalized=False, special=True)
 
 
-def _token_entry(name: str) -> dict[str, object]:
+def named_specials(named: dict[int, str], count: int) -> list[str]:
+    """``count`` special-token names: ``named`` at their offsets, ``<|reserved_special_token_N|>`` elsewhere with
+    N counting up from 0 in id order (the Llama 3 convention)."""
+    reserved = iter(range(count))
+    return [
+        named[offset] if offset in named else f"<|reserved_special_token_{next(reserved)}|>" for offset in range(count)
+    ]
+
+
+def token_entry(name: str) -> dict[str, object]:
+    """A special token as the tokenizer files list it."""
     return {"content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
 
 
-def _tokenizer_config(
-    names: Iterable[str], first_id: int, *, bos: str, eos: str, context_length: int, template: str | None
+def tokenizer_config(
+    names: Iterable[str],
+    first_id: int,
+    *,
+    bos: str,
+    eos: str,
+    context_length: int,
+    template: str | None,
+    pad: str | None = None,
+    extra: dict[str, object] | None = None,
 ) -> dict[str, object]:
+    """``tokenizer_config.json`` of a tiktoken-based tokenizer whose special ``names`` start at ``first_id``."""
     config: dict[str, object] = {
         "added_tokens_decoder": {
-            str(first_id + offset): {**_token_entry(name), "special": True} for offset, name in enumerate(names)
+            str(first_id + offset): {**token_entry(name), "special": True} for offset, name in enumerate(names)
         },
         "bos_token": bos,
     }
@@ -220,7 +254,9 @@ def _tokenizer_config(
             "eos_token": eos,
             "model_input_names": ["input_ids", "attention_mask"],
             "model_max_length": context_length,
+            **({"pad_token": pad} if pad is not None else {}),
             "tokenizer_class": "PreTrainedTokenizerFast",
+            **(extra or {}),
         }
     )
     return config

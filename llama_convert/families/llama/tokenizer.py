@@ -9,7 +9,7 @@ from typing import Final
 from ...errors import InputError
 from ...tokenizer import detect_tokenizer_kind
 from ...tokenizer.sentencepiece_bpe import spm_tokenizer_files
-from ...tokenizer.tiktoken_bpe import tiktoken_tokenizer_files
+from ...tokenizer.tiktoken_bpe import named_specials, tiktoken_tokenizer_files
 from .chat_templates import chat_template
 
 __all__ = [
@@ -75,15 +75,7 @@ def special_token_names(version: str) -> list[str]:
             f"Llama version {version!r} does not use the tiktoken tokenizer.model; "
             f"expected one of {', '.join(_NAMED_BY_VERSION)}."
         ) from None
-    names: list[str] = []
-    reserved = 0
-    for offset in range(NUM_SPECIAL_TOKENS):
-        if offset in named:
-            names.append(named[offset])
-        else:
-            names.append(f"<|reserved_special_token_{reserved}|>")
-            reserved += 1
-    return names
+    return named_specials(named, NUM_SPECIAL_TOKENS)
 
 
 _SENTENCEPIECE_VERSIONS: Final = ("1", "2", "code")

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Final
 
 from ...errors import InputError
-from ...tokenizer import json_bytes
-from ...tokenizer.tiktoken_bpe import build_tokenizer, read_ranks
+from ...tokenizer.tiktoken_bpe import read_ranks, tiktoken_tokenizer_files, tokenizer_config
 
 __all__ = [
     "LLAMA4_PATTERN",
@@ -83,49 +82,40 @@ def llama4_tokenizer_files(
             f"{tokenizer_model} holds {len(tokens)} ranks, not the {NUM_BASE_TOKENS} of Meta's Llama 4 "
             "tokenizer; copy tokenizer.model from the same Llama 4 download."
         )
-    names = special_token_names()
-    tokenizer = build_tokenizer(tokens, names, pattern=LLAMA4_PATTERN, bos=BOS)
-    config = tokenizer_config_json(instruct=instruct, context_length=context_length, vision=vision)
-    eos = EOS_INSTRUCT if instruct else EOS_BASE
-    special_map = {"bos_token": _entry(BOS), "eos_token": _entry(eos), "pad_token": _entry(PAD)}
-    return {
-        "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
-        "tokenizer_config.json": json_bytes(config),
-        "special_tokens_map.json": json_bytes(special_map),
-    }
+    return tiktoken_tokenizer_files(
+        tokenizer_model,
+        special_token_names(),
+        tokens=tokens,
+        pattern=LLAMA4_PATTERN,
+        bos=BOS,
+        eos=EOS_INSTRUCT if instruct else EOS_BASE,
+        pad=PAD,
+        context_length=context_length,
+        chat_template=chat_template() if instruct else None,
+        extra_config=_PROCESSOR if vision else None,
+    )
+
+
+# AutoProcessor then builds Llama4Processor from the processor files written beside.
+_PROCESSOR: Final[dict[str, object]] = {"processor_class": "Llama4Processor"}
 
 
 def tokenizer_config_json(*, instruct: bool, context_length: int, vision: bool = True) -> dict[str, object]:
     """``tokenizer_config.json``: Meta's special tokens, eos ``<|eot|>`` (instruct) or ``<|end_of_text|>``,
     pad ``<|finetune_right_pad|>`` and, for instruct models, the chat template."""
-    config: dict[str, object] = {
-        "added_tokens_decoder": {
-            str(NUM_BASE_TOKENS + i): {**_entry(name), "special": True} for i, name in enumerate(special_token_names())
-        },
-        "bos_token": BOS,
-    }
-    if instruct:
-        config["chat_template"] = chat_template()
-    config.update(
-        {
-            "clean_up_tokenization_spaces": False,
-            "eos_token": EOS_INSTRUCT if instruct else EOS_BASE,
-            "model_input_names": ["input_ids", "attention_mask"],
-            "model_max_length": context_length,
-            "pad_token": PAD,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-        }
+    return tokenizer_config(
+        special_token_names(),
+        NUM_BASE_TOKENS,
+        bos=BOS,
+        eos=EOS_INSTRUCT if instruct else EOS_BASE,
+        context_length=context_length,
+        template=chat_template() if instruct else None,
+        pad=PAD,
+        extra=_PROCESSOR if vision else None,
     )
-    if vision:  # AutoProcessor then builds Llama4Processor from the processor files written beside
-        config["processor_class"] = "Llama4Processor"
-    return config
 
 
 def chat_template() -> str:
     """The offline Llama 4 chat template (Meta's ChatFormat as Jinja), shipped with the package."""
     text = resources.files(__package__).joinpath("templates", "llama4.jinja").read_text(encoding="utf-8")
     return text.rstrip("\n")  # no trailing newline: renderers without trim_blocks would print it
-
-
-def _entry(name: str) -> dict[str, object]:
-    return {"content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}

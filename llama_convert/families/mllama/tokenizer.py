@@ -8,12 +8,12 @@ as token 128256 (128257 tokens) and calls 128011 ``<|reserved_special_token_2|>`
 
 from __future__ import annotations
 
-import json
 from importlib import resources
 from pathlib import Path
 from typing import Final, Literal
 
-from ...tokenizer.tiktoken_bpe import LLAMA3_PATTERN, build_tokenizer, read_ranks
+from ...tokenizer import json_bytes
+from ...tokenizer.tiktoken_bpe import named_specials, tiktoken_tokenizer_files
 
 __all__ = ["IMAGE_TOKEN", "Variant", "chat_template", "special_token_names", "tokenizer_files"]
 
@@ -46,14 +46,7 @@ CONTEXT_LENGTH: Final = 131072
 
 def special_token_names() -> list[str]:
     """The 256 special tokens after Meta's ranks, then ``<|image|>``."""
-    names, reserved = [], 0
-    for offset in range(_NUM_SPECIAL):
-        if offset in _NAMED:
-            names.append(_NAMED[offset])
-        else:
-            names.append(f"<|reserved_special_token_{reserved}|>")
-            reserved += 1
-    return [*names, IMAGE_TOKEN]
+    return [*named_specials(_NAMED, _NUM_SPECIAL), IMAGE_TOKEN]
 
 
 def chat_template(variant: Variant) -> str | None:
@@ -64,49 +57,19 @@ def chat_template(variant: Variant) -> str | None:
     return resources.files(__package__).joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _entry(name: str) -> dict[str, object]:
-    return {"content": name, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-
-
-def _json(value: object) -> bytes:
-    return (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-
-
 def tokenizer_files(tokenizer_model: Path, variant: Variant) -> dict[str, bytes]:
     """``tokenizer.json``, ``tokenizer_config.json``, ``special_tokens_map.json`` and, with a template,
     ``chat_template.json`` (where ``MllamaProcessor`` looks for it)."""
-    tokens = read_ranks(tokenizer_model)
-    names = special_token_names()
-    tokenizer = build_tokenizer(tokens, names, pattern=LLAMA3_PATTERN, bos=BOS)
-    eos = _EOS[variant]
     template = chat_template(variant)
-    config: dict[str, object] = {
-        "added_tokens_decoder": {
-            str(len(tokens) + i): {**_entry(name), "special": True} for i, name in enumerate(names)
-        },
-        "bos_token": BOS,
-    }
-    if template is not None:
-        config["chat_template"] = template
-    config.update(
-        {
-            # The published files say true, which makes transformers 4.x strip spaces before punctuation
-            # when decoding; false decodes exactly as Meta's tokenizer (as for the Llama 3 text models).
-            "clean_up_tokenization_spaces": False,
-            "eos_token": eos,
-            "model_input_names": ["input_ids", "attention_mask"],
-            "model_max_length": CONTEXT_LENGTH,
-            "pad_token": PAD,
-            "tokenizer_class": "PreTrainedTokenizerFast",
-        }
+    files = tiktoken_tokenizer_files(
+        tokenizer_model,
+        special_token_names(),
+        bos=BOS,
+        eos=_EOS[variant],
+        context_length=CONTEXT_LENGTH,
+        chat_template=template,
+        pad=PAD,
     )
-    files = {
-        "tokenizer.json": tokenizer.to_str(pretty=True).encode("utf-8"),
-        "tokenizer_config.json": _json(config),
-        "special_tokens_map.json": _json(
-            {"bos_token": _entry(BOS), "eos_token": _entry(eos), "pad_token": _entry(PAD)}
-        ),
-    }
     if template is not None:
-        files["chat_template.json"] = _json({"chat_template": template})
+        files["chat_template.json"] = json_bytes({"chat_template": template})
     return files

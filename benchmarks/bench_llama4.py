@@ -41,44 +41,9 @@ from llama_convert.dtypes import DTYPES  # noqa: E402
 from llama_convert.families.llama4.layout import DROPPED, shard_shapes, tensor_table  # noqa: E402
 from llama_convert.families.llama4.params import parse_llama4_params  # noqa: E402
 from llama_convert.formats.meta.torch_zip_writer import TorchZipWriter  # noqa: E402
+from llama_convert.testing.llama4 import SCOUT_PARAMS  # noqa: E402
 
 MP = 8
-SCOUT = {
-    "dim": 5120,
-    "n_layers": 48,
-    "n_heads": 40,
-    "n_kv_heads": 8,
-    "vocab_size": 202048,
-    "multiple_of": 2048,
-    "ffn_dim_multiplier": 1.2,
-    "ffn_exp": 4.0,
-    "norm_eps": 1e-05,
-    "rope_theta": 500000.0,
-    "use_scaled_rope": True,
-    "nope_layer_interval": 4,
-    "use_qk_norm": True,
-    "attention_chunk_size": 8192,
-    "attn_temperature_tuning": True,
-    "floor_scale": 8192,
-    "attn_scale": 0.1,
-    "moe_args": {
-        "num_experts": 16,
-        "capacity_factor": 1.0,
-        "auto_scale_F": True,
-        "top_k": 1,
-        "interleave_moe_layer_step": 1,
-    },
-    "vision_args": {
-        "image_size": {"height": 336, "width": 336},
-        "patch_size": {"height": 14, "width": 14},
-        "dim": 1408,
-        "n_layers": 34,
-        "n_heads": 16,
-        "mlp_ratio": 4.0,
-        "output_dim": 4096,
-        "pixel_shuffle_ratio": 0.5,
-    },
-}
 _NOISE = np.random.default_rng(0).integers(0x3C00, 0x3D00, size=16 << 20, dtype=np.uint16)  # small bf16s
 
 
@@ -93,7 +58,7 @@ def _chunks(numel: int, salt: int):
 
 
 def synthesize(folder: Path, layers: int) -> dict:
-    params = {**SCOUT, "n_layers": layers, "vision_args": {**SCOUT["vision_args"], "n_layers": 2}}
+    params = {**SCOUT_PARAMS, "n_layers": layers, "vision_args": {**SCOUT_PARAMS["vision_args"], "n_layers": 2}}
     p = parse_llama4_params(params, Path("params.json"))
     shapes = shard_shapes(tensor_table(p, MP, p.vocab_size or 0))
     folder.mkdir(parents=True, exist_ok=True)

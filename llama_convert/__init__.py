@@ -6,8 +6,6 @@
 
 from __future__ import annotations
 
-__version__ = "0.2.0"  # before the imports: modules below read it
-
 from .describe import FolderReport, inspect
 from .detect import detect
 from .errors import (
@@ -24,7 +22,9 @@ from .errors import (
     VerificationError,
 )
 from .families import ModelSpec
-from .pipeline import ConversionResult, Progress, convert, plan_conversion
+from .options import ConversionResult, Progress
+from .routes import convert, plan, plan_conversion, support_matrix
+from .version import __version__
 
 __all__ = [
     "ChecksumError",
@@ -46,5 +46,7 @@ __all__ = [
     "convert",
     "detect",
     "inspect",
+    "plan",
     "plan_conversion",
+    "support_matrix",
 ]

@@ -10,7 +10,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
 from .errors import (
     ChecksumError,
     ConversionError,
@@ -23,8 +22,10 @@ from .errors import (
     VerificationError,
 )
 from .families.llama.releases import VERSIONS
-from .pipeline import ConversionResult, Progress, convert
-from .plan import ConversionPlan
+from .formats.gguf.encode import OUTTYPES
+from .options import ConversionResult, Progress
+from .routes import RoutePlan, convert, plan, support_matrix
+from .version import __version__
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -41,7 +42,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int], ...] = (
     (LlamaConvertError, 9),
 )
 EXIT_INTERRUPTED = 130
-_COMMANDS = ("convert", "inspect", "verify", "demo")
+_COMMANDS = ("convert", "inspect", "verify", "formats", "demo")
 
 
 class _Bar(Progress):
@@ -72,15 +73,12 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def _describe_plan(args: argparse.Namespace, plan: ConversionPlan) -> None:
-    spec = plan.spec
+def _describe_plan(args: argparse.Namespace, planned: RoutePlan, *, dry_run: bool = False) -> None:
+    spec = planned.spec
     reasons = "; ".join(f"{e.decision} ({e.because})" for e in spec.evidence if e.topic in ("release", "variant"))
-    lines = [
-        f"Detected {spec.name}: {reasons}.",
-        f"  {spec.summary}, MP{spec.mp}, {spec.source_dtype} → {plan.dtype}, {len(plan.files)} file(s), "
-        f"{plan.total_size / 1e9:.2f} GB.",
-    ]
-    lines += [f"  note: {note}" for note in spec.notes]
+    lines = [f"Detected {spec.name}: {reasons}."] if reasons else []
+    lines.append(f"Would write {planned.headline}." if dry_run else f"  {planned.headline}.")
+    lines += [f"  note: {note}" for note in planned.notes]
     _say(args, "\n".join(lines))
 
 
@@ -115,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
         "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
     )
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
-    conv.add_argument("--outtype", choices=("bf16", "f16", "q8_0"), help="GGUF tensor type (default: as stored)")
+    conv.add_argument("--outtype", choices=tuple(OUTTYPES), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -132,17 +130,13 @@ def _parser() -> argparse.ArgumentParser:
     ver.add_argument("-q", "--quiet", action="store_true")
     ver.add_argument("--json", action="store_true")
 
+    fmt = sub.add_parser("formats", help="print the support matrix: every family × route, supported or why not")
+    fmt.add_argument("--json", action="store_true", help="machine-readable output")
+
     demo = sub.add_parser("demo", help="synthesize a tiny Llama 3.1 checkpoint, convert it and load it")
     demo.add_argument("dst", type=Path, nargs="?", help="where to put the demo (default: a temporary folder)")
     demo.add_argument("-q", "--quiet", action="store_true")
     return parser
-
-
-def _to_meta(args: argparse.Namespace) -> bool:
-    """Whether the conversion writes Meta's format (``--to meta``, or an HF source by default)."""
-    from .pipeline import source_format, target_format
-
-    return target_format(source_format(args.src), args.dst, args.to) == "meta"
 
 
 def _convert(args: argparse.Namespace) -> int:
@@ -152,37 +146,31 @@ def _convert(args: argparse.Namespace) -> int:
         "llama_version": args.llama_version,
         "instruct": args.instruct,
     }
-    if args.dry_run and _to_meta(args):
-        from .formats.meta.route import plan_to_meta
-
-        meta_plan = plan_to_meta(args.src, args.dst, mp=args.mp, tokenizer=args.tokenizer, **options)
-        _say(args, f"Would write {meta_plan.spec.name} in Meta's format, MP{meta_plan.mp}.")
-        for note in meta_plan.notes:
-            _say(args, f"  note: {note}")
-        print("\n".join(meta_plan.lines()))
-        return 0
-    if args.dry_run:
-        from .pipeline import plan_conversion
-
-        plan = plan_conversion(args.src, fold_kv_heads=not args.keep_kv_heads, **options)
-        _describe_plan(args, plan)
-        _print_plan(plan)
-        return 0
-    interactive = not args.quiet and not args.json and sys.stderr.isatty()
-    result: ConversionResult = convert(
-        args.src,
-        args.dst,
+    options.update(
         force=args.force,
         verify=args.verify,
         tokenizer_only=args.tokenizer_only,
         fold_kv_heads=not args.keep_kv_heads,
         resume=args.resume,
-        to=args.to,
         mp=args.mp,
         outtype=args.outtype,
         tokenizer=args.tokenizer,
+    )
+    if args.dry_run:
+        planned = plan(args.src, args.dst, to=args.to, **options)
+        if args.json:
+            print(json.dumps(planned.to_json(), indent=2))
+            return 0
+        _describe_plan(args, planned, dry_run=True)
+        print("\n".join(planned.lines()))
+        return 0
+    interactive = not args.quiet and not args.json and sys.stderr.isatty()
+    result: ConversionResult = convert(
+        args.src,
+        args.dst,
+        to=args.to,
         progress=_Bar(interactive),
-        on_plan=None if args.quiet or args.json else lambda plan: _describe_plan(args, plan),
+        on_plan=None if args.quiet or args.json else lambda planned: _describe_plan(args, planned),
         **options,
     )
     if args.json:
@@ -198,13 +186,6 @@ def _convert(args: argparse.Namespace) -> int:
     for note in result.notes:
         _say(args, f"note: {note}")
     return 0
-
-
-def _print_plan(plan: ConversionPlan) -> None:
-    for out_file in plan.files:
-        print(f"{out_file.name}  ({out_file.nbytes / 1e9:.2f} GB)")
-        for t in out_file.tensors:
-            print(f"  {t.name} {list(t.shape)} {t.dtype} ← {'; '.join(t.steps())}")
 
 
 def _result_json(result: ConversionResult) -> dict:
@@ -256,7 +237,7 @@ def _inspect(args: argparse.Namespace) -> int:
     for note in d["notes"]:
         print(f"  note         {note}")
     if args.plan and report.plan is not None:
-        _print_plan(report.plan)
+        print("\n".join(report.plan.lines()))
     return 0
 
 
@@ -314,6 +295,24 @@ def _verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _formats(args: argparse.Namespace) -> int:
+    rows = support_matrix()
+    if args.json:
+        print(json.dumps({"routes": rows}, indent=2))
+        return 0
+    print(format_matrix(rows))
+    return 0
+
+
+def format_matrix(rows: list[dict]) -> str:
+    """The support matrix as a Markdown table: one row per family × route (the README shows this)."""
+    out = ["| family | from | to | status | GGUF types / why not |", "|---|---|---|---|---|"]
+    for r in rows:
+        detail = ", ".join(r.get("outtypes") or []) if r["status"] == "supported" else r["why"]
+        out.append(f"| {r['family']} | {r['from']} | {r['to']} | {r['status']} | {detail} |")
+    return "\n".join(out)
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -331,7 +330,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and argv[0] not in _COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "convert")
     args = _parser().parse_args(argv)
-    handler = {"convert": _convert, "inspect": _inspect, "verify": _verify, "demo": _demo}[args.command]
+    handler = {"convert": _convert, "inspect": _inspect, "verify": _verify, "formats": _formats, "demo": _demo}[
+        args.command
+    ]
     started = time.perf_counter()
     try:
         return handler(args)

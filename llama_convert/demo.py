@@ -6,7 +6,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from .pipeline import convert
+from .routes import convert
 from .testing.synth import PRESETS, bundled_llama3_tokenizer, synthesize
 
 __all__ = ["run_demo"]

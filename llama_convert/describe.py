@@ -11,6 +11,7 @@ from typing import Any
 from .errors import InputError
 from .families import family_of
 from .plan import ConversionPlan
+from .routes import plan_conversion, source_format
 
 __all__ = ["FolderReport", "inspect"]
 
@@ -52,7 +53,6 @@ def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:
 
     ``options`` are those of ``plan_conversion`` (dtype, max_shard_size, llama_version, instruct).
     """
-    from .pipeline import plan_conversion, source_format
 
     path = Path(src)
     if source_format(path) == "gguf":

@@ -19,37 +19,17 @@ from .dtypes import cast
 from .errors import ConversionError
 from .formats.hf.safetensors_writer import SafetensorsWriter
 from .formats.meta.torch_zip import TorchCheckpoint
-from .plan import ConversionPlan, Part, TensorRecipe
+from .plan import ConversionPlan, Part, TensorRecipe, assembled_shape, merged_shape, piece_shape
 
-__all__ = ["BLOCK_BYTES", "FileSpan", "assembled_shape", "produce_blocks", "produce_pieces", "write_weights"]
+__all__ = ["BLOCK_BYTES", "FileSpan", "block_rows", "produce_blocks", "produce_pieces", "write_weights"]
 
 BLOCK_BYTES = 32 << 20  # per block of output rows; bounds memory together with the read buffers
 MAX_TRANSPOSED_BYTES = 256 << 20  # a transposed tensor is assembled whole: routers and such, never a big matrix
 
 
-def _piece_shape(part: Part, stored: tuple[int, ...]) -> tuple[int, ...]:
-    view = part.view or stored
-    if math.prod(view) != math.prod(stored):
-        raise ConversionError(f"{part.source}: a tensor of shape {list(stored)} cannot be viewed as {list(view)}.")
-    if part.take is None:
-        return tuple(view)
-    return (part.take[1] - part.take[0], *view[1:])
-
-
-def merged_shape(part: Part, shards: Sequence[TorchCheckpoint]) -> tuple[int, ...]:
-    """Shape of one part after viewing, taking and merging over the shards."""
-    shape = list(_piece_shape(part, shards[0].tensors[part.source].shape))
-    if part.mp_axis is not None:
-        shape[part.mp_axis] *= len(shards)
-    return tuple(shape)
-
-
-def assembled_shape(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> tuple[int, ...]:
-    """Shape of the parts concatenated along ``cat_axis`` (before transpose, folding and reshape)."""
-    shapes = [merged_shape(p, shards) for p in recipe.parts]
-    out = list(shapes[0])
-    out[recipe.cat_axis] = sum(s[recipe.cat_axis] for s in shapes)
-    return tuple(out)
+def block_rows(row_bytes: int, unit: int = 1) -> int:
+    """Rows per block of about ``BLOCK_BYTES``, a multiple of ``unit`` (whole heads), at least ``unit``."""
+    return max(unit, (BLOCK_BYTES // max(row_bytes, 1)) // unit * unit)
 
 
 def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int) -> np.ndarray:
@@ -74,7 +54,7 @@ def _merged_rows(part: Part, shards: Sequence[TorchCheckpoint], start: int, stop
     if part.mp_axis is None or len(shards) == 1:
         return _piece_rows(part, shards[0], start, stop)
     if part.mp_axis == 0:
-        per = _piece_shape(part, shards[0].tensors[part.source].shape)[0]
+        per = piece_shape(part, shards[0].tensors[part.source].shape)[0]
         pieces = []
         row = start
         while row < stop:
@@ -190,9 +170,9 @@ def produce_blocks(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> I
 
     row_bytes = math.prod(shape[1:]) * itemsize
     unit = recipe.row_unit * recipe.kv_fold
-    block_rows = max(unit, (BLOCK_BYTES // max(row_bytes, 1)) // unit * unit)
-    for start in range(0, shape[0], block_rows):
-        block = rows(start, min(shape[0], start + block_rows))
+    step = block_rows(row_bytes, unit)
+    for start in range(0, shape[0], step):
+        block = rows(start, min(shape[0], start + step))
         if recipe.kv_fold > 1 or recipe.rotary_heads:
             block = block.reshape(block.shape[0], -1)
         if recipe.kv_fold > 1:

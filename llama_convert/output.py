@@ -17,7 +17,9 @@ from .resume import JOURNAL_NAME, Journal
 __all__ = [
     "Staging",
     "atomic_output_dir",
+    "atomic_output_files",
     "check_destination",
+    "check_file_destination",
     "check_free_space",
     "clear_stale_temporaries",
     "resumable_output_dir",
@@ -57,7 +59,10 @@ def clear_stale_temporaries(dst: Path) -> list[Path]:
         for path in dst.parent.glob(f".{dst.name}{tag}*"):
             pid = path.name.rsplit("-", 1)[-1]
             if pid.isdigit() and (int(pid) == os.getpid() or not _pid_alive(int(pid))):
-                shutil.rmtree(path, ignore_errors=True)
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
 
@@ -70,6 +75,14 @@ def check_destination(dst: Path, *, force: bool) -> None:
         raise DestinationExistsError(
             f"{dst} already exists and is not empty; choose another destination or pass --force to replace it."
         )
+
+
+def check_file_destination(dst: Path, *, force: bool) -> None:
+    """Refuse a folder where a file is to be written, or an existing file unless ``force``."""
+    if dst.is_dir():
+        raise DestinationExistsError(f"{dst} is a folder; give a file name ending in {dst.suffix or '.gguf'}.")
+    if dst.exists() and not force:
+        raise DestinationExistsError(f"{dst} already exists; choose another name or pass --force to replace it.")
 
 
 def check_free_space(dst: Path, needed: int) -> None:
@@ -117,6 +130,34 @@ def atomic_output_dir(dst: str | os.PathLike[str], *, force: bool = False) -> It
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_output_files(dsts: list[Path], *, force: bool = False) -> Iterator[list[Path]]:
+    """Yield a temporary path beside each of ``dsts`` (a GGUF file and its mmproj, say); when the body
+    succeeds they replace ``dsts`` together, on any failure they all vanish."""
+    dsts = [Path(d).absolute() for d in dsts]
+    for dst in dsts:
+        check_file_destination(dst, force=force)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        clear_stale_temporaries(dst)
+    tmps = [_temp_name(dst, _TMP_TAG) for dst in dsts]
+    try:
+        try:
+            yield tmps
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise _disk_full(dsts[0], exc, dsts[0], 0) from None
+            raise
+        for dst in dsts:
+            check_file_destination(dst, force=force)
+        for tmp, dst in zip(tmps, dsts, strict=True):
+            os.replace(tmp, dst)
+        for parent in {dst.parent for dst in dsts}:
+            _fsync_dir(parent)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def _disk_full(dst: Path, exc: OSError, where: Path, kept: int) -> DiskFullError:

@@ -9,15 +9,30 @@ KV-head fold ↔ repeat, cast), so the reverse direction runs the same recipes b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 from .dtypes import DType
+from .errors import ConversionError
+from .formats.meta.torch_zip import TorchCheckpoint
+from .spec import ModelSpec
 
-if TYPE_CHECKING:
-    from .families.base import ModelSpec
-
-__all__ = ["ConversionPlan", "OutputFile", "Part", "TensorRecipe", "build_plan", "parse_size", "split_into_files"]
+__all__ = [
+    "ConversionPlan",
+    "MetaLayout",
+    "OutputFile",
+    "Part",
+    "TensorRecipe",
+    "assembled_shape",
+    "build_plan",
+    "merged_shape",
+    "parse_size",
+    "piece_shape",
+    "split_into_files",
+]
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,26 @@ class ConversionPlan:
     def tensors(self) -> tuple[TensorRecipe, ...]:
         return tuple(t for f in self.files for t in f.tensors)
 
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.spec.notes
+
+    @property
+    def headline(self) -> str:
+        spec = self.spec
+        return (
+            f"{spec.summary}, MP{spec.mp}, {spec.source_dtype} → {self.dtype}, {len(self.files)} file(s), "
+            f"{self.total_size / 1e9:.2f} GB"
+        )
+
+    def lines(self) -> list[str]:
+        """The plan as text for ``--dry-run`` and ``inspect --plan``: every file and tensor with its steps."""
+        out = []
+        for f in self.files:
+            out.append(f"{f.name}  ({f.nbytes / 1e9:.2f} GB)")
+            out += [f"  {t.name} {list(t.shape)} {t.dtype} ← {'; '.join(t.steps())}" for t in f.tensors]
+        return out
+
     def to_json(self) -> dict[str, Any]:
         """The plan as plain data: each output tensor with its sources, steps, dtype, shape and file."""
         return {
@@ -201,3 +236,50 @@ def build_plan(
         position = {name: i for i, name in enumerate(source_order)}
         recipes = sorted(recipes, key=lambda r: position.get(r.source, len(position)))
     return ConversionPlan(spec, dtype, split_into_files(recipes, max_shard_size))
+
+
+def piece_shape(part: Part, stored: tuple[int, ...]) -> tuple[int, ...]:
+    view = part.view or stored
+    if math.prod(view) != math.prod(stored):
+        raise ConversionError(f"{part.source}: a tensor of shape {list(stored)} cannot be viewed as {list(view)}.")
+    if part.take is None:
+        return tuple(view)
+    return (part.take[1] - part.take[0], *view[1:])
+
+
+def merged_shape(part: Part, shards: Sequence[TorchCheckpoint]) -> tuple[int, ...]:
+    """Shape of one part after viewing, taking and merging over the shards."""
+    shape = list(piece_shape(part, shards[0].tensors[part.source].shape))
+    if part.mp_axis is not None:
+        shape[part.mp_axis] *= len(shards)
+    return tuple(shape)
+
+
+def assembled_shape(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> tuple[int, ...]:
+    """Shape of the parts concatenated along ``cat_axis`` (before transpose, folding and reshape)."""
+    shapes = [merged_shape(p, shards) for p in recipe.parts]
+    out = list(shapes[0])
+    out[recipe.cat_axis] = sum(s[recipe.cat_axis] for s in shapes)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class MetaLayout:
+    """A Meta checkpoint to write from a Hugging Face folder (or from another Meta checkpoint).
+
+    ``recipes`` are the forward recipes of ``spec`` (the checkpoint being written): run backwards they name
+    every Meta tensor and the Hugging Face tensor it comes from. ``aliases`` name a stored tensor under a
+    recipe's name (a tied ``lm_head.weight`` is the embedding); ``constants`` are tensors Meta ships that no
+    Hugging Face tensor holds (float32, replicated); ``ignored_suffixes`` are stored tensors that are dropped
+    with a note. ``order`` sorts Meta tensors as Meta's shards store them.
+    """
+
+    spec: Any  # the family's ModelSpec of the written checkpoint
+    dtype: DType
+    recipes: list[TensorRecipe]
+    small_files: dict[str, bytes]  # params.json, tokenizer.model
+    aliases: dict[str, str] = field(default_factory=dict)
+    constants: dict[str, np.ndarray] = field(default_factory=dict)
+    ignored_suffixes: tuple[str, ...] = ()
+    order: Callable[[str], int] = lambda name: 0
+    notes: tuple[str, ...] = ()

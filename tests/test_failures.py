@@ -201,9 +201,9 @@ def test_disk_too_small_is_refused_before_writing(capsys, small_tmpfs):
 
 def test_disk_filling_up_mid_way(capsys, small_tmpfs, monkeypatch):
     """Another writer fills the disk after the free-space check: ENOSPC mid-write is caught and cleaned."""
-    import llama_convert.pipeline as pipeline
+    import llama_convert.routes.common as common
 
-    monkeypatch.setattr(pipeline, "check_free_space", lambda dst, needed: None)
+    monkeypatch.setattr(common, "check_free_space", lambda dst, needed: None)
     src = synthesize(small_tmpfs.parent / "Llama3.1-8B", tiny("llama3.1-8b", head_dim=64, tokenizer="small-tiktoken"))
     dst = small_tmpfs / "out"
     expect_error(capsys, src, dst, 7, "ran out of space", "nothing was left behind")

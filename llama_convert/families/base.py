@@ -1,79 +1,55 @@
-"""What every model family provides, and the values that pass between families and the machinery.
+"""What every model family provides: recognition, recipes, small files, and the routes it declares.
 
 A family recognises its checkpoints from evidence (returns a ``ModelSpec`` with the reasons, or
 declines with ``None``), says how each output tensor is made (``TensorRecipe`` values) and writes the
-small files beside the weights. The pipeline, executor and sinks never ask which family they serve.
+small files beside the weights. It declares what it can do on each route in ``capabilities``; the routes
+read that declaration and never probe a family for members.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..dtypes import DType
 from ..formats.meta.folder import MetaFolder
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..plan import TensorRecipe
+from ..spec import Evidence, Hints, ModelSpec
 
-__all__ = ["Evidence", "Family", "Hints", "ModelSpec"]
+__all__ = ["Capabilities", "Evidence", "Family", "Hints", "ModelSpec", "RouteKey"]
 
-
-@dataclass(frozen=True)
-class Evidence:
-    """One decision and what in the files made it: ``inspect`` prints these."""
-
-    topic: str  # "release", "variant", "rope", "embeddings", "KV heads", …
-    decision: str
-    because: str
-
-    def __str__(self) -> str:
-        return f"{self.topic}: {self.decision} ← {self.because}"
+RouteKey = tuple[str, str]  # (source format, target format): ("meta", "hf"), ("hf", "gguf"), …
 
 
 @dataclass(frozen=True)
-class Hints:
-    """What is known besides the tensors: names, a Hub snapshot's files, and the user's overrides."""
+class Capabilities:
+    """What a family does on each route, declared rather than discovered.
 
-    names: tuple[str, ...] = ()  # the checkpoint folder's name, then its parents' (nearest first)
-    repo_name: str | None = None  # the Hub repository's name when the checkpoint sits in its original/ folder
-    hf_config: dict[str, Any] | None = None  # a Hub snapshot's config.json beside original/
-    hf_generation_config: dict[str, Any] | None = None
-    hf_tokenizer_config: dict[str, Any] | None = None
-    version: str | None = None  # --llama-version
-    instruct: bool | None = None  # --instruct / --base
-    fold_kv_heads: bool = True  # False: --keep-kv-heads
+    ``refused`` maps a route to the reason it is not done (completing "… because <reason>"); every other
+    route of the table is supported, and the family then provides that route's members: ``gguf`` (its GGUF
+    facts: names, metadata; a module or object) for the two GGUF routes, ``meta_layout_from_hf`` for
+    Hugging Face → Meta and ``reshard_layout`` for Meta → Meta. ``hf_architectures`` are the
+    ``config.json`` architectures of its Hugging Face folders; ``gguf_outtypes`` the GGUF types it writes.
+    """
 
-    @property
-    def variant_names(self) -> tuple[str, ...]:
-        """Names that can tell a variant (Instruct, Guard, 3.3): the repository's first, then the folders'."""
-        return (self.repo_name, *self.names) if self.repo_name else self.names
+    hf_architectures: tuple[str, ...]
+    refused: Mapping[RouteKey, str] = field(default_factory=dict)
+    gguf: Any = None
+    gguf_outtypes: tuple[str, ...] = ()
 
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What was recognised, and why. Families subclass it with their own facts."""
-
-    family: str
-    name: str  # "Llama 3.1 8B Instruct"
-    folder: MetaFolder
-    mp: int
-    source_dtype: DType
-    instruct: bool
-    evidence: tuple[Evidence, ...]
-    summary: str  # "32 layers, dim 4096, 32 heads / 8 KV heads, vocab 128256"
-    parameter_count: int
-    notes: tuple[str, ...]
-
-    @property
-    def shards(self) -> tuple[Path, ...]:
-        return self.folder.shards
+    def why_not(self, route: RouteKey) -> str | None:
+        """``None`` when ``route`` is supported, else the reason it is not."""
+        return self.refused.get(route)
 
 
 class Family(Protocol):
     """One model family: Llama text, Llama 4, Llama 3.2 Vision…"""
 
     name: str
+    title: str  # "Llama text (1, 2, Code Llama, 3.x, Guard 2/3)", for messages and the support matrix
+    capabilities: Capabilities
 
     def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> ModelSpec | None:
         """A spec if the checkpoint is this family's (raising a clear error if it is but is unusable), else None."""
@@ -90,3 +66,11 @@ class Family(Protocol):
     def details(self, spec: Any) -> dict[str, Any]:
         """Family facts for ``inspect --json``."""
         ...
+
+    def deferred_checks(self, spec: Any) -> list[Callable[[], None]]:
+        """Checks that run beside the weight stream (may be empty)."""
+        ...
+
+    # Members of the routes a family declares supported (see ``Capabilities``):
+    # meta_layout_from_hf(config, root, hf_names, *, mp, dtype, dst, tokenizer) -> plan.MetaLayout
+    # reshard_layout(spec, mp) -> (recipes reading spec, plan.MetaLayout)

@@ -21,13 +21,12 @@ import numpy as np
 
 from ..dtypes import DType, cast
 from ..errors import UnsupportedError
-from ..execute import rotary_to_pairs
+from ..execute import block_rows, rotary_to_pairs
 from ..formats.meta.writer import MetaShardWriter
 from ..plan import TensorRecipe
 
-__all__ = ["BLOCK_BYTES", "MetaTensor", "RowSource", "Segment", "invert_recipes", "write_meta_tensors"]
+__all__ = ["MetaTensor", "RowSource", "Segment", "invert_recipes", "write_meta_tensors"]
 
-BLOCK_BYTES = 32 << 20
 _READ_AHEAD = 2  # blocks produced ahead of the one being written
 
 
@@ -146,7 +145,7 @@ def _blocks(seg: Segment, itemsize: int) -> Iterator[tuple[int, int]]:
         return
     row_bytes = math.prod(seg.shape[1:]) * itemsize
     unit = seg.unit
-    step = max(unit, (BLOCK_BYTES // max(row_bytes, 1)) // unit * unit)
+    step = block_rows(row_bytes, unit)
     for start in range(0, rows, step):
         yield start, min(rows, start + step)
 

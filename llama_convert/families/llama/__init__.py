@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
+from ...formats.gguf.encode import OUTTYPES
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
-from ..base import Hints
+from ..base import Capabilities, Hints
+from . import gguf
 from .detect import recognise, rows_equal_everywhere
 from .guard import guard_chat_template
 from .hf_config import config_json, generation_config_json
@@ -25,6 +27,8 @@ class LlamaFamily:
     """Llama text checkpoints → ``LlamaForCausalLM``. Registered last: it claims every ``wq`` checkpoint."""
 
     name = "llama"
+    title = "Llama text (1, 2, Code Llama, 3.x, Guard 2/3)"
+    capabilities = Capabilities(hf_architectures=("LlamaForCausalLM",), gguf=gguf, gguf_outtypes=tuple(OUTTYPES))
 
     def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> LlamaSpec | None:
         return recognise(folder, checkpoints, hints)
@@ -64,7 +68,7 @@ class LlamaFamily:
         return [lambda: rows_equal_everywhere(spec)] if spec.tie_embeddings else []
 
     def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
-        """The way back: the Meta checkpoint an HF folder becomes (``reverse.layout.MetaLayout``)."""
+        """The way back: the Meta checkpoint an HF folder becomes (``plan.MetaLayout``)."""
         from .to_meta import layout_from_hf
 
         return layout_from_hf(config, root, hf_names, **options)

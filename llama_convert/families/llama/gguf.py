@@ -18,13 +18,25 @@ from typing import Any
 import numpy as np
 from gguf import GGML_QUANT_VERSION, GGUFWriter, Metadata, size_label
 
-from ...errors import UnsupportedError
+from ...errors import InputError, UnsupportedError
 from ...formats.gguf.vocab import add_bpe_vocab, add_sentencepiece_vocab
 from ...plan import TensorRecipe
 from .layout import recipes
 from .spec import LlamaSpec
 
-__all__ = ["ARCH", "add_metadata", "add_spec_metadata", "gguf_name", "gguf_recipes", "model_id", "rope_freqs"]
+__all__ = [
+    "ARCH",
+    "add_hf_metadata",
+    "add_metadata",
+    "add_spec_metadata",
+    "gguf_name",
+    "gguf_recipes",
+    "hf_head_dim",
+    "hf_tensor",
+    "model_id",
+    "rope_freqs",
+    "spec_from_hf",
+]
 
 ARCH = "llama"
 _GLOBAL_NAMES = {
@@ -72,7 +84,8 @@ def _rope(config: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def _head_dim(config: dict[str, Any]) -> int:
+def hf_head_dim(config: dict[str, Any]) -> int:
+    """Rows per head of q/k in a config.json."""
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
 
 
@@ -86,7 +99,7 @@ def rope_freqs(config: dict[str, Any]) -> np.ndarray | None:
     if kind != "llama3":
         raise UnsupportedError(f"config.json: rope type {kind!r} is not one llama.cpp's llama architecture takes.")
     f32 = np.float32
-    dim = _head_dim(config)
+    dim = hf_head_dim(config)
     freqs = f32(1.0) / (f32(rope["rope_theta"]) ** (np.arange(0, dim, 2, dtype=f32) / f32(dim)))
     factor = rope.get("factor", 8.0)
     low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
@@ -136,11 +149,11 @@ def _hparams(writer: GGUFWriter, config: dict[str, Any], file_type: int) -> None
     writer.add_head_count_kv(config.get("num_key_value_heads", config["num_attention_heads"]))
     writer.add_rope_freq_base(rope["rope_theta"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
-    writer.add_key_length(_head_dim(config))  # transformers' LlamaConfig always has a head_dim
-    writer.add_value_length(_head_dim(config))
+    writer.add_key_length(hf_head_dim(config))  # transformers' LlamaConfig always has a head_dim
+    writer.add_value_length(hf_head_dim(config))
     writer.add_file_type(file_type)
     writer.add_vocab_size(config["vocab_size"])
-    writer.add_rope_dimension_count(_head_dim(config))
+    writer.add_rope_dimension_count(hf_head_dim(config))
 
 
 def llama3_pre_tokenizer(tokenizer_json: dict[str, Any]) -> bool:
@@ -190,3 +203,49 @@ def add_spec_metadata(writer: GGUFWriter, spec: LlamaSpec, files: dict[str, byte
     """``add_metadata`` for a Meta checkpoint: the family's own files, named after the detected model."""
     sp = None if spec.release.tokenizer_kind == "tiktoken" else spec.folder.tokenizer
     add_metadata(writer, files, name=model_id(spec), sentencepiece=sp, **kw)  # type: ignore[arg-type]
+
+
+# The Hugging Face → GGUF route: what llama.cpp's converter does with each tensor of a LlamaForCausalLM folder.
+HF_METADATA_FILES = ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json")
+_HF_IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers older transformers saved; llama.cpp skips them too
+_HF_ROTARY = {"self_attn.q_proj.weight": "num_attention_heads", "self_attn.k_proj.weight": "num_key_value_heads"}
+
+
+def hf_tensor(hf_name: str, config: dict[str, Any]) -> tuple[str, int | None] | None:
+    """(GGUF name, heads whose rows go back from Hugging Face's rotary halves to Meta's pairs, or None) of an
+    HF tensor; None for a buffer llama.cpp skips. Raises ``KeyError``/``ValueError`` for a foreign tensor."""
+    if hf_name.endswith(_HF_IGNORED_SUFFIXES):
+        return None
+    suffix = hf_name.split(".", 3)[-1] if hf_name.startswith("model.layers.") else ""
+    heads_key = _HF_ROTARY.get(suffix)
+    heads = config.get(heads_key, config["num_attention_heads"]) if heads_key else None
+    return gguf_name(hf_name), heads
+
+
+def add_hf_metadata(writer: GGUFWriter, root: Path, *, file_type: int, n_params: int) -> None:
+    """``add_metadata`` for a Hugging Face folder, from its own files, named after the folder as llama.cpp's are."""
+    from ...tokenizer import detect_tokenizer_kind
+
+    files = {n: (root / n).read_bytes() for n in HF_METADATA_FILES if (root / n).is_file()}
+    model = root / "tokenizer.model"
+    sp = model if model.is_file() and detect_tokenizer_kind(model) == "sentencepiece" else None
+    if sp is None and "tokenizer.json" not in files:
+        raise InputError(f"{root} has neither tokenizer.json nor a SentencePiece tokenizer.model; add one.")
+    add_metadata(
+        writer,
+        files,
+        name=root.resolve().name,
+        sentencepiece=sp,
+        file_type=file_type,
+        n_params=n_params,
+        where=str(root / "tokenizer.json"),
+    )
+
+
+def spec_from_hf(config: dict[str, Any], root: Path, dtype: Any) -> tuple[LlamaSpec, tuple[str, ...]]:
+    """The spec of the model an HF folder holds (for the result), and the notes reading its config gave."""
+    from .from_hf import target_from_hf_config
+    from .to_meta import target_spec
+
+    target = target_from_hf_config(config, where=str(root / "config.json"))
+    return target_spec(target, mp=1, dtype=dtype, root=root), tuple(target.notes)

@@ -21,8 +21,7 @@ from .releases import RELEASES, SIZE_LABELS, Version
 from .spec import LlamaSpec
 
 if TYPE_CHECKING:
-    from ...plan import TensorRecipe
-    from ...reverse.layout import MetaLayout
+    from ...plan import MetaLayout, TensorRecipe
 
 __all__ = [
     "META_DTYPE",
@@ -196,8 +195,7 @@ def layout_from_hf(
 ) -> MetaLayout:
     """The Meta checkpoint an HF Llama folder becomes (refusing what params.json cannot express)."""
     from ...dtypes import DTYPES, dtype_by_name
-    from ...plan import Part, TensorRecipe
-    from ...reverse.layout import MetaLayout
+    from ...plan import MetaLayout, Part, TensorRecipe
     from .from_hf import target_from_hf_config
     from .layout import GLOBAL_SPLITS, recipes
 
@@ -231,7 +229,7 @@ def layout_from_hf(
 def reshard_layout(spec: LlamaSpec, mp: int) -> tuple[list[TensorRecipe], MetaLayout]:
     """Recipes that read ``spec``'s checkpoint, and the layout of the same model at ``mp`` shards. Neither
     permutes rotary rows (Meta's order is kept) and both name ``output.weight`` (Meta ships it when tied)."""
-    from ...reverse.layout import MetaLayout
+    from ...plan import MetaLayout
     from .layout import recipes
 
     def plain(out: list[TensorRecipe]) -> list[TensorRecipe]:

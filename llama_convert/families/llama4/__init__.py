@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
@@ -9,7 +10,7 @@ from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
-from ..base import Hints
+from ..base import Capabilities, Hints
 from .detect import recognise
 from .hf_config import (
     config_json,
@@ -29,6 +30,18 @@ class Llama4Family:
     """Llama 4 checkpoints → ``Llama4ForConditionalGeneration`` (``Llama4ForCausalLM`` without vision)."""
 
     name = "llama4"
+    title = "Llama 4 (Scout, Maverick)"
+    capabilities = Capabilities(
+        hf_architectures=("Llama4ForConditionalGeneration",),
+        refused={
+            ("meta", "gguf"): "Llama 4 GGUF files are not written by this version yet; convert to a Hugging Face "
+            "folder and use llama.cpp's convert_hf_to_gguf.py",
+            ("hf", "gguf"): "Llama 4 GGUF files are not written by this version yet; use llama.cpp's "
+            "convert_hf_to_gguf.py",
+            ("hf", "meta"): "Llama 4 does not go back to Meta's format in this version yet",
+            ("meta", "meta"): "Llama 4 checkpoints are not resharded by this version yet",
+        },
+    )
 
     def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> Llama4Spec | None:
         return recognise(folder, checkpoints, hints)
@@ -57,6 +70,9 @@ class Llama4Family:
                 files["preprocessor_config.json"] = json_bytes(preprocessor_config_json(p))
                 files["processor_config.json"] = json_bytes(processor_config_json(p))
         return files
+
+    def deferred_checks(self, spec: Llama4Spec) -> list[Callable[[], None]]:
+        return []
 
     def details(self, spec: Llama4Spec) -> dict[str, Any]:
         p = spec.params

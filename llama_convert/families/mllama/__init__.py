@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
@@ -9,7 +10,7 @@ from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
-from ..base import Hints
+from ..base import Capabilities, Hints
 from .detect import MllamaSpec, recognise
 from .hf_config import config_json, generation_config_json, preprocessor_config_json
 from .layout import recipes
@@ -22,6 +23,16 @@ class MllamaFamily:
     """Llama 3.2 Vision checkpoints (``text_model.*`` + ``vision_model.*``) → ``MllamaForConditionalGeneration``."""
 
     name = "mllama"
+    title = "Llama 3.2 Vision (11B, 90B, Guard 3 Vision)"
+    capabilities = Capabilities(
+        hf_architectures=("MllamaForConditionalGeneration",),
+        refused={
+            ("meta", "gguf"): "llama.cpp has no Llama 3.2 Vision (mllama) support, so there is no GGUF it could load",
+            ("hf", "gguf"): "llama.cpp has no Llama 3.2 Vision (mllama) support, so there is no GGUF it could load",
+            ("hf", "meta"): "Llama 3.2 Vision does not go back to Meta's format in this version yet",
+            ("meta", "meta"): "Llama 3.2 Vision checkpoints are not resharded by this version yet",
+        },
+    )
 
     def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> MllamaSpec | None:
         return recognise(folder, checkpoints, hints)
@@ -39,6 +50,9 @@ class MllamaFamily:
             assert spec.folder.tokenizer is not None
             files.update(tokenizer_files(spec.folder.tokenizer, spec.variant))
         return files
+
+    def deferred_checks(self, spec: MllamaSpec) -> list[Callable[[], None]]:
+        return []
 
     def details(self, spec: MllamaSpec) -> dict[str, Any]:
         p = spec.params

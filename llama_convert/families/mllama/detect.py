@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 from ...dtypes import DType
 from ...errors import InputError, ShapeMismatchError, UnsupportedError
-from ...execute import assembled_shape
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
+from ...plan import assembled_shape
 from ...tokenizer import detect_tokenizer_kind
 from ..base import Evidence, Hints, ModelSpec
 from ..naming import check_snapshot_config, instruct_from_names

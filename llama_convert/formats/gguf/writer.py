@@ -1,4 +1,4 @@
-"""Streaming writer of one GGUF file, staged beside the destination and renamed into place when complete.
+"""Streaming writer of one GGUF file (the caller stages it beside the destination, see ``output``).
 
 ``gguf.GGUFWriter`` (llama.cpp's own) writes the header, the metadata and the tensor infos. Its tensor
 data path needs every tensor whole in memory (``add_tensor`` keeps the arrays until
@@ -10,22 +10,17 @@ alignment padding it uses.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from ...errors import ConversionError, DestinationExistsError, DiskFullError
+from ...errors import ConversionError
 from ..stream import AppendingFile
 
-__all__ = ["GGUFStreamWriter", "TensorEntry", "atomic_output_file", "check_gguf_destination"]
-
-_TMP_TAG = ".llama-convert-tmp-"
+__all__ = ["GGUFStreamWriter", "TensorEntry"]
 
 
 @dataclass(frozen=True)
@@ -86,49 +81,3 @@ class GGUFStreamWriter(AppendingFile):
 
     def abort(self) -> None:
         os.close(self._fd)
-
-
-def check_gguf_destination(dst: Path, *, force: bool) -> None:
-    """Refuse a directory, or an existing file unless ``force``."""
-    if dst.is_dir():
-        raise DestinationExistsError(f"{dst} is a folder; give a file name ending in .gguf.")
-    if dst.exists() and not force:
-        raise DestinationExistsError(f"{dst} already exists; choose another name or pass --force to replace it.")
-
-
-@contextlib.contextmanager
-def atomic_output_file(dst: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a temporary path beside ``dst``; on success it replaces ``dst``, on any failure it vanishes.
-    Temporaries of earlier runs whose process is gone are removed first."""
-    dst = dst.absolute()
-    check_gguf_destination(dst, force=force)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    for stale in dst.parent.glob(f".{dst.name}{_TMP_TAG}*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            stale.unlink(missing_ok=True)
-    tmp = dst.parent / f".{dst.name}{_TMP_TAG}{os.getpid()}"
-    try:
-        try:
-            yield tmp
-        except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise DiskFullError(
-                    f"{dst.parent} ran out of space while writing {dst.name}; free some space or choose another "
-                    "destination (nothing was left behind)."
-                ) from None
-            raise
-        check_gguf_destination(dst, force=force)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()

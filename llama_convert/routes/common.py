@@ -1,0 +1,251 @@
+"""What every route shares: the route value, recognition, and one skeleton that runs a planned route.
+
+The skeleton checks free space, starts checksum verification and the work that runs beside the weight
+stream, stages the output beside the destination (a resumable folder, an atomic folder or atomic files),
+drives progress, and returns the result; the route supplies only the body that writes the bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from ..detect import detect
+from ..errors import UnsupportedError
+from ..families import FAMILIES, Family, family_of
+from ..options import ConversionResult, ConvertOptions, Format, Progress
+from ..output import atomic_output_dir, atomic_output_files, check_free_space, resumable_output_dir
+from ..spec import ModelSpec
+from ..verify import BackgroundVerify
+
+__all__ = [
+    "Beside",
+    "Route",
+    "RoutePlan",
+    "Stage",
+    "checked_advance",
+    "detect_spec",
+    "family_for_hf",
+    "refuse_unless",
+    "run_planned",
+]
+
+NO_CHECKLIST = "no checklist.chk found: checksums were not verified."
+
+
+class RoutePlan(Protocol):
+    """What a route will write, decided before any weight byte is read: printed by ``--dry-run`` and
+    ``inspect --plan``, asserted by tests, then handed to the route's ``run``."""
+
+    spec: ModelSpec
+
+    @property
+    def total_size(self) -> int: ...
+
+    @property
+    def notes(self) -> tuple[str, ...]: ...
+
+    @property
+    def headline(self) -> str: ...
+
+    def lines(self) -> list[str]: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True)
+class Route:
+    """One cell of the table: (source format, target format) → how to plan it and how to run the plan."""
+
+    source: Format
+    target: Format
+    title: str  # "Meta checkpoint → Hugging Face folder"
+    plan: Callable[[Path, Path, ConvertOptions], RoutePlan]
+    run: Callable[[RoutePlan, Path, ConvertOptions, Progress], ConversionResult]
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source, self.target)
+
+
+def refuse_unless(family: Family, key: tuple[str, str], where: Path | str) -> None:
+    """Raise the family's declared reason when it does not do route ``key``."""
+    why = family.capabilities.why_not(key)
+    if why is not None:
+        source, target = key
+        raise UnsupportedError(
+            f"{where}: {family.title} cannot go from {_FORMAT_NAMES[source]} to {_FORMAT_NAMES[target]}: {why}."
+        )
+
+
+_FORMAT_NAMES = {"meta": "Meta's format", "hf": "Hugging Face", "gguf": "GGUF"}
+
+
+def detect_spec(src: Path, opts: ConvertOptions, key: tuple[str, str]) -> ModelSpec:
+    """Recognise the Meta checkpoint in ``src`` and check that its family does route ``key``."""
+    spec = detect(src, llama_version=opts.llama_version, instruct=opts.instruct, fold_kv_heads=opts.fold_kv_heads)
+    refuse_unless(family_of(spec), key, spec.folder.root)
+    return spec
+
+
+def family_for_hf(config: dict[str, Any], where: Path, key: tuple[str, str]) -> Family:
+    """The family whose Hugging Face architecture ``config.json`` names, checked to do route ``key``."""
+    archs = config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    for family in FAMILIES:
+        if arch in family.capabilities.hf_architectures:
+            refuse_unless(family, key, where)
+            return family
+    known = ", ".join(a for f in FAMILIES for a in f.capabilities.hf_architectures)
+    raise UnsupportedError(
+        f"{where} describes {arch or 'no architecture'}; this version converts Hugging Face folders of {known}."
+    )
+
+
+class Beside:
+    """Work that runs beside the weight stream — the small files (tokenizer building is seconds of CPU) and
+    the family's deferred checks — so that fixed costs overlap with the disk-bound stream. The first failure
+    stops the stream (``check``); results are collected before the output is renamed into place."""
+
+    def __init__(self, jobs: list[Callable[[], object]]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(jobs)), thread_name_prefix="llama-convert")
+        self.futures: list[Future] = [self._pool.submit(job) for job in jobs]
+
+    def check(self) -> None:
+        for future in self.futures:
+            if future.done() and future.exception() is not None:
+                raise future.exception()  # type: ignore[misc]
+
+    def results(self) -> list[object]:
+        try:
+            return [future.result() for future in self.futures]
+        finally:
+            self._pool.shutdown(wait=True)
+
+    def cancel(self) -> None:
+        for future in self.futures:
+            future.cancel()
+        self._pool.shutdown(wait=True)
+
+
+def checked_advance(
+    progress: Progress, verifier: BackgroundVerify | None, beside: Beside | None = None
+) -> Callable[[int], None]:
+    """``progress.advance`` that also stops the stream at the first verification or side-job failure."""
+    if verifier is None and beside is None:
+        return progress.advance
+
+    def advance(n: int) -> None:
+        progress.advance(n)
+        if verifier is not None:
+            verifier.check()
+        if beside is not None:
+            beside.check()
+
+    return advance
+
+
+@dataclass
+class Stage:
+    """Where a running route writes: ``paths`` (one folder, or one temporary file per output file), what an
+    interrupted run left complete (``resumed``) and how to record a finished file (``record``)."""
+
+    paths: list[Path]
+    advance: Callable[[int], None]
+    beside: Beside
+    resumed: dict[str, int]
+    record: Callable[[str], None]
+
+    @property
+    def path(self) -> Path:
+        return self.paths[0]
+
+
+StagingKind = Literal["resumable", "folder", "files"]
+
+
+def _no_record(name: str) -> None:
+    pass
+
+
+@contextmanager
+def _staging(
+    kind: StagingKind, dsts: list[Path], opts: ConvertOptions, fingerprint: str
+) -> Iterator[tuple[list[Path], dict[str, int], Callable[[str], None]]]:
+    """(paths to write, files kept from an interrupted run, how to record a finished file)."""
+    if kind == "resumable":
+        with resumable_output_dir(dsts[0], fingerprint=fingerprint, force=opts.force, resume=opts.resume) as st:
+            yield [st.path], st.resumed, st.record
+    elif kind == "folder":
+        with atomic_output_dir(dsts[0], force=opts.force) as tmp:
+            yield [tmp], {}, _no_record
+    else:
+        with atomic_output_files(dsts, force=opts.force) as tmps:
+            yield tmps, {}, _no_record
+
+
+def run_planned(
+    plan: RoutePlan,
+    dsts: list[Path],
+    opts: ConvertOptions,
+    progress: Progress,
+    *,
+    body: Callable[[Stage], tuple[str, ...]],
+    label: str,
+    staging: StagingKind,
+    verify_root: Path | None,
+    jobs: list[Callable[[], object]] | None = None,
+    fingerprint: str = "",
+    allowance: int = 32 << 20,
+    result_spec: ModelSpec | None = None,
+    planned_files: int = 1,
+    total: int | None = None,
+) -> ConversionResult:
+    """Run a planned route: free-space check, verification and ``jobs`` beside the stream, staging, progress,
+    then publish and return the result. ``body`` writes into the stage and returns the file names."""
+    started = time.perf_counter()
+    total = plan.total_size if total is None else total
+    check_free_space(dsts[0].absolute(), total + allowance)
+    notes = list(plan.notes)
+    beside = Beside(jobs or [])
+    verifier = BackgroundVerify(verify_root, workers=opts.verify_workers) if verify_root and opts.verify else None
+    resumed = 0
+    try:
+        with _staging(staging, dsts, opts, fingerprint) as (paths, kept, record):
+            if kept:
+                resumed = sum(kept.values())
+                notes.append(
+                    f"resumed an interrupted run: kept {len(kept)} of {planned_files} weight file(s), "
+                    f"{resumed / 1e9:.2f} GB."
+                )
+            stage = Stage(paths, checked_advance(progress, verifier, beside), beside, kept, record)
+            progress.start(total, label)
+            try:
+                files = body(stage)
+            finally:
+                progress.finish()
+            verified = verifier.result() if verifier is not None else False
+    except BaseException:
+        beside.cancel()
+        if verifier is not None:
+            verifier.cancel()
+        raise
+    beside.results()
+    if verifier is not None and not verified:
+        notes.append(NO_CHECKLIST)
+    written = sum(p.stat().st_size for p in dsts if p.is_file()) if staging == "files" else total
+    return ConversionResult(
+        spec=result_spec or plan.spec,
+        destination=dsts[0],
+        files=files,
+        bytes_written=written,
+        seconds=time.perf_counter() - started,
+        verified=verified,
+        notes=tuple(notes),
+        resumed_bytes=resumed,
+    )

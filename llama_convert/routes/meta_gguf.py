@@ -1,0 +1,220 @@
+"""Meta checkpoint → GGUF: one streaming pass from Meta's shards to a ``.gguf`` file, no intermediate folder.
+
+The family's recipes (renamed, rotary rows kept in Meta's order) feed the executor's row blocks or kernel
+copies; each block is encoded to the tensor's GGUF type and streamed into ``GGUFStreamWriter``. Metadata
+comes from the GGUF facts the family declares (``Capabilities.gguf``, e.g. ``families/llama/gguf.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from gguf import GGMLQuantizationType, GGUFWriter
+
+from ..errors import UnsupportedError
+from ..execute import FileSpan, produce_pieces
+from ..families import family_of
+from ..formats.gguf.encode import OUTTYPES, OutType, encode, file_type, read_dtype, tensor_nbytes, tensor_type
+from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
+from ..formats.meta.torch_zip import TorchCheckpoint
+from ..options import ConversionResult, ConvertOptions, Progress
+from ..plan import TensorRecipe
+from ..spec import ModelSpec
+from .common import Route, Stage, detect_spec, run_planned
+
+__all__ = ["ROUTE", "GGUFPlan", "GGUFTensor", "plan_gguf", "write_gguf"]
+
+KEY = ("meta", "gguf")
+METADATA_ALLOWANCE = 64 << 20  # header, vocabulary and merges, for the free-space check
+
+
+@dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of the GGUF file and where its values come from: a recipe or computed values."""
+
+    entry: TensorEntry
+    recipe: TensorRecipe | None
+    values: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class GGUFPlan:
+    """Everything a GGUF conversion will write, decided before any byte is read."""
+
+    spec: ModelSpec
+    outtype: OutType
+    arch: str
+    tensors: tuple[GGUFTensor, ...]
+
+    @property
+    def total_size(self) -> int:
+        return sum(t.entry.nbytes for t in self.tensors)
+
+    @property
+    def parameter_count(self) -> int:
+        return sum(math.prod(t.entry.shape) for t in self.tensors)
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        return self.spec.notes
+
+    def type_counts(self) -> dict[str, int]:
+        """How many tensors of each GGUF type the file holds (the type mixture)."""
+        return dict(Counter(t.entry.qtype.name for t in self.tensors))
+
+    @property
+    def headline(self) -> str:
+        mixture = ", ".join(f"{n} {name}" for name, n in sorted(self.type_counts().items()))
+        return (
+            f"{self.spec.name} as GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
+            f"{self.total_size / 1e9:.2f} GB"
+        )
+
+    def lines(self) -> list[str]:
+        """The plan as text for ``--dry-run``: every GGUF tensor with its type, shape and sources."""
+        mixture = ", ".join(f"{n} {name}" for name, n in sorted(self.type_counts().items()))
+        out = [
+            f"GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
+            f"{self.total_size / 1e9:.2f} GB of tensor data"
+        ]
+        for t in self.tensors:
+            where = "computed" if t.recipe is None else "; ".join(t.recipe.steps())
+            out.append(f"  {t.entry.name} {list(t.entry.shape)} {t.entry.qtype.name} ← {where}")
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.name,
+            "family": self.spec.family,
+            "format": "gguf",
+            "arch": self.arch,
+            "outtype": self.outtype,
+            "total_bytes": self.total_size,
+            "types": self.type_counts(),
+            "tensors": [
+                {
+                    "name": t.entry.name,
+                    "shape": list(t.entry.shape),
+                    "type": t.entry.qtype.name,
+                    "bytes": t.entry.nbytes,
+                    "sources": [p.source for p in t.recipe.parts] if t.recipe else [],
+                    "steps": t.recipe.steps() if t.recipe else ["computed"],
+                }
+                for t in self.tensors
+            ],
+        }
+
+
+def gguf_facts(spec: ModelSpec) -> Any:
+    """The GGUF facts the family declares (the route table only plans families that declare them)."""
+    facts = family_of(spec).capabilities.gguf
+    assert facts is not None, f"{spec.family} declares the GGUF route but no GGUF facts"
+    return facts
+
+
+def default_outtype(spec: ModelSpec) -> OutType:
+    """The checkpoint's own precision: f16 for float16 weights (Llama 1), bf16 otherwise."""
+    return "f16" if spec.source_dtype.torch_name == "float16" else "bf16"
+
+
+def plan_gguf(spec: ModelSpec, outtype: str | None = None) -> GGUFPlan:
+    """Tensors, types and sizes of the GGUF file for ``spec``: computed tensors first (as llama.cpp writes
+    them), then the recipes in the first shard's order (sequential reads)."""
+    facts = gguf_facts(spec)
+    chosen = outtype or default_outtype(spec)
+    if chosen not in OUTTYPES:
+        raise UnsupportedError(f"GGUF output type {chosen!r} is not supported; choose {', '.join(OUTTYPES)}.")
+    out: list[GGUFTensor] = []
+    config = json_config(spec)
+    freqs = facts.rope_freqs(config)
+    if freqs is not None:
+        entry = TensorEntry(facts.ROPE_FREQS, freqs.shape, GGMLQuantizationType.F32, freqs.nbytes)
+        out.append(GGUFTensor(entry, None, freqs))
+    with TorchCheckpoint(spec.shards[0]) as first:
+        order = {name: i for i, name in enumerate(first.tensors)}
+    recipes = sorted(facts.gguf_recipes(spec), key=lambda r: order.get(r.source, len(order)))
+    for r in recipes:
+        qtype = tensor_type(r.name, r.shape, chosen)  # type: ignore[arg-type]
+        entry = TensorEntry(r.name, r.shape, qtype, tensor_nbytes(r.shape, qtype))
+        out.append(GGUFTensor(entry, dataclasses.replace(r, dtype=read_dtype(qtype, r.source_dtype))))
+    return GGUFPlan(spec, chosen, facts.ARCH, tuple(out))  # type: ignore[arg-type]
+
+
+def json_config(spec: ModelSpec) -> dict[str, Any]:
+    """The family's config.json of ``spec`` (what llama.cpp's converter would read its hyperparameters from)."""
+    return json.loads(family_of(spec).metadata_files(spec, spec.source_dtype, tokenizer=False)["config.json"])
+
+
+def write_gguf(
+    plan: GGUFPlan,
+    path: Path,
+    files: dict[str, bytes],
+    *,
+    advance: Any = lambda n: None,
+    sync: bool = True,
+) -> None:
+    """Write the whole GGUF file of ``plan`` at ``path`` (metadata from the family's facts over ``files``)."""
+    facts = gguf_facts(plan.spec)
+    writer = GGUFWriter(None, plan.arch)
+    facts.add_spec_metadata(writer, plan.spec, files, file_type=file_type(plan.outtype), n_params=plan.parameter_count)
+    stream = GGUFStreamWriter(path, writer, [t.entry for t in plan.tensors])
+    shards = [TorchCheckpoint(p) for p in plan.spec.shards]
+    try:
+        for tensor in plan.tensors:
+            if tensor.recipe is None:
+                assert tensor.values is not None
+                advance(stream.write(tensor.values))
+            else:
+                for piece in produce_pieces(tensor.recipe, shards):
+                    if isinstance(piece, FileSpan):
+                        stream.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
+                    else:
+                        advance(stream.write(encode(piece, tensor.recipe.dtype, tensor.entry.qtype)))
+            stream.end_tensor()
+    except BaseException:
+        stream.abort()
+        raise
+    finally:
+        for shard in shards:
+            shard.close()
+    stream.close(sync=sync)
+
+
+def plan_meta_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
+    """Recognise the checkpoint in ``src`` and plan its GGUF file."""
+    return plan_gguf(detect_spec(src, opts, KEY), opts.outtype)
+
+
+def run_meta_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
+    """Write ``plan`` as one GGUF file at ``dst``, the source's checksums verified beside the stream."""
+    spec = plan.spec
+    family = family_of(spec)
+
+    def body(stage: Stage) -> tuple[str, ...]:
+        files = stage.beside.results()[0]
+        assert isinstance(files, dict)
+        write_gguf(plan, stage.path, files, advance=stage.advance)
+        return (dst.name,)
+
+    return run_planned(
+        plan,
+        [dst],
+        opts,
+        progress,
+        body=body,
+        label=f"Converting {spec.name} to GGUF {plan.outtype}",
+        staging="files",
+        verify_root=spec.folder.root,
+        jobs=[lambda: family.metadata_files(spec, spec.source_dtype, tokenizer=True)],
+        allowance=METADATA_ALLOWANCE,
+    )
+
+
+ROUTE = Route("meta", "gguf", "Meta checkpoint → GGUF file", plan_meta_to_gguf, run_meta_to_gguf)  # type: ignore[arg-type]

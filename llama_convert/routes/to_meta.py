@@ -1,0 +1,259 @@
+"""The routes into Meta's format: a Hugging Face folder → Meta shards, and Meta → Meta at another MP degree.
+
+Both run the family's forward recipes backwards (``reverse.invert``) into ``consolidated.NN.pth`` files
+written side by side in one pass over the source, hashed while written; ``params.json``,
+``tokenizer.model`` and ``checklist.chk`` follow. Everything is staged beside the destination and
+renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError, UnsupportedError
+from ..families import family_of
+from ..formats.hf.reader import HFFolder, find_hf_folder
+from ..formats.meta.torch_zip import TorchCheckpoint
+from ..formats.meta.writer import MetaShardWriter, checklist_text
+from ..options import ConversionResult, ConvertOptions, Progress, as_dtype
+from ..plan import MetaLayout, Part, TensorRecipe
+from ..reverse.invert import MetaTensor, RowSource, invert_recipes, write_meta_tensors
+from ..reverse.sources import HFRows, RecipeRows
+from .common import Route, Stage, detect_spec, family_for_hf, run_planned
+
+__all__ = ["HF_ROUTE", "RESHARD_ROUTE", "MetaPlan", "plan_hf_to_meta", "plan_reshard", "write_meta_folder"]
+
+
+def write_meta_folder(
+    folder: Path,
+    tensors: Sequence[MetaTensor],
+    source: RowSource,
+    *,
+    mp: int,
+    small_files: dict[str, bytes],
+    sync: bool = True,
+    advance: Callable[[int], None] = lambda n: None,
+) -> tuple[str, ...]:
+    """Write the shards, ``small_files`` and checklist.chk into ``folder`` (a staging folder)."""
+    # One MD5 lane per core (at most one per shard): shards hash in parallel, each file's bytes in order.
+    lanes = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
+    writer = MetaShardWriter(folder, mp, lanes)
+    try:
+        write_meta_tensors(tensors, source, writer, advance=advance)
+        digests = writer.finish(sync=sync)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        for lane in lanes:
+            lane.shutdown(wait=True, cancel_futures=True)
+    for name, data in small_files.items():
+        (folder / name).write_bytes(data)
+        digests[name] = hashlib.md5(data).hexdigest()
+    (folder / "checklist.chk").write_text(checklist_text(digests))
+    return (*sorted(digests), "checklist.chk")
+
+
+def _check_mp(tensors: Sequence[MetaTensor], mp: int, src: Path) -> None:
+    problems = [p for t in tensors if (p := t.check(mp))]
+    if problems:
+        raise UnsupportedError(f"{src}: cannot write {mp} model-parallel shards ({problems[0]}); choose another --mp.")
+
+
+def _check_hf_tensors(hf: HFFolder, layout: MetaLayout) -> list[str]:
+    """Every tensor the recipes make must be in the folder with the recipe's shape; anything else is refused
+    unless the family says it may be dropped. Returns notes."""
+    shapes = {name: ref.shape for name, ref in hf.tensors.items()}
+    for r in layout.recipes:
+        if r.name in layout.constants:
+            continue
+        name = layout.aliases.get(r.name, r.name)
+        if name not in shapes:
+            raise InputError(f"{hf.root} lacks {name}, which config.json implies; save the complete model again.")
+        if tuple(shapes[name]) != tuple(r.shape):
+            raise InputError(
+                f"{hf.root}: {name} has shape {list(shapes[name])} but config.json implies {list(r.shape)}; "
+                "the config and the weights disagree."
+            )
+    extra = sorted(set(shapes) - {r.name for r in layout.recipes} - set(layout.aliases.values()))
+    ignored = [n for n in extra if layout.ignored_suffixes and n.endswith(layout.ignored_suffixes)]
+    refused = [n for n in extra if n not in ignored]
+    if refused:
+        more = f" and {len(refused) - 1} more" if len(refused) > 1 else ""
+        raise UnsupportedError(
+            f"{hf.root} holds {refused[0]}{more}, which Meta's format has no place for; merge adapters or remove it."
+        )
+    notes = [f"ignored {len(ignored)} tensor(s) Meta's code recomputes ({ignored[0]}, …)"] if ignored else []
+    narrowed = sorted({r.dtype.torch_name for r in hf.tensors.values() if r.dtype.itemsize > layout.dtype.itemsize})
+    if layout.dtype.torch_name == "bfloat16" and any(r.dtype.torch_name == "float16" for r in hf.tensors.values()):
+        narrowed.append("float16")
+    if narrowed:
+        notes.append(
+            f"weights rounded from {' and '.join(narrowed)} to {layout.dtype} (Meta's dtype for the family); "
+            "pass --dtype to keep another"
+        )
+    return notes
+
+
+def _layout_from_hf(hf: HFFolder, dst: Path, opts: ConvertOptions, mp: int) -> MetaLayout:
+    """The Meta checkpoint the family whose architecture config.json names makes of the folder."""
+    family = family_for_hf(hf.config, hf.root / "config.json", HF_KEY)
+    return family.meta_layout_from_hf(  # type: ignore[attr-defined]
+        hf.config, hf.root, set(hf.tensors), mp=mp, dtype=as_dtype(opts.dtype), dst=dst, tokenizer=opts.tokenizer
+    )
+
+
+HF_KEY, RESHARD_KEY = ("hf", "meta"), ("meta", "meta")
+
+
+@dataclass(frozen=True)
+class MetaPlan:
+    """What a conversion into Meta's format will write, decided before any weight byte is read."""
+
+    spec: Any  # the family's spec of the written checkpoint
+    mp: int
+    tensors: tuple[MetaTensor, ...]
+    small_files: dict[str, bytes]
+    notes: tuple[str, ...]
+    layout: MetaLayout
+    source: Path  # the Hugging Face folder, or the Meta checkpoint folder being resharded
+    source_spec: Any = None  # resharding: the spec of the source checkpoint …
+    source_recipes: tuple[TensorRecipe, ...] = ()  # … and the recipes that read it
+
+    @property
+    def total_size(self) -> int:
+        return sum(t.nbytes(self.mp) for t in self.tensors)
+
+    @property
+    def headline(self) -> str:
+        return f"{self.spec.name} in Meta's format, MP{self.mp}"
+
+    def lines(self) -> list[str]:
+        """The plan as text for ``--dry-run``: every Meta tensor, its shard shape, split axis and sources."""
+        out = [f"consolidated.00.pth … consolidated.{self.mp - 1:02d}.pth  ({self.total_size / 1e9:.2f} GB)"]
+        for t in self.tensors:
+            split = "replicated" if t.mp_axis is None else f"split on dim {t.mp_axis}"
+            steps = []
+            for seg in t.segments:
+                step = seg.source
+                step += " (halves → pairs)" if seg.rotary else ""
+                step += f" (each head ×{seg.kv_repeat})" if seg.kv_repeat > 1 else ""
+                steps.append(step)
+            out.append(f"  {t.name} {list(t.shard_shape(self.mp))} {t.dtype}, {split} ← {'; '.join(steps)}")
+        out += [f"{name}  ({len(data)} bytes)" for name, data in self.small_files.items()]
+        return [*out, "checklist.chk"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.spec.name,
+            "family": self.spec.family,
+            "format": "meta",
+            "model_parallel": self.mp,
+            "total_bytes": self.total_size,
+            "tensors": [
+                {
+                    "name": t.name,
+                    "shard_shape": list(t.shard_shape(self.mp)),
+                    "dtype": t.dtype.torch_name,
+                    "mp_axis": t.mp_axis,
+                    "sources": [seg.source for seg in t.segments],
+                }
+                for t in self.tensors
+            ],
+            "files": [*self.small_files, "checklist.chk"],
+        }
+
+
+def plan_hf_to_meta(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
+    """The Meta checkpoint (``opts.mp`` shards, default 1) a Hugging Face folder becomes."""
+    mp = _degree(opts.mp)
+    with find_hf_folder(src) as hf:
+        layout = _layout_from_hf(hf, dst, opts, mp)
+        notes = [*layout.notes, *_check_hf_tensors(hf, layout)]
+        root = hf.root
+    notes.append("a Hugging Face folder has no checksums to verify; checklist.chk covers the output")
+    tensors = sorted(invert_recipes(layout.recipes, dtype=layout.dtype), key=lambda t: layout.order(t.name))
+    _check_mp(tensors, mp, root)
+    return MetaPlan(layout.spec, mp, tuple(tensors), layout.small_files, tuple(notes), layout, root)
+
+
+def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
+    """Write ``plan``'s shards from the Hugging Face folder."""
+
+    def body(stage: Stage) -> tuple[str, ...]:
+        with find_hf_folder(plan.source) as hf:
+            rows = HFRows(hf, plan.layout.aliases, plan.layout.constants)
+            return write_meta_folder(
+                stage.path, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files, advance=stage.advance
+            )
+
+    label = f"Writing {plan.spec.name} (Meta, MP{plan.mp})"
+    return run_planned(plan, [dst], opts, progress, body=body, label=label, staging="folder", verify_root=None)
+
+
+def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
+    """The same model at ``opts.mp`` shards: recipes reading the source, the target's layout and tensors."""
+    if opts.mp is None:
+        raise InputError(f"{src} is already in Meta's format; pass --mp N to write it with N shards.")
+    if opts.dtype is not None:
+        raise UnsupportedError("resharding keeps the checkpoint's dtype; drop --dtype.")
+    mp = _degree(opts.mp)
+    spec = detect_spec(src, opts, RESHARD_KEY)
+    source_recipes, layout = family_of(spec).reshard_layout(spec, mp)  # type: ignore[attr-defined]
+    target_recipes = list(layout.recipes)
+    with TorchCheckpoint(spec.shards[0]) as first:
+        refs = dict(first.tensors)
+    # Tensors no recipe reads (rope.freqs of old checkpoints) are carried over, the same in every shard.
+    used = {p.source for r in source_recipes for p in r.parts}
+    for name, ref in refs.items():
+        if name not in used:
+            extra = TensorRecipe(name, (Part(name, None),), ref.shape, ref.dtype, ref.dtype)
+            source_recipes.append(extra)
+            target_recipes.append(extra)
+    order = {name: i for i, name in enumerate(refs)}
+    tensors = sorted(invert_recipes(target_recipes, dtype=layout.dtype), key=lambda t: order[t.name])
+    tensors = [dataclasses.replace(t, dtype=refs[t.name].dtype) for t in tensors]
+    _check_mp(tensors, mp, src)
+    return MetaPlan(
+        layout.spec, mp, tuple(tensors), layout.small_files, layout.notes, layout, src, spec, tuple(source_recipes)
+    )
+
+
+def run_reshard(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
+    """Write ``plan``'s shards from the source checkpoint (bit-exact tensors), its checksums verified."""
+    spec = plan.source_spec
+
+    def body(stage: Stage) -> tuple[str, ...]:
+        shards = [TorchCheckpoint(p) for p in spec.shards]
+        try:
+            rows = RecipeRows(plan.source_recipes, shards)
+            return write_meta_folder(
+                stage.path, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files, advance=stage.advance
+            )
+        finally:
+            for shard in shards:
+                shard.close()
+
+    label = f"Resharding {spec.name} MP{spec.mp} → MP{plan.mp}"
+    return run_planned(
+        plan, [dst], opts, progress, body=body, label=label, staging="folder", verify_root=spec.folder.root
+    )
+
+
+def _degree(mp: int | None) -> int:
+    if mp is None:
+        return 1
+    if mp < 1:
+        raise InputError(f"--mp {mp} is not a positive number of model-parallel shards.")
+    return mp
+
+
+HF_ROUTE = Route("hf", "meta", "Hugging Face folder → Meta checkpoint", plan_hf_to_meta, run_hf_to_meta)  # type: ignore[arg-type]
+RESHARD_ROUTE = Route("meta", "meta", "Meta checkpoint → Meta checkpoint at another MP", plan_reshard, run_reshard)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ from llama_convert.dtypes import DTYPES  # noqa: E402
 from llama_convert.families.llama4.layout import DROPPED, shard_shapes, tensor_table  # noqa: E402
 from llama_convert.families.llama4.params import parse_llama4_params  # noqa: E402
 from llama_convert.formats.meta.torch_zip_writer import TorchZipWriter  # noqa: E402
+from llama_convert.formats.meta.writer import write_checklist  # noqa: E402
 from llama_convert.testing.llama4 import SCOUT_PARAMS  # noqa: E402
 
 MP = 8
@@ -78,22 +79,8 @@ def synthesize(folder: Path, layers: int) -> dict:
 
     tokenizer = importlib.resources.files("llama_models") / "llama4" / "tokenizer.model"
     (folder / "tokenizer.model").write_bytes(tokenizer.read_bytes())
-    lines = []
-    for path in sorted(folder.iterdir()):
-        if path.name != "checklist.chk":
-            lines.append(f"{_md5(path)}  {path.name}\n")
-    (folder / "checklist.chk").write_text("".join(lines))
+    write_checklist(folder)
     return params
-
-
-def _md5(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(64 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main() -> int:

@@ -16,7 +16,6 @@ Rows, each a separate process with a cold page cache when run as root (see ``ben
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -37,6 +36,7 @@ from bench import drop_page_cache, run_measured, tree_bytes  # noqa: E402
 
 from llama_convert.dtypes import dtype_by_name  # noqa: E402
 from llama_convert.formats.meta.torch_zip_writer import TorchZipWriter  # noqa: E402
+from llama_convert.formats.meta.writer import write_checklist  # noqa: E402
 
 BF16 = dtype_by_name("bfloat16")
 CHUNK = 16 << 20  # elements per generated block
@@ -80,14 +80,7 @@ def synthesize(shape: fx.VisionShape, dst: Path, seed: int = 0) -> Path:
                 writer.add_view(name, key, tuple(local))
     (dst / "params.json").write_text(json.dumps(shape.params(), indent=4))
     shutil.copyfile(fx.default_tokenizer(), dst / "tokenizer.model")
-    lines = []
-    for path in sorted(p for p in dst.iterdir() if p.is_file()):
-        h = hashlib.md5()
-        with open(path, "rb") as f:
-            while block := f.read(1 << 24):
-                h.update(block)
-        lines.append(f"{h.hexdigest()}  {path.name}\n")
-    (dst / "checklist.chk").write_text("".join(lines))
+    write_checklist(dst)
     return dst
 
 

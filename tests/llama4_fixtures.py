@@ -24,7 +24,6 @@ from __future__ import annotations
 import codecs
 import contextlib
 import functools
-import hashlib
 import importlib.resources
 import io
 import json
@@ -34,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from llama_convert.formats.meta.writer import write_checklist
 
 TOKENIZER_MODEL = Path(str(importlib.resources.files("llama_models") / "llama4" / "tokenizer.model"))
 VOCAB = 202_048  # Meta's Llama 4 tokenizer: 200,000 ranks + 2,048 special tokens
@@ -273,9 +274,7 @@ def write_checkpoint(
     (folder / "params.json").write_text(json.dumps(params, indent=2) + "\n")
     if tokenizer:
         (folder / "tokenizer.model").write_bytes(TOKENIZER_MODEL.read_bytes())
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.name != "checklist.chk")
-    lines = [f"{hashlib.md5(p.read_bytes()).hexdigest()}  {p.name}\n" for p in files]
-    (folder / "checklist.chk").write_text("".join(lines))
+    write_checklist(folder)
     return folder
 
 

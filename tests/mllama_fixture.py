@@ -19,7 +19,6 @@ Meta's own function, keeping the rest of its code. Release-size as Meta hard-cod
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import json
 import math
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from llama_convert.formats.meta.writer import write_checklist
 
 VOCAB = 128256
 TILE_IMAGE_TOKEN = 128256  # the id Meta's chat formatter gives <|image|> (HF's image_token_index)
@@ -190,14 +191,6 @@ def _split_axes(model) -> dict[str, int | None]:
     return axes
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_checkpoint(
     model, shape: VisionShape, dst: Path, *, tokenizer: Path | None, hub_single_name: bool = False
 ) -> Path:
@@ -224,8 +217,7 @@ def save_checkpoint(
     (dst / "params.json").write_text(json.dumps(shape.params(), indent=4))
     if tokenizer is not None:
         (dst / "tokenizer.model").write_bytes(tokenizer.read_bytes())
-    files = sorted(p for p in dst.iterdir() if p.is_file() and p.name != "checklist.chk")
-    (dst / "checklist.chk").write_text("".join(f"{_md5(p)}  {p.name}\n" for p in files))
+    write_checklist(dst)
     return dst
 
 

@@ -5,7 +5,6 @@ random weights. Used by ``llama-convert demo``, the tests and the benchmarks; ne
 from __future__ import annotations
 
 import base64
-import hashlib
 import itertools
 import json
 import zlib
@@ -21,6 +20,7 @@ from ..dtypes import DType, cast, dtype_by_name
 from ..families.llama.layout import LAYER_TENSORS, expected_shard_shapes
 from ..formats.meta.folder import parse_params
 from ..formats.meta.torch_zip_writer import TorchZipWriter
+from ..formats.meta.writer import write_checklist
 
 __all__ = [
     "LLAMA_SPM_TRAINER",
@@ -343,14 +343,6 @@ def _tokenizer(dst: Path, spec: SynthSpec) -> int | None:
     return None
 
 
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def synthesize(dst: str | Path, spec: SynthSpec) -> Path:
     """Write a Meta-format folder (shards, params.json, tokenizer.model, checklist.chk) into ``dst``."""
     dst = Path(dst)
@@ -409,6 +401,5 @@ def synthesize(dst: str | Path, spec: SynthSpec) -> Path:
                 freqs = np.float32(1.0) / theta ** (np.arange(0, meta.head_dim, 2, dtype=np.float32) / meta.head_dim)
                 writer.add_tensor("rope.freqs", cast(freqs, dtype_by_name("float32"), dtype), dtype)
     if spec.checklist:
-        files = sorted(p for p in dst.iterdir() if p.is_file() and p.name != "checklist.chk")
-        (dst / "checklist.chk").write_text("".join(f"{_md5(p)}  {p.name}\n" for p in files))
+        write_checklist(dst)
     return dst

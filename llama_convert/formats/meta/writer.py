@@ -23,7 +23,7 @@ from ...dtypes import DType
 from ..stream import Writeback
 from .torch_zip_writer import StorageSink, TorchZipWriter
 
-__all__ = ["HashedFile", "MetaShardWriter", "checklist_text", "shard_name"]
+__all__ = ["HashedFile", "MetaShardWriter", "checklist_text", "shard_name", "write_checklist"]
 
 _IN_FLIGHT = 4  # hash jobs queued per file before the writer waits: bounds the blocks kept alive
 
@@ -149,3 +149,17 @@ class MetaShardWriter:
 def checklist_text(digests: dict[str, str]) -> str:
     """``md5sum`` output for the files, sorted by name, as Meta's checklist.chk has it."""
     return "".join(f"{md5}  {name}\n" for name, md5 in sorted(digests.items()))
+
+
+def write_checklist(folder: Path) -> Path:
+    """Hash every file in ``folder`` (streamed) into its checklist.chk, as Meta's downloads carry one."""
+    digests = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != "checklist.chk"):
+        h = hashlib.md5()
+        with open(path, "rb") as f:
+            while block := f.read(1 << 24):
+                h.update(block)
+        digests[path.name] = h.hexdigest()
+    target = folder / "checklist.chk"
+    target.write_text(checklist_text(digests))
+    return target

@@ -10,7 +10,6 @@ does); every block is then encoded to the tensor's GGUF type. Verbatim BF16 tens
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,93 +22,12 @@ from ..formats.gguf.encode import OUTTYPES, encode, file_type, tensor_nbytes, te
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..options import ConversionResult, ConvertOptions, Progress
-from ..spec import ModelSpec
 from .common import Route, Stage, family_for_hf, run_planned
-from .meta_gguf import METADATA_ALLOWANCE
+from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor
 
-__all__ = ["ROUTE", "HFGGUFPlan", "plan_hf_to_gguf"]
+__all__ = ["ROUTE", "plan_hf_to_gguf"]
 
 KEY = ("hf", "gguf")
-
-
-@dataclass(frozen=True)
-class HFTensor:
-    """One GGUF tensor: its entry, the HF tensor it comes from (None: computed ``values``) and the heads to
-    un-permute (None: rows as stored)."""
-
-    entry: TensorEntry
-    hf_name: str | None
-    rotary_heads: int | None = None
-    values: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class HFGGUFPlan:
-    """Everything an HF → GGUF conversion writes, decided before any weight byte is read."""
-
-    spec: ModelSpec
-    root: Path
-    config: dict[str, Any]
-    outtype: str
-    arch: str
-    head_dim: int
-    tensors: tuple[HFTensor, ...]
-    notes: tuple[str, ...]
-
-    @property
-    def total_size(self) -> int:
-        return sum(t.entry.nbytes for t in self.tensors)
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(math.prod(t.entry.shape) for t in self.tensors)
-
-    def type_counts(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for t in self.tensors:
-            counts[t.entry.qtype.name] = counts.get(t.entry.qtype.name, 0) + 1
-        return counts
-
-    @property
-    def headline(self) -> str:
-        mixture = ", ".join(f"{n} {name}" for name, n in sorted(self.type_counts().items()))
-        return (
-            f"{self.spec.name} as GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
-            f"{self.total_size / 1e9:.2f} GB"
-        )
-
-    def lines(self) -> list[str]:
-        mixture = ", ".join(f"{n} {name}" for name, n in sorted(self.type_counts().items()))
-        out = [
-            f"GGUF {self.outtype} ({self.arch}) from {self.root.name}, {len(self.tensors)} tensors ({mixture}), "
-            f"{self.total_size / 1e9:.2f} GB of tensor data"
-        ]
-        for t in self.tensors:
-            where = "computed" if t.hf_name is None else t.hf_name
-            where += " (halves → pairs)" if t.rotary_heads else ""
-            out.append(f"  {t.entry.name} {list(t.entry.shape)} {t.entry.qtype.name} ← {where}")
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.spec.name,
-            "family": self.spec.family,
-            "format": "gguf",
-            "arch": self.arch,
-            "outtype": self.outtype,
-            "total_bytes": self.total_size,
-            "types": self.type_counts(),
-            "tensors": [
-                {
-                    "name": t.entry.name,
-                    "shape": list(t.entry.shape),
-                    "type": t.entry.qtype.name,
-                    "bytes": t.entry.nbytes,
-                    "sources": [t.hf_name] if t.hf_name else [],
-                }
-                for t in self.tensors
-            ],
-        }
 
 
 def _outtype(hf: HFFolder, outtype: str | None) -> str:
@@ -119,17 +37,17 @@ def _outtype(hf: HFFolder, outtype: str | None) -> str:
     return chosen
 
 
-def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> HFGGUFPlan:
+def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
     """Read the folder's config and safetensors headers and plan its GGUF file: rope_freqs, then file order."""
     with find_hf_folder(src) as hf:
         config = hf.config
         facts = family_for_hf(config, hf.root / "config.json", KEY).capabilities.gguf
         outtype = _outtype(hf, opts.outtype)
-        out: list[HFTensor] = []
+        out: list[GGUFTensor] = []
         freqs = facts.rope_freqs(config)
         if freqs is not None:
             entry = TensorEntry(facts.ROPE_FREQS, freqs.shape, GGMLQuantizationType.F32, freqs.nbytes)
-            out.append(HFTensor(entry, None, values=freqs))
+            out.append(GGUFTensor(entry, values=freqs))
         for name, ref in hf.tensors.items():
             try:
                 mapped = facts.hf_tensor(name, config)
@@ -141,13 +59,14 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> HFGGUFPlan:
                 continue
             gguf_name, heads = mapped
             qtype = tensor_type(gguf_name, ref.shape, outtype)  # type: ignore[arg-type]
-            out.append(HFTensor(TensorEntry(gguf_name, ref.shape, qtype, tensor_nbytes(ref.shape, qtype)), name, heads))
+            entry = TensorEntry(gguf_name, ref.shape, qtype, tensor_nbytes(ref.shape, qtype))
+            out.append(GGUFTensor(entry, hf_name=name, rotary_heads=heads))
         spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
         head_dim = facts.hf_head_dim(config)
-        return HFGGUFPlan(spec, hf.root, config, outtype, facts.ARCH, head_dim, tuple(out), notes)
+        return GGUFPlan(spec, outtype, facts.ARCH, tuple(out), hf.root, config, head_dim, notes)
 
 
-def _write(stream: GGUFStreamWriter, hf: HFFolder, plan: HFGGUFPlan, advance: Any) -> None:
+def _write(stream: GGUFStreamWriter, hf: HFFolder, plan: GGUFPlan, advance: Any) -> None:
     for t in plan.tensors:
         if t.hf_name is None:
             advance(stream.write(t.values))
@@ -168,14 +87,16 @@ def _write(stream: GGUFStreamWriter, hf: HFFolder, plan: HFGGUFPlan, advance: An
         stream.end_tensor()
 
 
-def run_hf_to_gguf(plan: HFGGUFPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
+def run_hf_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
     """Write ``plan`` as one GGUF file at ``dst``."""
-    facts = family_for_hf(plan.config, plan.root / "config.json", KEY).capabilities.gguf
+    facts = family_for_hf(plan.config, plan.source_root / "config.json", KEY).capabilities.gguf
 
     def body(stage: Stage) -> tuple[str, ...]:
         writer = GGUFWriter(None, plan.arch)
-        facts.add_hf_metadata(writer, plan.root, file_type=file_type(plan.outtype), n_params=plan.parameter_count)
-        with find_hf_folder(plan.root) as hf:
+        facts.add_hf_metadata(
+            writer, plan.source_root, file_type=file_type(plan.outtype), n_params=plan.parameter_count
+        )
+        with find_hf_folder(plan.source_root) as hf:
             stream = GGUFStreamWriter(stage.path, writer, [t.entry for t in plan.tensors])
             try:
                 _write(stream, hf, plan, stage.advance)
@@ -191,7 +112,7 @@ def run_hf_to_gguf(plan: HFGGUFPlan, dst: Path, opts: ConvertOptions, progress: 
         opts,
         progress,
         body=body,
-        label=f"Converting {plan.root.name} to GGUF {plan.outtype}",
+        label=f"Converting {plan.source_root.name} to GGUF {plan.outtype}",
         staging="files",
         verify_root=None,
         allowance=METADATA_ALLOWANCE,

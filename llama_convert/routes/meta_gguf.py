@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from ..errors import UnsupportedError
@@ -25,91 +21,13 @@ from ..formats.gguf.encode import OUTTYPES, OutType, encode, file_type, read_dty
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..options import ConversionResult, ConvertOptions, Progress
-from ..plan import TensorRecipe
 from ..spec import ModelSpec
 from .common import Route, Stage, detect_spec, run_planned
+from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor
 
 __all__ = ["ROUTE", "GGUFPlan", "GGUFTensor", "plan_gguf", "write_gguf"]
 
 KEY = ("meta", "gguf")
-METADATA_ALLOWANCE = 64 << 20  # header, vocabulary and merges, for the free-space check
-
-
-@dataclass(frozen=True)
-class GGUFTensor:
-    """One tensor of the GGUF file and where its values come from: a recipe or computed values."""
-
-    entry: TensorEntry
-    recipe: TensorRecipe | None
-    values: np.ndarray | None = None
-
-
-@dataclass(frozen=True)
-class GGUFPlan:
-    """Everything a GGUF conversion will write, decided before any byte is read."""
-
-    spec: ModelSpec
-    outtype: OutType
-    arch: str
-    tensors: tuple[GGUFTensor, ...]
-
-    @property
-    def total_size(self) -> int:
-        return sum(t.entry.nbytes for t in self.tensors)
-
-    @property
-    def parameter_count(self) -> int:
-        return sum(math.prod(t.entry.shape) for t in self.tensors)
-
-    @property
-    def notes(self) -> tuple[str, ...]:
-        return self.spec.notes
-
-    def type_counts(self) -> dict[str, int]:
-        """How many tensors of each GGUF type the file holds (the type mixture)."""
-        return dict(Counter(t.entry.qtype.name for t in self.tensors))
-
-    @property
-    def headline(self) -> str:
-        mixture = ", ".join(f"{n} {name}" for name, n in sorted(self.type_counts().items()))
-        return (
-            f"{self.spec.name} as GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
-            f"{self.total_size / 1e9:.2f} GB"
-        )
-
-    def lines(self) -> list[str]:
-        """The plan as text for ``--dry-run``: every GGUF tensor with its type, shape and sources."""
-        mixture = ", ".join(f"{n} {name}" for name, n in sorted(self.type_counts().items()))
-        out = [
-            f"GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
-            f"{self.total_size / 1e9:.2f} GB of tensor data"
-        ]
-        for t in self.tensors:
-            where = "computed" if t.recipe is None else "; ".join(t.recipe.steps())
-            out.append(f"  {t.entry.name} {list(t.entry.shape)} {t.entry.qtype.name} ← {where}")
-        return out
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": self.spec.name,
-            "family": self.spec.family,
-            "format": "gguf",
-            "arch": self.arch,
-            "outtype": self.outtype,
-            "total_bytes": self.total_size,
-            "types": self.type_counts(),
-            "tensors": [
-                {
-                    "name": t.entry.name,
-                    "shape": list(t.entry.shape),
-                    "type": t.entry.qtype.name,
-                    "bytes": t.entry.nbytes,
-                    "sources": [p.source for p in t.recipe.parts] if t.recipe else [],
-                    "steps": t.recipe.steps() if t.recipe else ["computed"],
-                }
-                for t in self.tensors
-            ],
-        }
 
 
 def gguf_facts(spec: ModelSpec) -> Any:

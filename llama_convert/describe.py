@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import InputError
-from .families import family_of
+from .families import FAMILIES, family_of
 from .plan import ConversionPlan
-from .routes import plan_conversion, source_format
+from .routes import ROUTES, plan_conversion, source_format
 
 __all__ = ["FolderReport", "inspect"]
 
@@ -43,9 +43,25 @@ def _huggingface_report(path: Path) -> FolderReport:
     summary = (
         f"a Hugging Face model folder ({arch}, {config.get('num_hidden_layers', '?')} layers, "
         f"hidden size {config.get('hidden_size', '?')}, {len(weights)} weight files, {size / 1e9:.2f} GB); "
-        "convert it to Meta's format (`llama-convert convert SRC DST [--mp N]`) or to GGUF (DST ending in .gguf)."
+        + _hf_targets(config, path)
     )
     return FolderReport(path, "huggingface", summary, {"config": config, "weight_files": weights, "bytes": size})
+
+
+def _hf_targets(config: dict[str, Any], path: Path) -> str:
+    """What the route table says this folder can become."""
+    ways = {
+        "meta": "convert it to Meta's format (`llama-convert convert SRC DST [--mp N]`)",
+        "gguf": "to GGUF (DST ending in .gguf)",
+    }
+    archs = config.get("architectures") or []
+    family = next((f for f in FAMILIES if archs and archs[0] in f.capabilities.hf_architectures), None)
+    if family is None:
+        return "no route of this version converts it."
+    open_ = [ways[to] for source, to in ROUTES if source == "hf" and family.capabilities.why_not((source, to)) is None]
+    if not open_:
+        return f"{family.title} folders do not convert further in this version (see `llama-convert formats`)."
+    return " or ".join(open_) + "."
 
 
 def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:

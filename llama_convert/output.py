@@ -8,8 +8,9 @@ import fcntl
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import ConversionError, DestinationExistsError, DiskFullError
 from .resume import JOURNAL_NAME, Journal
@@ -193,10 +194,16 @@ class Staging:
     path: Path
     journal: Journal
     resumed: dict[str, int]  # name → size of files kept from an interrupted run
+    checkpoints: dict[str, tuple[int, Any]] = field(default_factory=dict)  # name → (size, writer position)
+    verified: set[str] = field(default_factory=set)  # source files an interrupted run already verified
 
     def record(self, name: str) -> None:
         """``name`` is written and fsync'd: a rerun may keep it."""
         self.journal.record(name)
+
+    def checkpoint(self, name: str, position: Any) -> None:
+        """``name`` is fsync'd up to here, reached at writer ``position``: a rerun may continue from it."""
+        self.journal.checkpoint(name, position)
 
 
 def _lock(folder: Path, dst: Path) -> int:
@@ -220,14 +227,39 @@ def _clear(folder: Path, keep: set[str]) -> None:
                 entry.unlink(missing_ok=True)
 
 
+def _kept(journal: Journal) -> tuple[dict[str, int], dict[str, tuple[int, Any]], set[str]]:
+    return journal.completed(), journal.checkpoints(), journal.verified_files()
+
+
+def _publish_files(folder: Path, dsts: list[Path], *, force: bool) -> None:
+    for dst in dsts:
+        check_file_destination(dst, force=force)
+    for dst in dsts:
+        os.replace(folder / dst.name, dst)
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in {dst.parent for dst in dsts}:
+        _fsync_dir(parent)
+
+
 @contextlib.contextmanager
 def resumable_output_dir(
-    dst: str | os.PathLike[str], *, fingerprint: str, force: bool = False, resume: bool = True
+    dst: str | os.PathLike[str],
+    *,
+    fingerprint: str,
+    force: bool = False,
+    resume: bool = True,
+    files: list[Path] | None = None,
 ) -> Iterator[Staging]:
     """Like ``atomic_output_dir``, but the staging folder survives a crash (kill -9, power loss) and a full
-    disk with a journal of complete files; a rerun with the same ``fingerprint`` keeps them."""
+    disk with a journal of complete files and checkpoints; a rerun with the same ``fingerprint`` keeps them.
+    With ``files`` (output files rather than a folder: a GGUF file and its mmproj), the folder stages them
+    under their names and they replace ``files`` at the end."""
     dst = Path(dst).absolute()
-    check_destination(dst, force=force)
+    dsts = [Path(f).absolute() for f in files] if files else []
+    for target in dsts:
+        check_file_destination(target, force=force)
+    if not dsts:
+        check_destination(dst, force=force)
     dst.parent.mkdir(parents=True, exist_ok=True)
     clear_stale_temporaries(dst)
     folder = partial_dir(dst)
@@ -236,24 +268,28 @@ def resumable_output_dir(
     succeeded = keep = False
     try:
         journal = Journal(folder, fingerprint)
-        resumed = journal.completed() if resume else {}
-        _clear(folder, {*resumed, JOURNAL_NAME, _LOCK_NAME} if resumed else {_LOCK_NAME})
-        if not resumed:
+        resumed, checkpoints, verified = _kept(journal) if resume else ({}, {}, set())
+        anything = bool(resumed or checkpoints or verified)
+        _clear(folder, {*resumed, *checkpoints, JOURNAL_NAME, _LOCK_NAME} if anything else {_LOCK_NAME})
+        if not anything:
             journal.start()
-        staging = Staging(folder, journal, resumed)
+        staging = Staging(folder, journal, resumed, checkpoints, verified)
         try:
             yield staging
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                done = journal.completed()
-                keep = bool(done)
+                done, partial, _ = _kept(journal)
+                keep = bool(done or partial)
                 if keep:
-                    _clear(folder, {*done, JOURNAL_NAME, _LOCK_NAME})
-                raise _disk_full(dst, exc, folder, len(done)) from None
+                    _clear(folder, {*done, *partial, JOURNAL_NAME, _LOCK_NAME})
+                raise _disk_full(dst, exc, folder, len(done) + len(partial)) from None
             raise
         (folder / JOURNAL_NAME).unlink(missing_ok=True)
         (folder / _LOCK_NAME).unlink(missing_ok=True)
-        _publish(folder, dst, force=force)
+        if dsts:
+            _publish_files(folder, dsts, force=force)
+        else:
+            _publish(folder, dst, force=force)
         succeeded = True
     finally:
         os.close(lock)

@@ -1,9 +1,13 @@
 """The journal of a staged conversion: which output files are proven complete, for which inputs.
 
 A file is recorded only after it was fsync'd, and the journal line is fsync'd in turn, so a recorded
-file survives a crash or power loss whole. The first line holds a fingerprint of the source files and
-of everything the run would write (plan, options, version); a rerun keeps recorded files only when the
-fingerprint is the same and each file still has its recorded size, modification time and sample hash.
+file survives a crash or power loss whole. A file written in one long pass (a GGUF file, Meta's shards
+written side by side) records checkpoints instead: after an fsync, how far it got (its size, a hash of
+the bytes before that point, and the writer's position), so a rerun truncates it there and continues.
+Source files whose checksum was verified are recorded too, so a rerun does not hash them again. The
+first line holds a fingerprint of the source files and of everything the run would write (plan,
+options, version); a rerun keeps what was recorded only when the fingerprint is the same and each file
+still has its recorded size (and, for complete files, modification time) and sample hash.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +26,7 @@ __all__ = ["JOURNAL_NAME", "Journal", "fingerprint"]
 
 JOURNAL_NAME = ".llama-convert-journal"
 _SAMPLE = 1 << 20  # bytes hashed at each end of a file
+_LOCK = threading.Lock()  # verification threads and the writer append to the same journal
 
 
 def fingerprint(sources: Iterable[Path], *values: Any) -> str:
@@ -45,6 +51,14 @@ def _sample_hash(path: Path, size: int) -> str:
     return h.hexdigest()
 
 
+def _tail_hash(path: Path, size: int) -> str:
+    """sha256 of the last MiB before byte ``size``."""
+    with open(path, "rb") as f:
+        start = max(0, size - _SAMPLE)
+        f.seek(start)
+        return hashlib.sha256(f.read(size - start)).hexdigest()
+
+
 @dataclass
 class Journal:
     """Append-only record of complete output files in a staging folder."""
@@ -62,15 +76,10 @@ class Journal:
 
     def completed(self) -> dict[str, int]:
         """Files recorded by an earlier run with the same fingerprint and still intact: name → size."""
-        try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            entries = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            return {}
-        if not entries or entries[0].get("fingerprint") != self.fingerprint:
-            return {}
         done: dict[str, int] = {}
-        for entry in entries[1:]:
+        for entry in self._entries():
+            if "file" not in entry:
+                continue
             path = self.folder / str(entry.get("file"))
             with contextlib.suppress(OSError):
                 stat = path.stat()
@@ -78,6 +87,43 @@ class Journal:
                 if intact and _sample_hash(path, stat.st_size) == entry.get("sample_sha256"):
                     done[path.name] = stat.st_size
         return done
+
+    def checkpoint(self, name: str, position: Any) -> None:
+        """``name`` is fsync'd up to its current size, which the writer reached at ``position`` (JSON)."""
+        size = (self.folder / name).stat().st_size
+        entry = {"checkpoint": name, "size": size, "tail_sha256": _tail_hash(self.folder / name, size)}
+        self._write_line({**entry, "position": position}, mode="a")
+
+    def checkpoints(self) -> dict[str, tuple[int, Any]]:
+        """The last intact checkpoint of each file: name → (size to truncate to, writer position)."""
+        out: dict[str, tuple[int, Any]] = {}
+        for entry in self._entries():
+            name = entry.get("checkpoint")
+            if not isinstance(name, str) or "/" in name:
+                continue
+            path, size = self.folder / name, entry.get("size")
+            with contextlib.suppress(OSError, TypeError):
+                if path.stat().st_size >= size and _tail_hash(path, size) == entry.get("tail_sha256"):
+                    out[name] = (size, entry.get("position"))
+        return out
+
+    def verified(self, name: str, md5: str) -> None:
+        """Source file ``name`` matched its checklist md5."""
+        self._write_line({"verified": name, "md5": md5}, mode="a")
+
+    def verified_files(self) -> set[str]:
+        return {e["verified"] for e in self._entries() if isinstance(e.get("verified"), str)}
+
+    def _entries(self) -> list[dict[str, Any]]:
+        """The entries after the fingerprint line, when it is this run's fingerprint."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+            entries = [json.loads(line) for line in lines if line.strip()]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return []
+        if not entries or not isinstance(entries[0], dict) or entries[0].get("fingerprint") != self.fingerprint:
+            return []
+        return [e for e in entries[1:] if isinstance(e, dict)]
 
     def record(self, name: str) -> None:
         """Record ``name`` as complete; call only after the file was fsync'd."""
@@ -91,7 +137,7 @@ class Journal:
         self._write_line(entry, mode="a")
 
     def _write_line(self, value: dict[str, Any], *, mode: str) -> None:
-        with open(self.path, mode, encoding="utf-8") as f:
+        with _LOCK, open(self.path, mode, encoding="utf-8") as f:
             f.write(json.dumps(value) + "\n")
             f.flush()
             os.fsync(f.fileno())

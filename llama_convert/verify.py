@@ -315,7 +315,16 @@ class BackgroundVerify:
     before the output is renamed into place, and a mismatch stops the conversion early.
     """
 
-    def __init__(self, src: Path, *, workers: int) -> None:
+    def __init__(
+        self,
+        src: Path,
+        *,
+        workers: int,
+        skip: Collection[str] = (),
+        on_verified: Callable[[str, str], None] | None = None,
+    ) -> None:
+        """``skip`` names files an interrupted run already verified; ``on_verified(name, md5)`` is told of
+        every file that matched, so a rerun can skip it."""
         self._src = src
         self.report: VerifyReport | None = None
         self.error: BaseException | None = None
@@ -326,10 +335,12 @@ class BackgroundVerify:
         def on_file(name: str, expected: str, actual: str) -> None:
             if expected != actual:
                 self.mismatch.set()
+            elif on_verified is not None:
+                on_verified(name, actual)
 
         def run() -> None:
             try:
-                self.report = verify_checksums(src, workers=workers, on_file=on_file, cancel=self._cancel)
+                self.report = verify_checksums(src, workers=workers, on_file=on_file, cancel=self._cancel, skip=skip)
             except MissingFileError:
                 self.missing_checklist = True
             except CancelledError:

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -19,7 +19,7 @@ from ..detect import detect
 from ..errors import UnsupportedError
 from ..families import FAMILIES, Family, family_of
 from ..options import ConversionResult, ConvertOptions, Format, Progress
-from ..output import atomic_output_dir, atomic_output_files, check_free_space, resumable_output_dir
+from ..output import Staging, atomic_output_dir, atomic_output_files, check_free_space, resumable_output_dir
 from ..spec import ModelSpec
 from ..verify import BackgroundVerify
 
@@ -152,41 +152,45 @@ def checked_advance(
 
 @dataclass
 class Stage:
-    """Where a running route writes: ``paths`` (one folder, or one temporary file per output file), what an
-    interrupted run left complete (``resumed``) and how to record a finished file (``record``)."""
+    """Where a running route writes: ``paths`` (one folder, or one staged file per output file) and, when the
+    staging is resumable, what an interrupted run left: complete files (``resumed``, keep them; ``record`` a
+    newly finished one) and files written part way (``checkpoints``: name → (size, writer position);
+    ``checkpoint`` records how far a file got after an fsync)."""
 
     paths: list[Path]
     advance: Callable[[int], None]
     beside: Beside
-    resumed: dict[str, int]
-    record: Callable[[str], None]
+    resumed: dict[str, int] = field(default_factory=dict)
+    checkpoints: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    record: Callable[[str], None] = lambda name: None
+    checkpoint: Callable[[str, Any], None] = lambda name, position: None
 
     @property
     def path(self) -> Path:
         return self.paths[0]
 
 
-StagingKind = Literal["resumable", "folder", "files"]
-
-
-def _no_record(name: str) -> None:
-    pass
+StagingKind = Literal["resumable", "resumable-files", "folder", "files"]
 
 
 @contextmanager
 def _staging(
     kind: StagingKind, dsts: list[Path], opts: ConvertOptions, fingerprint: str
-) -> Iterator[tuple[list[Path], dict[str, int], Callable[[str], None]]]:
-    """(paths to write, files kept from an interrupted run, how to record a finished file)."""
-    if kind == "resumable":
-        with resumable_output_dir(dsts[0], fingerprint=fingerprint, force=opts.force, resume=opts.resume) as st:
-            yield [st.path], st.resumed, st.record
+) -> Iterator[tuple[list[Path], Staging | None]]:
+    """(the paths to write, the resumable staging or None): a resumable staging folder (for a folder or for
+    files), or an atomic folder or atomic files without a journal."""
+    if kind in ("resumable", "resumable-files"):
+        files = dsts if kind == "resumable-files" else None
+        with resumable_output_dir(
+            dsts[0], fingerprint=fingerprint, force=opts.force, resume=opts.resume, files=files
+        ) as st:
+            yield ([st.path / d.name for d in dsts] if files else [st.path]), st
     elif kind == "folder":
         with atomic_output_dir(dsts[0], force=opts.force) as tmp:
-            yield [tmp], {}, _no_record
+            yield [tmp], None
     else:
         with atomic_output_files(dsts, force=opts.force) as tmps:
-            yield tmps, {}, _no_record
+            yield tmps, None
 
 
 def run_planned(
@@ -213,17 +217,23 @@ def run_planned(
     check_free_space(dsts[0].absolute(), total + allowance)
     notes = list(plan.notes)
     beside = Beside(jobs or [])
-    verifier = BackgroundVerify(verify_root, workers=opts.verify_workers) if verify_root and opts.verify else None
+    verifier: BackgroundVerify | None = None
     resumed = 0
     try:
-        with _staging(staging, dsts, opts, fingerprint) as (paths, kept, record):
-            if kept:
-                resumed = sum(kept.values())
-                notes.append(
-                    f"resumed an interrupted run: kept {len(kept)} of {planned_files} weight file(s), "
-                    f"{resumed / 1e9:.2f} GB."
+        with _staging(staging, dsts, opts, fingerprint) as (paths, st):
+            if verify_root is not None and opts.verify:
+                skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
+                verifier = BackgroundVerify(
+                    verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified
                 )
-            stage = Stage(paths, checked_advance(progress, verifier, beside), beside, kept, record)
+            stage = Stage(paths, checked_advance(progress, verifier, beside), beside)
+            if st is not None:
+                stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)
+            if stage.resumed or stage.checkpoints:
+                resumed = sum(stage.resumed.values()) + sum(size for size, _ in stage.checkpoints.values())
+                done = f"kept {len(stage.resumed)} of {planned_files} weight file(s)"
+                part = f", {len(stage.checkpoints)} written part way" if stage.checkpoints else ""
+                notes.append(f"resumed an interrupted run: {done}{part}, {resumed / 1e9:.2f} GB.")
             progress.start(total, label)
             try:
                 files = body(stage)
@@ -238,7 +248,7 @@ def run_planned(
     beside.results()
     if verifier is not None and not verified:
         notes.append(NO_CHECKLIST)
-    written = sum(p.stat().st_size for p in dsts if p.is_file()) if staging == "files" else total
+    written = sum(p.stat().st_size for p in dsts if p.is_file()) if staging.endswith("files") else total
     return ConversionResult(
         spec=result_spec or plan.spec,
         destination=dsts[0],

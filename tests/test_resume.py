@@ -34,7 +34,7 @@ def _cli(src: Path, dst: Path, *extra: str) -> list[str]:
 def _journal_entries(dst: Path) -> int:
     journal = dst.parent / f".{dst.name}.llama-convert-partial" / ".llama-convert-journal"
     try:
-        return max(0, len(journal.read_text().splitlines()) - 1)
+        return sum('"file"' in line for line in journal.read_text().splitlines()[1:])
     except OSError:
         return 0
 

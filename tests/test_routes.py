@@ -125,5 +125,5 @@ def test_the_readme_shows_the_generated_matrix():
 
 
 def test_an_unknown_target_format_is_one_sentence(sources, tmp_path):
-    with pytest.raises(LlamaConvertError, match="--to 'onnx' is not a format; use meta, hf, gguf."):
+    with pytest.raises(LlamaConvertError, match=r"--to 'onnx' is not a format; use meta, hf, gguf\."):
         llama_convert.convert(sources["meta"]["llama"], tmp_path / "x", to="onnx")

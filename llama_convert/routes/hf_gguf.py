@@ -10,8 +10,8 @@ does); every block is then encoded to the tensor's GGUF type. Verbatim BF16 tens
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
@@ -22,8 +22,10 @@ from ..formats.gguf.encode import OUTTYPES, encode, file_type, tensor_nbytes, te
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..options import ConversionResult, ConvertOptions, Progress
+from ..resume import fingerprint
+from ..version import __version__
 from .common import Route, Stage, family_for_hf, run_planned
-from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor
+from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor, write_planned_gguf
 
 __all__ = ["ROUTE", "plan_hf_to_gguf"]
 
@@ -66,25 +68,31 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
         return GGUFPlan(spec, outtype, facts.ARCH, tuple(out), hf.root, config, head_dim, notes)
 
 
-def _write(stream: GGUFStreamWriter, hf: HFFolder, plan: GGUFPlan, advance: Any) -> None:
-    for t in plan.tensors:
+TensorWriter = Callable[[GGUFStreamWriter, GGUFTensor, Callable[[int], None]], None]
+
+
+def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
+    def write(stream: GGUFStreamWriter, t: GGUFTensor, advance: Callable[[int], None]) -> None:
         if t.hf_name is None:
             advance(stream.write(t.values))
-            stream.end_tensor()
-            continue
+            return
         ref = hf.tensors[t.hf_name]
         if t.rotary_heads is None and t.entry.qtype == GGMLQuantizationType.BF16 and ref.dtype.torch_name == "bfloat16":
             stream.copy_from(hf.file_of(t.hf_name).fileno(), ref.file_offset, ref.nbytes, advance)
-            stream.end_tensor()
-            continue
+            return
         rows = ref.shape[0]
-        step = block_rows(math.prod(ref.shape[1:]) * 4, plan.head_dim if t.rotary_heads else 1)
+        step = block_rows(math.prod(ref.shape[1:]) * 4, head_dim if t.rotary_heads else 1)
         for start in range(0, rows, step):
             block = hf.read_rows(t.hf_name, start, min(rows, start + step))
             if t.rotary_heads:
-                block = rotary_to_pairs(block.reshape(block.shape[0], -1), plan.head_dim)
+                block = rotary_to_pairs(block.reshape(block.shape[0], -1), head_dim)
             advance(stream.write(encode(np.ascontiguousarray(block), ref.dtype, t.entry.qtype)))
-        stream.end_tensor()
+
+    return write
+
+
+def _sources(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_file())
 
 
 def run_hf_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
@@ -97,13 +105,7 @@ def run_hf_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Pr
             writer, plan.source_root, file_type=file_type(plan.outtype), n_params=plan.parameter_count
         )
         with find_hf_folder(plan.source_root) as hf:
-            stream = GGUFStreamWriter(stage.path, writer, [t.entry for t in plan.tensors])
-            try:
-                _write(stream, hf, plan, stage.advance)
-            except BaseException:
-                stream.abort()
-                raise
-            stream.close()
+            write_planned_gguf(plan, stage, writer, _write_tensor(hf, plan.head_dim))
         return (dst.name,)
 
     return run_planned(
@@ -113,8 +115,11 @@ def run_hf_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Pr
         progress,
         body=body,
         label=f"Converting {plan.source_root.name} to GGUF {plan.outtype}",
-        staging="files",
+        staging="resumable-files",
         verify_root=None,
+        fingerprint=fingerprint(
+            sorted(p for p in plan.source_root.iterdir() if p.is_file()), __version__, plan.to_json()
+        ),
         allowance=METADATA_ALLOWANCE,
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,11 @@ from ..formats.gguf.encode import OUTTYPES, OutType, encode, file_type, read_dty
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..options import ConversionResult, ConvertOptions, Progress
+from ..resume import fingerprint
 from ..spec import ModelSpec
+from ..version import __version__
 from .common import Route, Stage, detect_spec, run_planned
-from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor
+from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor, write_planned_gguf
 
 __all__ = ["ROUTE", "GGUFPlan", "GGUFTensor", "plan_gguf", "write_gguf"]
 
@@ -70,39 +73,33 @@ def json_config(spec: ModelSpec) -> dict[str, Any]:
     return json.loads(family_of(spec).metadata_files(spec, spec.source_dtype, tokenizer=False)["config.json"])
 
 
-def write_gguf(
-    plan: GGUFPlan,
-    path: Path,
-    files: dict[str, bytes],
-    *,
-    advance: Any = lambda n: None,
-    sync: bool = True,
-) -> None:
-    """Write the whole GGUF file of ``plan`` at ``path`` (metadata from the family's facts over ``files``)."""
+def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
+    """Write the GGUF file of ``plan`` into the stage (metadata from the family's facts over ``files``)."""
     facts = gguf_facts(plan.spec)
     writer = GGUFWriter(None, plan.arch)
     facts.add_spec_metadata(writer, plan.spec, files, file_type=file_type(plan.outtype), n_params=plan.parameter_count)
-    stream = GGUFStreamWriter(path, writer, [t.entry for t in plan.tensors])
     shards = [TorchCheckpoint(p) for p in plan.spec.shards]
-    try:
-        for tensor in plan.tensors:
-            if tensor.recipe is None:
-                assert tensor.values is not None
-                advance(stream.write(tensor.values))
+
+    def write_tensor(stream: GGUFStreamWriter, tensor: GGUFTensor, advance: Callable[[int], None]) -> None:
+        if tensor.recipe is None:
+            assert tensor.values is not None
+            advance(stream.write(tensor.values))
+            return
+        for piece in produce_pieces(tensor.recipe, shards):
+            if isinstance(piece, FileSpan):
+                stream.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
             else:
-                for piece in produce_pieces(tensor.recipe, shards):
-                    if isinstance(piece, FileSpan):
-                        stream.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
-                    else:
-                        advance(stream.write(encode(piece, tensor.recipe.dtype, tensor.entry.qtype)))
-            stream.end_tensor()
-    except BaseException:
-        stream.abort()
-        raise
+                advance(stream.write(encode(piece, tensor.recipe.dtype, tensor.entry.qtype)))
+
+    try:
+        write_planned_gguf(plan, stage, writer, write_tensor)
     finally:
         for shard in shards:
             shard.close()
-    stream.close(sync=sync)
+
+
+def _sources(spec: ModelSpec) -> list[Path]:
+    return [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
 
 
 def plan_meta_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
@@ -118,7 +115,7 @@ def run_meta_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: 
     def body(stage: Stage) -> tuple[str, ...]:
         files = stage.beside.results()[0]
         assert isinstance(files, dict)
-        write_gguf(plan, stage.path, files, advance=stage.advance)
+        write_gguf(plan, stage, files)
         return (dst.name,)
 
     return run_planned(
@@ -128,7 +125,8 @@ def run_meta_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: 
         progress,
         body=body,
         label=f"Converting {spec.name} to GGUF {plan.outtype}",
-        staging="files",
+        staging="resumable-files",
+        fingerprint=fingerprint(_sources(spec), __version__, "gguf", plan.to_json(), spec.name, spec.instruct),
         verify_root=spec.folder.root,
         jobs=[lambda: family.metadata_files(spec, spec.source_dtype, tokenizer=True)],
         allowance=METADATA_ALLOWANCE,

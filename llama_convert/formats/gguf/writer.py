@@ -37,11 +37,16 @@ class GGUFStreamWriter(AppendingFile):
     """Write the header, metadata and tensor infos held by ``writer``, then take each tensor's bytes in
     order, in pieces (``write`` / ``copy_from``), closing each tensor with ``end_tensor``."""
 
-    def __init__(self, path: Path, writer: GGUFWriter, tensors: list[TensorEntry]) -> None:
+    def __init__(
+        self, path: Path, writer: GGUFWriter, tensors: list[TensorEntry], *, resume: tuple[int, int] | None = None
+    ) -> None:
+        """``resume`` = (tensors already complete, file size then): continue a file an interrupted run wrote,
+        if its header is byte for byte the one ``writer`` makes (else start over). ``resumed`` says which."""
         for t in tensors:
             # numpy-order shape (GGUFWriter writes it reversed, as ggml's ne); a non-uint8 dtype keeps it as is
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
-        writer.write_header_to_file(path)
+        header = path.with_name(path.name + ".header") if resume else path
+        writer.write_header_to_file(header)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         assert writer.fout is not None
@@ -52,8 +57,27 @@ class GGUFStreamWriter(AppendingFile):
         self._tensors = list(tensors)
         self._index = 0
         self._in_tensor = 0
+        self.resumed = False
+        if resume is not None:
+            self.resumed = _same_prefix(header, path, resume[1])
+            if self.resumed:
+                self._index = resume[0]
+                with open(path, "r+b") as f:
+                    f.truncate(resume[1])
+            else:
+                os.replace(header, path)
+            header.unlink(missing_ok=True)
         super().__init__(os.open(path, os.O_WRONLY))
         os.lseek(self._fd, 0, os.SEEK_END)
+
+    @property
+    def index(self) -> int:
+        """Tensors complete so far."""
+        return self._index
+
+    def sync(self) -> None:
+        """Flush what was written to disk (before recording a checkpoint)."""
+        os.fsync(self._fd)
 
     def counted(self, n: int) -> None:
         self._in_tensor += n
@@ -81,3 +105,13 @@ class GGUFStreamWriter(AppendingFile):
 
     def abort(self) -> None:
         os.close(self._fd)
+
+
+def _same_prefix(header: Path, path: Path, size: int) -> bool:
+    """Whether ``path`` (at least ``size`` bytes long) starts with the bytes of ``header``."""
+    want = header.read_bytes()
+    try:
+        with open(path, "rb") as f:
+            return len(want) <= size and f.read(len(want)) == want
+    except OSError:
+        return False

@@ -97,14 +97,16 @@ def compare_tensors(ours: Path, theirs: Path) -> dict[str, object]:
 
 
 def image_inputs(folder: Path) -> dict[str, np.ndarray]:
-    """Processor inputs for one image and the chat prompt, from the converted folder's own processor."""
+    """Processor inputs for one image and the prompt, from the converted folder's own processor called with its
+    defaults, as users call it (it puts the BOS after the leading image token; the tokenizer adds none)."""
     from PIL import Image
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(folder)
     rng = np.random.default_rng(0)
     image = Image.fromarray((rng.random((20, 50, 3)) * 255).astype("uint8"))  # 1 tile high, 2 wide
-    inputs = processor(images=image, text=PROMPT, add_special_tokens=False, return_tensors="np")
+    inputs = processor(images=image, text=PROMPT, return_tensors="np")
+    assert inputs["input_ids"][0][:2].tolist() == [128256, 128000], inputs["input_ids"][0][:4]
     return {k: np.asarray(v) for k, v in inputs.items()}
 
 

@@ -79,6 +79,8 @@ class VisionShape:
 SHAPE_11B = VisionShape("11B-shaped", mp=1, dim=128, n_heads=16, n_kv_heads=8, n_layers=8, n_cross=2)
 # 90B: also every 4th (80 / 20), 8 query heads per KV head, sharded (MP2 here; Meta ships MP8).
 SHAPE_90B = VisionShape("90B-shaped", mp=2, dim=128, n_heads=32, n_kv_heads=8, n_layers=8, n_cross=2, seed=1)
+# 90B as Meta ships it, MP8: one KV head and one learnable image-token row per shard.
+SHAPE_90B_MP8 = VisionShape("90B-shaped-MP8", mp=8, dim=128, n_heads=32, n_kv_heads=8, n_layers=8, n_cross=2, seed=2)
 
 
 def default_tokenizer() -> Path:

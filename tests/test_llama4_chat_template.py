@@ -144,6 +144,20 @@ def test_dialog_ids_equal_meta_chat_format(hf, meta, name):
     assert _render(hf, ours) == _meta(meta, theirs)
 
 
+@pytest.mark.parametrize("name", list(DIALOGS))
+def test_chat_template_tokenized_by_transformers_gives_metas_ids(hf, meta, name):
+    # apply_chat_template(tokenize=True): what users call; the template writes the one BOS
+    ours, theirs = DIALOGS[name]
+    ids = hf.apply_chat_template(ours, tokenize=True, add_generation_prompt=True)["input_ids"]
+    assert ids == _meta(meta, theirs) and ids.count(200000) == 1
+
+
+def test_tokenizer_call_gives_metas_completion_ids(hf, meta):
+    # a plain prompt, as Meta's completion path encodes it: BOS, then the text (Llama4Processor adds none)
+    text = "The color of the sky is blue but sometimes it can also be"
+    assert hf(text)["input_ids"] == meta.encode_content(text).tokens
+
+
 @pytest.mark.parametrize("tiles", [(1, 1), (2, 3)])
 def test_image_placeholders_expand_to_metas_image_tokens(hf, meta, tiles):
     import torch

@@ -1,19 +1,14 @@
 """Llama 3.2 Vision end to end: checkpoints made by Meta's reference model, converted with zero flags,
 run by transformers and compared with Meta's reference logits.
 
-Text logits are compared in this process (transformers 5.x). Image logits need transformers 4.47.1
-(5.x feeds the projector the outputs of the intermediate vision layers where Meta and 4.47.1 feed their
-inputs): set LLAMA_CONVERT_TRANSFORMERS_4_47_PYTHON to an interpreter that has it, else that test skips.
-Both models get the same pixel tensor (the converted folder's processor makes it; Meta's own PIL transform
-needs torchvision, which cannot be installed here).
+Text logits are compared in this process (transformers 5.x). Image logits, from the converted folder's
+processor inputs, are compared with Meta's in ``test_mllama_inputs.py`` (they need transformers 4.47.1).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 from pathlib import Path
 
 import mllama_fixture as fx
@@ -27,17 +22,6 @@ from llama_convert.errors import InputError, UnsupportedError
 from llama_convert.families.mllama import FAMILY as MLLAMA
 
 TOKENS = np.array([[128000, 791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13, 128009]])
-BASELINE_PYTHON = os.environ.get("LLAMA_CONVERT_TRANSFORMERS_4_47_PYTHON")
-HF_447_LOGITS = """
-import sys, numpy as np, torch, transformers
-assert transformers.__version__ == "4.47.1", transformers.__version__
-from transformers import MllamaForConditionalGeneration
-folder, inputs, out = sys.argv[1:4]
-model = MllamaForConditionalGeneration.from_pretrained(folder, torch_dtype=torch.float32).eval()
-with torch.inference_mode():
-    logits = model(**{k: torch.from_numpy(v) for k, v in np.load(inputs).items()}).logits
-np.save(out, logits.float().numpy())
-"""
 
 
 class Case:
@@ -100,9 +84,9 @@ def test_text_logits_equal_metas_reference(case):
     assert_logits_close(ours, reference)
 
 
-def image_inputs(folder: Path, *, chat: bool = True) -> dict[str, np.ndarray]:
-    """The converted folder's processor on one image (50 × 20 pixels: 1 tile high, 2 wide) and a prompt:
-    the chat template's (instruct) or, with ``chat=False`` or a base model, the image first then text."""
+def image_inputs(folder: Path) -> dict[str, np.ndarray]:
+    """The converted folder's processor, called with its defaults, on one image (50 × 20 pixels: 1 tile high,
+    2 wide) and a prompt: the chat template's (instruct) or, for a base model, the image first then text."""
     from PIL import Image
     from transformers import AutoProcessor
 
@@ -110,20 +94,12 @@ def image_inputs(folder: Path, *, chat: bool = True) -> dict[str, np.ndarray]:
     assert type(processor).__name__ == "MllamaProcessor"
     image = Image.fromarray((np.random.default_rng(1).random((20, 50, 3)) * 255).astype("uint8"))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is in it?"}]}]
-    if chat and processor.tokenizer.chat_template is not None:
+    if processor.tokenizer.chat_template is not None:
         prompt = processor.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     else:
         prompt = "<|image|>If I had to write a haiku for this one, it would be:"
-    inputs = processor(images=image, text=prompt, add_special_tokens=False, return_tensors="np")
+    inputs = processor(images=image, text=prompt, return_tensors="np")
     return {k: np.asarray(v) for k, v in inputs.items()}
-
-
-def meta_logits_for(case: Case, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    from transformers.models.mllama.image_processing_pil_mllama import get_all_supported_aspect_ratios
-
-    ratio = tuple(get_all_supported_aspect_ratios(4)[int(inputs["aspect_ratio_ids"][0, 0]) - 1])
-    tiles = int(inputs["aspect_ratio_mask"][0, 0].sum())
-    return fx.meta_image_logits(case.model, inputs["input_ids"], inputs["pixel_values"][0, 0], ratio, tiles)
 
 
 def test_autoprocessor_inputs_run_through_the_converted_model(case):
@@ -131,6 +107,7 @@ def test_autoprocessor_inputs_run_through_the_converted_model(case):
 
     inputs = image_inputs(case.dst)
     assert inputs["input_ids"][0].tolist().count(128256) == 1
+    assert inputs["input_ids"][0].tolist().count(128000) == 1
     assert inputs["aspect_ratio_ids"].tolist() == [[2]]  # 50 × 20 pixels: 1 tile high, 2 wide
     model = hf_model(case.dst)
     with torch.inference_mode():
@@ -140,20 +117,6 @@ def test_autoprocessor_inputs_run_through_the_converted_model(case):
     with torch.inference_mode():
         text_only = model(input_ids=torch.from_numpy(inputs["input_ids"])).logits.numpy()
     assert np.abs(logits[0, -1] - text_only[0, -1]).max() > 1e-2
-
-
-@pytest.mark.skipif(BASELINE_PYTHON is None, reason="LLAMA_CONVERT_TRANSFORMERS_4_47_PYTHON is not set")
-def test_image_logits_equal_metas_reference_in_transformers_4_47(case, tmp_path):
-    # The image comes first so that every text row attends to it: for rows before the first image Meta zeroes
-    # the cross-attention output while transformers (4.47.1 and 5.x) lets them attend to every tile, a
-    # difference of the two implementations, not of the weights.
-    inputs = image_inputs(case.dst, chat=False)
-    assert inputs["input_ids"][0, 0] == 128256
-    np.savez(tmp_path / "inputs.npz", **inputs)
-    argv = [BASELINE_PYTHON, "-c", HF_447_LOGITS, str(case.dst), str(tmp_path / "inputs.npz"), str(tmp_path / "o.npy")]
-    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert_logits_close(np.load(tmp_path / "o.npy"), meta_logits_for(case, inputs))
 
 
 def test_guard_3_vision_by_name_and_contradictions_refused(case, tmp_path):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,13 @@ from llama_convert.testing.synth import bundled_llama3_tokenizer
 BF16 = dtype_by_name("bfloat16")
 TOKENIZER = bundled_llama3_tokenizer()
 needs_tokenizer = pytest.mark.skipif(TOKENIZER is None, reason="llama-models (Meta's tokenizer.model) not installed")
+BASELINE_PYTHON = os.environ.get("LLAMA_CONVERT_TRANSFORMERS_4_47_PYTHON")
+# transformers 4.47.1's official mllama converter, tokenizer part only, run in its own interpreter.
+OFFICIAL_TOKENIZER = """
+import sys
+from transformers.models.mllama.convert_mllama_weights_to_hf import write_tokenizer
+write_tokenizer(sys.argv[1], sys.argv[2], instruct=sys.argv[3] == "instruct")
+"""
 
 
 def release(size: str) -> VisionParams:
@@ -188,9 +197,10 @@ def test_autoprocessor_is_mllama_and_makes_model_inputs(processor_folder):
     image = Image.fromarray((np.random.default_rng(0).random((300, 700, 3)) * 255).astype("uint8"))
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe it."}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    inputs = processor(images=image, text=prompt, add_special_tokens=False, return_tensors="np")
+    inputs = processor(images=image, text=prompt, return_tensors="np")
     assert inputs["pixel_values"].shape == (1, 1, 4, 3, 560, 560)
     assert inputs["input_ids"][0].tolist().count(128256) == 1
+    assert inputs["input_ids"][0].tolist().count(128000) == 1  # the template's; the tokenizer adds none
     assert inputs["cross_attention_mask"].shape[:3] == (1, inputs["input_ids"].shape[1], 1)
     # 700 × 300 fits 1 tile high, 2 wide (then padded): HF's aspect-ratio id of (1, 2) is 2
     assert inputs["aspect_ratio_ids"].tolist() == [[2]]
@@ -212,7 +222,7 @@ def test_tokenizer_matches_metas_and_puts_image_at_128256(processor_folder):
     ]
     assert meta.special_tokens["<|image|>"] == 128011  # Meta's own id, rewritten to 128256 by its chat formatter
     for text in ["Describe this image in two sentences.", "  héllo\n\nworld 12345 ¿qué?", "def f(x):\n\treturn x"]:
-        assert ours.encode(text, add_special_tokens=False) == meta.encode(text, bos=False, eos=False)
+        assert ours.encode(text) == meta.encode(text, bos=False, eos=False)  # no BOS of its own, as published
     assert ours.pad_token == "<|finetune_right_pad_id|>" and ours.eos_token == "<|eot_id|>"
 
 
@@ -232,7 +242,8 @@ def test_instruct_template_gives_metas_dialog_tokens(processor_folder):
     ours = AutoTokenizer.from_pretrained(processor_folder)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]
     rendered = ours.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    assert ours.encode(rendered, add_special_tokens=False) == expected
+    assert ours.encode(rendered) == expected
+    assert ours.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)["input_ids"] == expected
     with pytest.raises(Exception, match="incompatible with system messages"):
         ours.apply_chat_template([{"role": "system", "content": "Be brief."}, *messages], tokenize=False)
     text_only = ours.apply_chat_template(
@@ -297,3 +308,26 @@ def test_params_read_flat_and_nested_cross_attention_count(tmp_path):
     wider = {**shapes, "vision_model.vision_projection.weight": (4096, 6400)}
     with pytest.raises(UnsupportedError, match="cannot tell which layers"):
         parse_vision_params(flat, wider, tmp_path / "params.json", mp=8)
+
+
+@needs_tokenizer
+@pytest.mark.skipif(BASELINE_PYTHON is None, reason="LLAMA_CONVERT_TRANSFORMERS_4_47_PYTHON is not set")
+@pytest.mark.parametrize("variant", ["base", "instruct"])
+def test_tokenizer_encodes_as_the_official_converters(variant, tmp_path):
+    from transformers import AutoTokenizer
+
+    official = tmp_path / "official"
+    argv = [BASELINE_PYTHON, "-c", OFFICIAL_TOKENIZER, str(TOKENIZER), str(official), variant]
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ours_dir = tmp_path / "ours"
+    ours_dir.mkdir()
+    for name, data in tokenizer.tokenizer_files(TOKENIZER, variant).items():
+        (ours_dir / name).write_bytes(data)
+    ours_json, official_json = (json.loads((d / "tokenizer.json").read_text()) for d in (ours_dir, official))
+    assert ours_json["post_processor"] == official_json["post_processor"]  # a byte-level one that adds nothing
+    ours, theirs = AutoTokenizer.from_pretrained(ours_dir), AutoTokenizer.from_pretrained(official)
+    texts = ["Hi there", "<|image|>If I had", "<|begin_of_text|><|image|>x", "a <|image|> b\n\n<|eot_id|>", ""]
+    for text in texts:
+        assert ours(text)["input_ids"] == theirs(text)["input_ids"], text
+    assert ours(texts[0], texts[1])["input_ids"] == theirs(texts[0], texts[1])["input_ids"]

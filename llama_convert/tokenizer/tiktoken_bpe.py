@@ -141,11 +141,14 @@ def bytes_to_unicode() -> dict[int, str]:
     return mapping
 
 
-def build_tokenizer(tokens: list[bytes], special_names: list[str], *, pattern: str, bos: str) -> Tokenizer:
+def build_tokenizer(
+    tokens: list[bytes], special_names: list[str], *, pattern: str, bos: str, add_bos: bool = True
+) -> Tokenizer:
     """Assemble the ``tokenizers`` fast tokenizer equivalent to Meta's tiktoken encoding.
 
-    ``pattern`` is the tiktoken pre-tokenizer regex, ``bos`` the token the post-processor prepends;
-    special tokens take the ids after the last rank, in the order given.
+    ``pattern`` is the tiktoken pre-tokenizer regex, ``bos`` the token the post-processor prepends (with
+    ``add_bos``; without it the post-processor adds nothing); special tokens take the ids after the last rank,
+    in the order given.
     """
     byte_map = bytes_to_unicode()
 
@@ -162,10 +165,14 @@ def build_tokenizer(tokens: list[bytes], special_names: list[str], *, pattern: s
         ]
     )
     tokenizer.decoder = decoders.ByteLevel()
-    bos_id = len(tokens) + special_names.index(bos)
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
-    )
+    if add_bos:
+        bos_id = len(tokens) + special_names.index(bos)
+        tokenizer.post_processor = processors.TemplateProcessing(
+            single=f"{bos} $A", pair=f"{bos} $A {bos}:1 $B:1", special_tokens=[(bos, bos_id)]
+        )
+    else:
+        # What transformers' own mllama converter writes: byte-level offsets, no added token.
+        tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     tokenizer.add_special_tokens([_added_token(name) for name in special_names])
     return tokenizer
 
@@ -182,11 +189,13 @@ def tiktoken_tokenizer_files(
     pad: str | None = None,
     tokens: list[bytes] | None = None,
     extra_config: dict[str, object] | None = None,
+    add_bos: bool = True,
 ) -> dict[str, bytes]:
     """``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` for a tiktoken file whose
-    special tokens (``special_names``, in id order) follow its last rank (``tokens``: the ranks already read)."""
+    special tokens (``special_names``, in id order) follow its last rank (``tokens``: the ranks already read).
+    ``add_bos``: whether encoding with the tokenizer's defaults prepends ``bos``."""
     tokens = read_ranks(tokenizer_model) if tokens is None else tokens
-    tokenizer = build_tokenizer(tokens, special_names, pattern=pattern, bos=bos)
+    tokenizer = build_tokenizer(tokens, special_names, pattern=pattern, bos=bos, add_bos=add_bos)
     config = tokenizer_config(
         special_names,
         len(tokens),

@@ -4,6 +4,10 @@ Meta's tokenizer names id 128011 ``<|image|>`` and its chat formatter rewrites t
 first row of ``learnable_embedding``. The published Hugging Face tokenizer instead appends ``<|image|>``
 as token 128256 (128257 tokens) and calls 128011 ``<|reserved_special_token_2|>``; 128005 is
 ``<|step_id|>`` there, unlike the Llama 3.1 text tokenizer.
+
+Unlike the text tokenizers, it adds no ``<|begin_of_text|>`` of its own (as the published tokenizer and
+transformers' own converter): ``MllamaProcessor`` puts it after the leading image tokens of a prompt that has
+none (``<|image|><|begin_of_text|>…``) and then tokenizes with the defaults, and the chat templates write it.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def tokenizer_files(tokenizer_model: Path, variant: Variant) -> dict[str, bytes]
         context_length=CONTEXT_LENGTH,
         chat_template=template,
         pad=PAD,
+        add_bos=False,
     )
     if template is not None:
         files["chat_template.json"] = json_bytes({"chat_template": template})

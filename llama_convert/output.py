@@ -7,13 +7,13 @@ import errno
 import fcntl
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConversionError, DestinationExistsError, DiskFullError
-from .resume import JOURNAL_NAME, Journal
+from .resume import JOURNAL_NAME, Checkpoint, Journal
 
 __all__ = [
     "Staging",
@@ -194,16 +194,16 @@ class Staging:
     path: Path
     journal: Journal
     resumed: dict[str, int]  # name → size of files kept from an interrupted run
-    checkpoints: dict[str, tuple[int, Any]] = field(default_factory=dict)  # name → (size, writer position)
+    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)  # files written part way
     verified: set[str] = field(default_factory=set)  # source files an interrupted run already verified
 
     def record(self, name: str) -> None:
         """``name`` is written and fsync'd: a rerun may keep it."""
         self.journal.record(name)
 
-    def checkpoint(self, name: str, position: Any) -> None:
-        """``name`` is fsync'd up to here, reached at writer ``position``: a rerun may continue from it."""
-        self.journal.checkpoint(name, position)
+    def checkpoint(self, key: str, files: Sequence[str], position: Any) -> None:
+        """``files`` are fsync'd up to here, reached at writer ``position``: a rerun may continue from it."""
+        self.journal.checkpoint(key, files, position)
 
 
 def _lock(folder: Path, dst: Path) -> int:
@@ -227,8 +227,12 @@ def _clear(folder: Path, keep: set[str]) -> None:
                 entry.unlink(missing_ok=True)
 
 
-def _kept(journal: Journal) -> tuple[dict[str, int], dict[str, tuple[int, Any]], set[str]]:
+def _kept(journal: Journal) -> tuple[dict[str, int], dict[str, Checkpoint], set[str]]:
     return journal.completed(), journal.checkpoints(), journal.verified_files()
+
+
+def _files(checkpoints: dict[str, Checkpoint]) -> set[str]:
+    return {name for c in checkpoints.values() for name in c.sizes}
 
 
 def _publish_files(folder: Path, dsts: list[Path], *, force: bool) -> None:
@@ -270,7 +274,7 @@ def resumable_output_dir(
         journal = Journal(folder, fingerprint)
         resumed, checkpoints, verified = _kept(journal) if resume else ({}, {}, set())
         anything = bool(resumed or checkpoints or verified)
-        _clear(folder, {*resumed, *checkpoints, JOURNAL_NAME, _LOCK_NAME} if anything else {_LOCK_NAME})
+        _clear(folder, {*resumed, *_files(checkpoints), JOURNAL_NAME, _LOCK_NAME} if anything else {_LOCK_NAME})
         if not anything:
             journal.start()
         staging = Staging(folder, journal, resumed, checkpoints, verified)
@@ -281,7 +285,7 @@ def resumable_output_dir(
                 done, partial, _ = _kept(journal)
                 keep = bool(done or partial)
                 if keep:
-                    _clear(folder, {*done, *partial, JOURNAL_NAME, _LOCK_NAME})
+                    _clear(folder, {*done, *_files(partial), JOURNAL_NAME, _LOCK_NAME})
                 raise _disk_full(dst, exc, folder, len(done) + len(partial)) from None
             raise
         (folder / JOURNAL_NAME).unlink(missing_ok=True)

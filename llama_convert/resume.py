@@ -17,12 +17,12 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["JOURNAL_NAME", "Journal", "fingerprint"]
+__all__ = ["JOURNAL_NAME", "Checkpoint", "Journal", "fingerprint"]
 
 JOURNAL_NAME = ".llama-convert-journal"
 _SAMPLE = 1 << 20  # bytes hashed at each end of a file
@@ -59,6 +59,18 @@ def _tail_hash(path: Path, size: int) -> str:
         return hashlib.sha256(f.read(size - start)).hexdigest()
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """How far files written in one long pass got: each file's size then, and the writer's position."""
+
+    sizes: dict[str, int]
+    position: Any
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.sizes.values())
+
+
 @dataclass
 class Journal:
     """Append-only record of complete output files in a staging folder."""
@@ -88,23 +100,28 @@ class Journal:
                     done[path.name] = stat.st_size
         return done
 
-    def checkpoint(self, name: str, position: Any) -> None:
-        """``name`` is fsync'd up to its current size, which the writer reached at ``position`` (JSON)."""
-        size = (self.folder / name).stat().st_size
-        entry = {"checkpoint": name, "size": size, "tail_sha256": _tail_hash(self.folder / name, size)}
-        self._write_line({**entry, "position": position}, mode="a")
+    def checkpoint(self, key: str, files: Sequence[str], position: Any) -> None:
+        """``files`` (one GGUF file, or all of Meta's shards) are fsync'd up to their current sizes, which the
+        writer reached at ``position`` (JSON); ``key`` names the checkpoint."""
+        sizes = {name: (self.folder / name).stat().st_size for name in files}
+        tails = {name: _tail_hash(self.folder / name, size) for name, size in sizes.items()}
+        self._write_line({"checkpoint": key, "sizes": sizes, "tails": tails, "position": position}, mode="a")
 
-    def checkpoints(self) -> dict[str, tuple[int, Any]]:
-        """The last intact checkpoint of each file: name → (size to truncate to, writer position)."""
-        out: dict[str, tuple[int, Any]] = {}
+    def checkpoints(self) -> dict[str, Checkpoint]:
+        """The last intact checkpoint under each key (every file at least as long, same bytes before the end)."""
+        out: dict[str, Checkpoint] = {}
         for entry in self._entries():
-            name = entry.get("checkpoint")
-            if not isinstance(name, str) or "/" in name:
+            key, sizes, tails = entry.get("checkpoint"), entry.get("sizes"), entry.get("tails")
+            if not isinstance(key, str) or not isinstance(sizes, dict) or not isinstance(tails, dict):
                 continue
-            path, size = self.folder / name, entry.get("size")
-            with contextlib.suppress(OSError, TypeError):
-                if path.stat().st_size >= size and _tail_hash(path, size) == entry.get("tail_sha256"):
-                    out[name] = (size, entry.get("position"))
+            with contextlib.suppress(OSError, TypeError, ValueError):
+                if all(
+                    "/" not in name
+                    and (self.folder / name).stat().st_size >= size
+                    and _tail_hash(self.folder / name, size) == tails.get(name)
+                    for name, size in sizes.items()
+                ):
+                    out[key] = Checkpoint(dict(sizes), entry.get("position"))
         return out
 
     def verified(self, name: str, md5: str) -> None:

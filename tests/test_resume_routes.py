@@ -29,9 +29,9 @@ _CHILD = textwrap.dedent(
     original = resume.Journal.checkpoint
     seen = 0
 
-    def checkpoint(self, name, position):
+    def checkpoint(self, key, files, position):
         global seen
-        original(self, name, position)
+        original(self, key, files, position)
         seen += 1
         if seen >= after:
             os.kill(os.getpid(), signal.SIGKILL)

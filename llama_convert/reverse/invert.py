@@ -177,16 +177,20 @@ def write_meta_tensors(
     writer: MetaShardWriter,
     *,
     advance: Callable[[int], None] = lambda n: None,
+    first: int = 0,
+    on_tensor: Callable[[int], None] = lambda done: None,
 ) -> None:
-    """Stream every tensor's slices into all of the writer's shards.
+    """Stream every tensor's slices into all of the writer's shards, from tensor ``first`` on (the ones
+    before are in the shards already); ``on_tensor(n)`` is called once the first ``n`` are complete.
 
     A reader thread produces the next blocks (read, permute, cast) while this one writes the current
     block: reading from disk overlaps writing to it, as ``cp`` overlaps them in the kernel.
     """
     mp = writer.mp
+    index = {id(t): i for i, t in enumerate(tensors)}
     jobs = [
         (t, seg, start, stop)
-        for t in tensors
+        for t in tensors[first:]
         for seg in t.segments
         for start, stop in _blocks(seg, max(t.dtype.itemsize, source.dtype_of(seg.source).itemsize))
     ]
@@ -205,6 +209,7 @@ def write_meta_tensors(
                 if t is not current:
                     if current is not None:
                         writer.close_tensor()
+                        on_tensor(index[id(current)] + 1)
                     current, sinks = t, writer.open_tensor(t.name, t.dtype, [t.shard_shape(mp)] * mp)
                 _route(block, t, seg, start, stop, sinks, mp)
                 advance(block.nbytes if t.mp_axis is not None else block.nbytes * mp)

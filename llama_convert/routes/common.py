@@ -20,6 +20,7 @@ from ..errors import UnsupportedError
 from ..families import FAMILIES, Family, family_of
 from ..options import ConversionResult, ConvertOptions, Format, Progress
 from ..output import Staging, atomic_output_dir, atomic_output_files, check_free_space, resumable_output_dir
+from ..resume import Checkpoint
 from ..spec import ModelSpec
 from ..verify import BackgroundVerify
 
@@ -154,16 +155,16 @@ def checked_advance(
 class Stage:
     """Where a running route writes: ``paths`` (one folder, or one staged file per output file) and, when the
     staging is resumable, what an interrupted run left: complete files (``resumed``, keep them; ``record`` a
-    newly finished one) and files written part way (``checkpoints``: name → (size, writer position);
-    ``checkpoint`` records how far a file got after an fsync)."""
+    newly finished one) and files written part way (``checkpoints``: key → ``resume.Checkpoint``;
+    ``checkpoint(key, files, position)`` records how far they got after an fsync)."""
 
     paths: list[Path]
     advance: Callable[[int], None]
     beside: Beside
     resumed: dict[str, int] = field(default_factory=dict)
-    checkpoints: dict[str, tuple[int, Any]] = field(default_factory=dict)
+    checkpoints: dict[str, Checkpoint] = field(default_factory=dict)
     record: Callable[[str], None] = lambda name: None
-    checkpoint: Callable[[str, Any], None] = lambda name, position: None
+    checkpoint: Callable[[str, list[str], Any], None] = lambda key, files, position: None
 
     @property
     def path(self) -> Path:
@@ -230,7 +231,7 @@ def run_planned(
             if st is not None:
                 stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)
             if stage.resumed or stage.checkpoints:
-                resumed = sum(stage.resumed.values()) + sum(size for size, _ in stage.checkpoints.values())
+                resumed = sum(stage.resumed.values()) + sum(c.nbytes for c in stage.checkpoints.values())
                 done = f"kept {len(stage.resumed)} of {planned_files} weight file(s)"
                 part = f", {len(stage.checkpoints)} written part way" if stage.checkpoints else ""
                 notes.append(f"resumed an interrupted run: {done}{part}, {resumed / 1e9:.2f} GB.")

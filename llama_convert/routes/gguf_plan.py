@@ -131,7 +131,7 @@ def write_planned_gguf(
     so a rerun after a crash continues from there (the header is compared byte for byte first)."""
     name = stage.path.name
     kept = stage.checkpoints.get(name)
-    resume = (int(kept[1]), kept[0]) if kept is not None and isinstance(kept[1], int) else None
+    resume = (kept.position, kept.sizes[name]) if kept is not None and isinstance(kept.position, int) else None
     stream = GGUFStreamWriter(stage.path, writer, [t.entry for t in plan.tensors], resume=resume)
     start = stream.index
     stage.advance(sum(t.entry.nbytes for t in plan.tensors[:start]))
@@ -144,7 +144,7 @@ def write_planned_gguf(
             since += tensor.entry.nbytes
             if since >= every and i + 1 < len(plan.tensors):
                 stream.sync()
-                stage.checkpoint(name, i + 1)
+                stage.checkpoint(name, [name], i + 1)
                 since = 0
     except BaseException:
         stream.abort()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,32 +21,50 @@ from ..errors import InputError, UnsupportedError
 from ..families import family_of
 from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..formats.meta.torch_zip import TorchCheckpoint
-from ..formats.meta.writer import MetaShardWriter, checklist_text
+from ..formats.meta.writer import MetaShardWriter, checklist_text, shard_name
 from ..options import ConversionResult, ConvertOptions, Progress, as_dtype
 from ..plan import MetaLayout, Part, TensorRecipe
+from ..resume import fingerprint
 from ..reverse.invert import MetaTensor, RowSource, invert_recipes, write_meta_tensors
 from ..reverse.sources import HFRows, RecipeRows
+from ..version import __version__
 from .common import Route, Stage, detect_spec, family_for_hf, run_planned
 
 __all__ = ["HF_ROUTE", "RESHARD_ROUTE", "MetaPlan", "plan_hf_to_meta", "plan_reshard", "write_meta_folder"]
 
 
 def write_meta_folder(
-    folder: Path,
+    stage: Stage,
     tensors: Sequence[MetaTensor],
     source: RowSource,
     *,
     mp: int,
     small_files: dict[str, bytes],
     sync: bool = True,
-    advance: Callable[[int], None] = lambda n: None,
 ) -> tuple[str, ...]:
-    """Write the shards, ``small_files`` and checklist.chk into ``folder`` (a staging folder)."""
+    """Write the shards, ``small_files`` and checklist.chk into the stage's folder. Every
+    ``CHECKPOINT_BYTES`` the shards are fsync'd and the stage records how far they got (tensors done, each
+    archive's state), so a rerun after a crash continues from there."""
+    names = [shard_name(r) for r in range(mp)]
+    kept = stage.checkpoints.get(_SHARDS)
+    resume = kept.position if kept is not None and _usable(kept.position, mp, len(tensors)) else None
     # One MD5 lane per core (at most one per shard): shards hash in parallel, each file's bytes in order.
     lanes = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
-    writer = MetaShardWriter(folder, mp, lanes)
+    writer = MetaShardWriter(stage.path, mp, lanes, resume=resume["shards"] if resume else None)
+    first = resume["tensors"] if resume else 0
+    stage.advance(sum(t.nbytes(mp) for t in tensors[:first]))
+    every = min(CHECKPOINT_BYTES, max(1, sum(t.nbytes(mp) for t in tensors) // 16))
+    since = 0
+
+    def on_tensor(done: int) -> None:
+        nonlocal since
+        since += tensors[done - 1].nbytes(mp)
+        if since >= every:
+            stage.checkpoint(_SHARDS, names, {"tensors": done, "shards": writer.checkpoint()})
+            since = 0
+
     try:
-        write_meta_tensors(tensors, source, writer, advance=advance)
+        write_meta_tensors(tensors, source, writer, advance=stage.advance, first=first, on_tensor=on_tensor)
         digests = writer.finish(sync=sync)
     except BaseException:
         writer.abort()
@@ -55,10 +73,25 @@ def write_meta_folder(
         for lane in lanes:
             lane.shutdown(wait=True, cancel_futures=True)
     for name, data in small_files.items():
-        (folder / name).write_bytes(data)
+        (stage.path / name).write_bytes(data)
         digests[name] = hashlib.md5(data).hexdigest()
-    (folder / "checklist.chk").write_text(checklist_text(digests))
+    (stage.path / "checklist.chk").write_text(checklist_text(digests))
     return (*sorted(digests), "checklist.chk")
+
+
+_SHARDS = "shards"
+CHECKPOINT_BYTES = 512 << 20  # at most this much is redone after a crash (smaller models: 1/16)
+
+
+def _usable(position: Any, mp: int, n_tensors: int) -> bool:
+    """A checkpoint position this plan can continue from (the fingerprint matched, so it is ours)."""
+    return (
+        isinstance(position, dict)
+        and isinstance(position.get("tensors"), int)
+        and 0 < position["tensors"] <= n_tensors
+        and isinstance(position.get("shards"), list)
+        and len(position["shards"]) == mp
+    )
 
 
 def _check_mp(tensors: Sequence[MetaTensor], mp: int, src: Path) -> None:
@@ -190,12 +223,13 @@ def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Pr
     def body(stage: Stage) -> tuple[str, ...]:
         with find_hf_folder(plan.source) as hf:
             rows = HFRows(hf, plan.layout.aliases, plan.layout.constants)
-            return write_meta_folder(
-                stage.path, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files, advance=stage.advance
-            )
+            return write_meta_folder(stage, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files)
 
     label = f"Writing {plan.spec.name} (Meta, MP{plan.mp})"
-    return run_planned(plan, [dst], opts, progress, body=body, label=label, staging="folder", verify_root=None)
+    key = fingerprint(sorted(p for p in plan.source.iterdir() if p.is_file()), __version__, "meta", plan.to_json())
+    return run_planned(
+        plan, [dst], opts, progress, body=body, label=label, staging="resumable", verify_root=None, fingerprint=key
+    )
 
 
 def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
@@ -234,16 +268,24 @@ def run_reshard(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Progr
         shards = [TorchCheckpoint(p) for p in spec.shards]
         try:
             rows = RecipeRows(plan.source_recipes, shards)
-            return write_meta_folder(
-                stage.path, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files, advance=stage.advance
-            )
+            return write_meta_folder(stage, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files)
         finally:
             for shard in shards:
                 shard.close()
 
     label = f"Resharding {spec.name} MP{spec.mp} → MP{plan.mp}"
+    sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    key = fingerprint(sources, __version__, "reshard", plan.to_json())
     return run_planned(
-        plan, [dst], opts, progress, body=body, label=label, staging="folder", verify_root=spec.folder.root
+        plan,
+        [dst],
+        opts,
+        progress,
+        body=body,
+        label=label,
+        staging="resumable",
+        verify_root=spec.folder.root,
+        fingerprint=key,
     )
 
 

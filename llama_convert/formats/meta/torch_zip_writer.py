@@ -36,6 +36,22 @@ _STORAGE_CLASS = {
     "bool": "BoolStorage",
 }
 _ALIGN = 64  # torch aligns storage data to 64 bytes inside the archive
+# What zipfile's central directory needs of a member written earlier (see TorchZipWriter.state).
+_ZIPINFO_FIELDS = (
+    "compress_type",
+    "file_size",
+    "compress_size",
+    "CRC",
+    "header_offset",
+    "flag_bits",
+    "create_version",
+    "extract_version",
+    "create_system",
+    "external_attr",
+    "internal_attr",
+    "volume",
+    "reserved",
+)
 
 
 @dataclass
@@ -222,6 +238,36 @@ class TorchZipWriter:
         ):
             self._zip.writestr(self._member(name, len(content)), content)
         self._zip.close()
+
+    def state(self) -> dict:
+        """Everything needed to continue this archive after its bytes so far (JSON): the members written
+        (as zipfile will list them in the central directory), the storages and the tensor views."""
+        members = [
+            {
+                **{k: getattr(info, k) for k in _ZIPINFO_FIELDS},
+                "filename": info.filename,
+                "extra": info.extra.hex(),
+                "date_time": list(info.date_time),
+            }
+            for info in self._zip.filelist
+        ]
+        storages = [[st.key, st.dtype.torch_name, st.numel] for st in self._storages]
+        tensors = [[name, t.storage.key, t.offset, list(t.shape), list(t.stride)] for name, t in self._tensors.items()]
+        return {"members": members, "storages": storages, "tensors": tensors}
+
+    def restore(self, state: dict, dtypes: dict[str, DType]) -> None:
+        """Continue an archive whose bytes up to ``state`` are already in the file object (see ``state``)."""
+        for m in state["members"]:
+            info = zipfile.ZipInfo(m["filename"], date_time=tuple(m["date_time"]))
+            for k in _ZIPINFO_FIELDS:
+                setattr(info, k, m[k])
+            info.extra = bytes.fromhex(m["extra"])
+            self._zip.filelist.append(info)
+            self._zip.NameToInfo[info.filename] = info
+        self._storages = [_Storage(key, dtypes[dtype], numel) for key, dtype, numel in state["storages"]]
+        by_key = {st.key: st for st in self._storages}
+        for name, key, offset, shape, stride in state["tensors"]:
+            self._tensors[name] = _Tensor(by_key[key], offset, tuple(shape), tuple(stride))
 
     def discard(self) -> None:
         """Give up without writing the index (the caller removes the file)."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ...dtypes import DType
+from ...dtypes import DTYPES, DType
 from ..stream import Writeback
 from .torch_zip_writer import StorageSink, TorchZipWriter
 
@@ -35,12 +35,24 @@ def shard_name(rank: int) -> str:
 class HashedFile(io.RawIOBase):
     """A write-only, unseekable file that MD5-hashes its bytes on a worker thread and paces writeback."""
 
-    def __init__(self, path: Path, hasher: ThreadPoolExecutor) -> None:
+    def __init__(self, path: Path, hasher: ThreadPoolExecutor, *, keep: int = 0) -> None:
+        """``keep``: continue after the first ``keep`` bytes an interrupted run wrote (they are hashed again,
+        the rest of the file is cut off)."""
         super().__init__()
         self.path = path
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        self._pos = 0
         self._md5 = hashlib.md5()
+        if keep:
+            with open(path, "rb") as f:
+                left = keep
+                while left and (block := f.read(min(left, 1 << 24))):
+                    self._md5.update(block)
+                    left -= len(block)
+            if left:
+                raise OSError(f"{path} is shorter than the {keep} bytes an interrupted run recorded")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | (0 if keep else os.O_TRUNC), 0o644)
+        os.ftruncate(self._fd, keep)
+        os.lseek(self._fd, keep, os.SEEK_SET)
+        self._pos = keep
         self._hasher = hasher
         self._jobs: deque[Future] = deque()
         self._writeback = Writeback(self._fd)
@@ -80,6 +92,9 @@ class HashedFile(io.RawIOBase):
     def flush(self) -> None:
         pass
 
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
     def finish(self, *, sync: bool = True) -> str:
         """Wait for the hash, fsync, close; return the MD5 hex digest."""
         digest = self.md5()
@@ -101,16 +116,32 @@ class HashedFile(io.RawIOBase):
 class MetaShardWriter:
     """``mp`` shard files written side by side; ``tensor()`` streams one tensor's slices into all of them."""
 
-    def __init__(self, out_dir: Path, mp: int, hasher: ThreadPoolExecutor | Sequence[ThreadPoolExecutor]) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        mp: int,
+        hasher: ThreadPoolExecutor | Sequence[ThreadPoolExecutor],
+        *,
+        resume: Sequence[dict] | None = None,
+    ) -> None:
         """``hasher``: one single-thread executor, or several (lanes): shard r hashes on lane r mod lanes, so
-        each file's bytes stay in order while different shards hash in parallel."""
+        each file's bytes stay in order while different shards hash in parallel. ``resume``: each shard's
+        ``state()`` at a checkpoint of an interrupted run, to continue from."""
         self.out_dir = Path(out_dir)
         lanes = [hasher] if isinstance(hasher, ThreadPoolExecutor) else list(hasher)
-        self.files = [HashedFile(self.out_dir / shard_name(r), lanes[r % len(lanes)]) for r in range(mp)]
+        keep = [int(r["size"]) for r in resume] if resume else [0] * mp
+        self.files = [HashedFile(self.out_dir / shard_name(r), lanes[r % len(lanes)], keep=keep[r]) for r in range(mp)]
         self.writers = [
             TorchZipWriter(f.path, prefix=f.path.stem, fileobj=f)
             for f in self.files  # type: ignore[arg-type]
         ]
+        if resume:
+            try:
+                for writer, state in zip(self.writers, resume, strict=True):
+                    writer.restore(state["zip"], DTYPES)
+            except BaseException:
+                self.abort()
+                raise
         self.digests: dict[str, str] = {}
 
     @property
@@ -130,6 +161,12 @@ class MetaShardWriter:
         for writer, shape, sink in zip(self.writers, shapes, sinks, strict=True):
             sink.close()
             writer.add_view(name, sink.key, shape)
+
+    def checkpoint(self) -> list[dict]:
+        """fsync every shard and return each one's state (its size and archive state) to continue from."""
+        for f in self.files:
+            f.sync()
+        return [{"size": f.tell(), "zip": w.state()} for f, w in zip(self.files, self.writers, strict=True)]
 
     def finish(self, *, sync: bool = True) -> dict[str, str]:
         """Write every shard's index, flush, and return ``{file name: md5}``."""

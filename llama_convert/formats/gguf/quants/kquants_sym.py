@@ -9,8 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .common import F32, GROUP_MAX_EPS, block_major, element_major, first_abs_max, fp16_bits, fp16_value, nearest_int
-from .common import round_clamped, seq_sum
+from .common import (
+    F32,
+    GROUP_MAX_EPS,
+    block_major,
+    element_major,
+    first_abs_max,
+    fp16_bits,
+    fp16_value,
+    nearest_int,
+    round_clamped,
+    seq_sum,
+)
 from .kquants_min import pack_2bit
 
 

@@ -120,6 +120,14 @@ def input_sets(seed: int = 23) -> dict[str, np.ndarray]:
     sparse = np.zeros((4, 256), dtype=np.float32)
     sparse.reshape(-1)[rng.choice(1024, 40, replace=False)] = normal(1, 40, 0.1)[0]
     sets["sparse"] = sparse
+    signed = np.abs(normal(4, 256, 0.05))
+    signed[:, ::7] = 0.0
+    signed[:, 3::11] = -0.0  # zero mins of both signs, first -0.0 or first +0.0
+    signed[2:] *= -1
+    signed[3, :64] = -0.0  # all-zero blocks that start with -0.0
+    signed[3, 64:96] = 0.0
+    signed[3, 65] = -0.0
+    sets["signed_zero"] = signed
     sets["narrow_96"] = normal(4, 96, 0.02)
     return sets
 

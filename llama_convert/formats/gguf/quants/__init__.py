@@ -16,7 +16,7 @@ from .common import Kernel, run_chunked
 from .iq4_nl import quantize_iq4_nl
 from .kquants_min import quantize_q2_k, quantize_q4_k, quantize_q5_k
 from .kquants_sym import quantize_q3_k, quantize_q6_k
-from .legacy import legacy_kernel
+from .legacy import LEGACY_KERNELS
 
 __all__ = ["QUANTIZED_TYPES", "quantize", "row_nbytes"]
 
@@ -29,7 +29,7 @@ _KERNELS: dict[GGMLQuantizationType, tuple[Kernel, int]] = {
     _T.Q5_K: (quantize_q5_k, 128),
     _T.Q6_K: (quantize_q6_k, 256),
     _T.IQ4_NL: (quantize_iq4_nl, 2048),
-    **{t: (legacy_kernel(t), 8192) for t in (_T.Q4_0, _T.Q4_1, _T.Q5_0, _T.Q5_1, _T.Q8_0)},
+    **{qtype: (kernel, 2048) for qtype, kernel in LEGACY_KERNELS.items()},
 }
 QUANTIZED_TYPES = frozenset(_KERNELS)
 

@@ -23,10 +23,10 @@ __all__ = ["QUANTIZED_TYPES", "quantize", "row_nbytes"]
 _T = GGMLQuantizationType
 # kernel and blocks per call: a chunk's float32 temporaries stay within the core's L2 cache
 _KERNELS: dict[GGMLQuantizationType, tuple[Kernel, int]] = {
-    _T.Q2_K: (quantize_q2_k, 256),
-    _T.Q3_K: (quantize_q3_k, 512),
-    _T.Q4_K: (quantize_q4_k, 128),
-    _T.Q5_K: (quantize_q5_k, 128),
+    _T.Q2_K: (quantize_q2_k, 512),
+    _T.Q3_K: (quantize_q3_k, 1024),
+    _T.Q4_K: (quantize_q4_k, 256),
+    _T.Q5_K: (quantize_q5_k, 256),
     _T.Q6_K: (quantize_q6_k, 256),
     _T.IQ4_NL: (quantize_iq4_nl, 2048),
     **{qtype: (kernel, 2048) for qtype, kernel in LEGACY_KERNELS.items()},

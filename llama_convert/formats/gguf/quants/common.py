@@ -35,12 +35,10 @@ def nearest_int(values: np.ndarray) -> np.ndarray:
 def round_clamped(values: np.ndarray, lo: float, hi: float, out: np.ndarray | None = None) -> np.ndarray:
     """``MAX(lo, MIN(hi, nearest_int(values)))`` as float32, for finite values below 2**22 in magnitude.
 
-    ``(v + MAGIC) - MAGIC`` is the integer ``nearest_int`` finds, exactly; callers guarantee the bound (their
-    values are a sub-block's own values times a finite scale that maps the sub-block's range onto ``hi``)."""
-    out = np.add(values, MAGIC, out=out)
-    np.subtract(out, MAGIC, out=out)
-    np.minimum(out, F32(hi), out=out)
-    return np.maximum(out, F32(lo), out=out)
+    There ``nearest_int`` is round-half-to-even, i.e. ``np.rint``; callers guarantee the bound (their values
+    are a sub-block's own values times a finite scale that maps the sub-block's range onto about ``hi``)."""
+    out = np.rint(values, out=out)
+    return np.clip(out, F32(lo), F32(hi), out=out)
 
 
 def fp16_bits(values: np.ndarray) -> np.ndarray:

@@ -53,17 +53,20 @@ def make_qkx2_quants(
 
     Returns ``(L, scale, the_min)``: float32 levels ``[E, ...]`` and per-sub-block scale and ``-min``.
     The trial loop runs in Python over whole arrays; a better trial replaces the levels, the scale and the
-    min, and later trials use the updated min (as in C)."""
+    min, and later trials use the updated min (as in C). Instead of copying a better trial's levels (a masked
+    copy of the whole array per trial), the (iscale, min) that made them are kept and the levels recomputed
+    once at the end: the same operations on the same values, so the same levels."""
     mn = np.minimum(np.minimum.reduce(x, axis=0), F32(0))
     mx = np.maximum.reduce(x, axis=0)
     sum_w = seq_sum(w)
     sum_x = seq_sum(w * x)
     tmp = np.empty_like(x)
+    trial = np.empty_like(x)
     iscale = F32(nmax) / (mx - mn)
     scale = F32(1) / iscale
-    levels = _levels(x, mn, iscale, nmax, np.empty_like(x), tmp)
-    best = _error(x, w, levels, scale, mn, use_mad, tmp)
-    trial = np.empty_like(x)
+    _levels(x, mn, iscale, nmax, trial, tmp)
+    best = _error(x, w, trial, scale, mn, use_mad, tmp)
+    best_iscale, best_mn = iscale, mn
     wl = np.empty_like(x)
     for step in range(nstep + 1):
         iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
@@ -80,14 +83,14 @@ def make_qkx2_quants(
         this_scale = np.where(clamp, sum_xl / sum_l2, this_scale)
         error = _error(x, w, trial, this_scale, this_min, use_mad, tmp)
         better = (det > 0) & (error < best)
-        if better.any():
-            np.copyto(levels, trial, where=better)
-            best = np.where(better, error, best)
-            scale = np.where(better, this_scale, scale)
-            mn = np.where(better, this_min, mn)
+        best = np.where(better, error, best)
+        scale = np.where(better, this_scale, scale)
+        best_iscale = np.where(better, iscale, best_iscale)
+        best_mn = np.where(better, mn, best_mn)  # the min these levels were made with
+        mn = np.where(better, this_min, mn)
     # max == min: C returns early with L = 0 and scale 0; the arithmetic above already gives exactly that
     # (iscale = inf gives levels 0 and scale 1/inf = 0, and det = 0 rejects every trial).
-    return levels, scale, -mn
+    return _levels(x, best_mn, best_iscale, nmax, trial, tmp), scale, -mn
 
 
 def _requantize(x: np.ndarray, levels: np.ndarray, d: np.ndarray, dm: np.ndarray, nmax: int) -> None:

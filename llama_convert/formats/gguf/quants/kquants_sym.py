@@ -28,7 +28,8 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     """``make_qx_quants(n, nmax, x, L, rmse_type=1, NULL)`` over every sub-block of ``x`` (``[E, ...]``).
 
     Returns float32 levels (``l + nmax``; 0 for a group below GROUP_MAX_EPS) and the per-sub-block scale.
-    Trials ``is = -9..9`` (skipping 0) keep the levels and scale of the best ``sumlx² / suml2``."""
+    Trials ``is = -9..9`` (skipping 0) keep the levels and scale of the best ``sumlx² / suml2``; the levels are
+    recomputed from the best trial's iscale at the end (the same operations, so the same levels)."""
     amax, mx = first_abs_max(x, axis=0)
     zero = amax < GROUP_MAX_EPS
     w = x * x
@@ -36,26 +37,30 @@ def make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
     tmp = np.empty_like(x)
     levels = np.empty_like(x)
 
-    def sums(iscale: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        round_clamped(np.multiply(x, np.where(zero, F32(0), iscale), out=tmp), -nmax, nmax - 1, out=out)
-        sumlx = seq_sum(np.multiply(wx, out, out=tmp))
-        np.multiply(w, out, out=tmp)
-        suml2 = seq_sum(np.multiply(tmp, out, out=tmp))
-        return sumlx, suml2
+    def levels_for(iscale: np.ndarray) -> np.ndarray:
+        np.multiply(x, np.where(zero, F32(0), iscale), out=tmp)
+        return round_clamped(tmp, -nmax, nmax - 1, out=levels)
 
-    sumlx, suml2 = sums(F32(-nmax) / mx, levels)
+    def sums(iscale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        levels_for(iscale)
+        sumlx = seq_sum(np.multiply(wx, levels, out=tmp))
+        np.multiply(w, levels, out=tmp)
+        return sumlx, seq_sum(np.multiply(tmp, levels, out=tmp))
+
+    best_iscale = F32(-nmax) / mx
+    sumlx, suml2 = sums(best_iscale)
     scale = np.where(suml2 != 0, sumlx / suml2, F32(0))
     best = scale * sumlx
-    trial = np.empty_like(x)
     for step in range(-9, 10):
         if step == 0:
             continue
-        sumlx, suml2 = sums(-(F32(nmax) + F32(0.1) * F32(step)) / mx, trial)
+        iscale = -(F32(nmax) + F32(0.1) * F32(step)) / mx
+        sumlx, suml2 = sums(iscale)
         better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-        if better.any():
-            np.copyto(levels, trial, where=better)
-            scale = np.where(better, sumlx / suml2, scale)
-            best = np.where(better, scale * sumlx, best)
+        scale = np.where(better, sumlx / suml2, scale)
+        best = np.where(better, scale * sumlx, best)
+        best_iscale = np.where(better, iscale, best_iscale)
+    levels_for(best_iscale)  # the best trial's levels again: cheaper than a masked copy per trial
     levels += F32(nmax)
     np.copyto(levels, F32(0), where=zero)
     return levels, np.where(zero, F32(0), scale)

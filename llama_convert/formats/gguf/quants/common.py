@@ -53,12 +53,21 @@ def fp16_value(bits: np.ndarray) -> np.ndarray:
 
 def first_abs_max(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """``(amax, max)``: the largest ``|v|`` along ``axis`` and the signed value where it first occurs, as C's
-    ``if (fabsf(v) > amax) { amax = fabsf(v); max = v; }`` from ``amax = 0``."""
+    ``if (fabsf(v) > amax) { amax = fabsf(v); max = v; }`` from ``amax = 0`` (an all-zero group keeps +0.0)."""
     absolute = np.abs(values)
-    index = np.expand_dims(np.argmax(absolute, axis=axis), axis)
-    amax = np.take_along_axis(absolute, index, axis=axis).squeeze(axis)
-    signed = np.take_along_axis(values, index, axis=axis).squeeze(axis)
-    # amax starts at 0: an all-zero (or -0.0) group keeps max = +0.0
+    if axis == 0:  # element-major chunks (argmax along axis 0 is slow): the max is +amax or -amax
+        amax = np.maximum.reduce(absolute, axis=0)
+        positive = np.maximum.reduce(values, axis=0) == amax
+        signed = np.where(positive, amax, -amax)
+        both = np.nonzero((positive & (np.minimum.reduce(values, axis=0) == -amax)).reshape(-1))[0]
+        if both.size:  # +amax and -amax both occur: the first one counts
+            flat = values.reshape(values.shape[0], -1)[:, both]
+            first = np.argmax(np.abs(flat) == amax.reshape(-1)[both], axis=0)
+            signed.reshape(-1)[both] = flat[first, np.arange(both.size)]
+    else:
+        index = np.expand_dims(np.argmax(absolute, axis=axis), axis)
+        amax = np.take_along_axis(absolute, index, axis=axis).squeeze(axis)
+        signed = np.take_along_axis(values, index, axis=axis).squeeze(axis)
     return amax, np.where(amax > 0, signed, F32(0))
 
 

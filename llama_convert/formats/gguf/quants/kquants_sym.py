@@ -107,28 +107,46 @@ def make_q3_quants(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     wx = w * x
     sumlx = seq_sum(wx * levels)
     suml2 = seq_sum((w * levels) * levels)
+    shape = sumlx.shape
+    flat = (x.reshape(x.shape[0], -1), w.reshape(x.shape[0], -1), wx.reshape(x.shape[0], -1))
+    all_levels = levels.reshape(x.shape[0], -1)
+    sumlx, suml2 = sumlx.reshape(-1), suml2.reshape(-1)
+    active = np.arange(sumlx.size)
     for _ in range(5):
-        changed = np.zeros(sumlx.shape, dtype=bool)
-        for i in range(x.shape[0]):
-            xi, wi, wxi, li = x[i], w[i], wx[i], levels[i]
-            slx = sumlx - wxi * li
-            sl2 = suml2 - (wi * li) * li
-            new_l = np.clip(nearest_int((xi * sl2) / slx), -nmax, nmax - 1).astype(F32)
-            candidate = (slx > 0) & (new_l != li)
-            slx = slx + wxi * new_l
-            sl2 = sl2 + (wi * new_l) * new_l
-            accept = candidate & (sl2 > 0) & ((slx * slx) * suml2 > (sumlx * sumlx) * sl2)
-            if accept.any():
-                np.copyto(li, new_l, where=accept)
-                sumlx = np.where(accept, slx, sumlx)
-                suml2 = np.where(accept, sl2, suml2)
-                changed |= accept
-        if not changed.any():
+        # only sub-blocks that changed in the previous pass can change in this one
+        xa, wa, wxa = (part[:, active] for part in flat)
+        la, slx_a, sl2_a = all_levels[:, active], sumlx[active], suml2[active]
+        changed = _q3_pass(xa, wa, wxa, la, slx_a, sl2_a, nmax)
+        all_levels[:, active], sumlx[active], suml2[active] = la, slx_a, sl2_a
+        active = active[changed]
+        if not active.size:
             break
+    sumlx, suml2 = sumlx.reshape(shape), suml2.reshape(shape)
     levels += F32(nmax)
     np.copyto(levels, F32(0), where=zero)
     scale = np.where(suml2 > 0, sumlx / suml2, F32(0))
     return levels, np.where(zero, F32(0), scale)
+
+
+def _q3_pass(x, w, wx, levels, sumlx, suml2, nmax: int) -> np.ndarray:
+    """One refinement pass of ``make_q3_quants`` over ``[16, S]`` sub-blocks, updating ``levels``, ``sumlx``
+    and ``suml2`` in place; returns which sub-blocks changed."""
+    changed = np.zeros(sumlx.shape, dtype=bool)
+    for i in range(x.shape[0]):
+        xi, wi, wxi, li = x[i], w[i], wx[i], levels[i]
+        slx = sumlx - wxi * li
+        sl2 = suml2 - (wi * li) * li
+        new_l = np.clip(nearest_int((xi * sl2) / slx), -nmax, nmax - 1).astype(F32)
+        candidate = (slx > 0) & (new_l != li)
+        slx += wxi * new_l
+        sl2 += (wi * new_l) * new_l
+        accept = candidate & (sl2 > 0) & ((slx * slx) * suml2 > (sumlx * sumlx) * sl2)
+        if accept.any():
+            np.copyto(li, new_l, where=accept)
+            np.copyto(sumlx, slx, where=accept)
+            np.copyto(suml2, sl2, where=accept)
+            changed |= accept
+    return changed
 
 
 def quantize_q3_k(blocks: np.ndarray) -> np.ndarray:

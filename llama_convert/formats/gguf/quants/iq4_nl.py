@@ -17,14 +17,22 @@ _VALUES = KVALUES.astype(F32)
 NTRY = 7
 
 
+# _AT_MOST[k + 127]: how many levels are <= the integer k, for k in -127..113 (the levels are integers, so
+# the levels <= v are those <= floor(v))
+_AT_MOST = np.searchsorted(_VALUES, np.arange(-127, 114, dtype=F32), side="right").astype(np.intp)
+
+
 def best_index(values: np.ndarray) -> np.ndarray:
     """``best_index_int8(16, kvalues_iq4nl, x)`` elementwise: the nearest level, the lower one unless
     ``x - val[mu-1] < val[mu] - x`` fails (float32 differences, as C computes them)."""
-    upper = np.clip(np.searchsorted(_VALUES, values, side="right"), 1, 15)
+    floor = np.clip(np.floor(values), F32(-127), F32(113))
+    floor = np.nan_to_num(floor, copy=False, nan=113).astype(np.intp)  # C's binary search ends at 15 for NaN
+    upper = np.clip(_AT_MOST[floor + 127], 1, 15)
     below = values - _VALUES[upper - 1] < _VALUES[upper] - values
-    index = np.where(below, upper - 1, upper)
-    index = np.where(values <= _VALUES[0], 0, index)
-    return np.where(values >= _VALUES[15], 15, index)
+    index = upper - below
+    index[values <= _VALUES[0]] = 0
+    index[values >= _VALUES[15]] = 15
+    return index
 
 
 def _sums(x: np.ndarray, w: np.ndarray, inverse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -37,13 +37,23 @@ def _error(x: np.ndarray, w: np.ndarray, levels: np.ndarray, scale, the_min, use
     return seq_sum(tmp)
 
 
-def _levels(x: np.ndarray, the_min, iscale, nmax: int, out, tmp) -> np.ndarray:
-    """``MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))``; a non-finite iscale (a sub-block whose range is
-    a denormal) is replaced by 0, which gives C's result there: nearest_int(±inf or NaN) clamps to 0."""
-    iscale = np.where(np.isfinite(iscale), iscale, F32(0))
+_FAST_LIMIT = F32(4e6)  # below 2**22 = 4194304, where nearest_int is np.rint
+
+
+def _levels(x: np.ndarray, the_min, iscale, nmax: int, out, tmp, lo, hi) -> np.ndarray:
+    """``MAX(0, MIN(nmax, nearest_int(iscale * (x - min))))`` for sub-blocks whose values lie in ``[lo, hi]``.
+
+    Usually ``|iscale * (x - min)|`` stays near nmax and ``np.rint`` is exact. A trial's min can end up above
+    a sub-block's lowest value, and near its highest (one-signed sub-blocks), or the range can be a denormal
+    (iscale = inf); then C's ``nearest_int`` bit trick returns other integers (or 0 for inf/NaN) than
+    rounding would, so the chunk takes the bit-exact path for that trial."""
+    bound = np.abs(iscale) * np.maximum(hi - the_min, the_min - lo)
     np.subtract(x, the_min, out=tmp)
     np.multiply(tmp, iscale, out=tmp)
-    return round_clamped(tmp, 0, nmax, out=out)
+    if bool((bound < _FAST_LIMIT).all()):
+        return round_clamped(tmp, 0, nmax, out=out)
+    out[...] = np.clip(nearest_int(tmp), 0, nmax)
+    return out
 
 
 def make_qkx2_quants(
@@ -56,7 +66,8 @@ def make_qkx2_quants(
     min, and later trials use the updated min (as in C). Instead of copying a better trial's levels (a masked
     copy of the whole array per trial), the (iscale, min) that made them are kept and the levels recomputed
     once at the end: the same operations on the same values, so the same levels."""
-    mn = np.minimum(np.minimum.reduce(x, axis=0), F32(0))
+    lo = np.minimum.reduce(x, axis=0)
+    mn = np.minimum(lo, F32(0))
     mx = np.maximum.reduce(x, axis=0)
     sum_w = seq_sum(w)
     sum_x = seq_sum(w * x)
@@ -64,13 +75,13 @@ def make_qkx2_quants(
     trial = np.empty_like(x)
     iscale = F32(nmax) / (mx - mn)
     scale = F32(1) / iscale
-    _levels(x, mn, iscale, nmax, trial, tmp)
+    _levels(x, mn, iscale, nmax, trial, tmp, lo, mx)
     best = _error(x, w, trial, scale, mn, use_mad, tmp)
     best_iscale, best_mn = iscale, mn
     wl = np.empty_like(x)
     for step in range(nstep + 1):
         iscale = (F32(rmin) + F32(rdelta) * F32(step) + F32(nmax)) / (mx - mn)
-        _levels(x, mn, iscale, nmax, trial, tmp)
+        _levels(x, mn, iscale, nmax, trial, tmp, lo, mx)
         np.multiply(w, trial, out=wl)
         sum_l = seq_sum(wl)
         sum_l2 = seq_sum(np.multiply(wl, trial, out=tmp))
@@ -90,7 +101,7 @@ def make_qkx2_quants(
         mn = np.where(better, this_min, mn)
     # max == min: C returns early with L = 0 and scale 0; the arithmetic above already gives exactly that
     # (iscale = inf gives levels 0 and scale 1/inf = 0, and det = 0 rejects every trial).
-    return _levels(x, best_mn, best_iscale, nmax, trial, tmp), scale, -mn
+    return _levels(x, best_mn, best_iscale, nmax, trial, tmp, lo, mx), scale, -mn
 
 
 def _requantize(x: np.ndarray, levels: np.ndarray, d: np.ndarray, dm: np.ndarray, nmax: int) -> None:

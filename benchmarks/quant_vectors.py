@@ -7,12 +7,15 @@ it fetches the llama-cpp-python 0.3.36 sdist (which vendors llama.cpp at upstrea
 ``ggml_quantize_chunk`` (no importance matrix: the path llama-quantize takes) through ctypes.
 
     python benchmarks/quant_vectors.py vectors [--lib libggml-base.so] [--workdir DIR] [--out FILE]
+    python benchmarks/quant_vectors.py check [--lib libggml-base.so] [--weights 1048576]
     python benchmarks/quant_vectors.py bench [--lib libggml-base.so] [--weights 4194304] [--threads 1]
 
 ``vectors`` writes ``tests/data/quants/vectors.npz``: the input sets below (float32 rows) and, for every type,
 the bytes C makes of them; ``tests/test_quants_kernels.py`` compares our kernels against it byte for byte.
-``bench`` prints weights per second of C and of our kernels for each type (one C thread; ours with
-``--threads``). Both refuse a library built with FMA instructions, whose rounding differs.
+``check`` compares our bytes with C's on larger generated sets (normal, bf16-valued, Laplace, Student-t,
+bf16 grid values, one-signed), not stored. ``bench`` prints weights per second of C and of our kernels for
+each type (one C thread; ours with ``--threads``). All refuse a library built with FMA instructions, whose
+rounding differs.
 """
 
 from __future__ import annotations
@@ -47,7 +50,10 @@ def build_library(workdir: Path) -> Path:
     )
     (archive,) = dist.glob("llama_cpp_python-*.tar.gz")
     with tarfile.open(archive) as tar:
-        tar.extractall(workdir, filter="data")
+        try:
+            tar.extractall(workdir, filter="data")
+        except TypeError:  # Python < 3.11.4: no extraction filters
+            tar.extractall(workdir)
     (source,) = workdir.glob("llama_cpp_python-*/vendor/llama.cpp")
     flags = ["-DGGML_NATIVE=OFF", "-DBUILD_SHARED_LIBS=ON", "-DCMAKE_BUILD_TYPE=Release", "-DGGML_OPENMP=OFF"]
     flags += [f"-DLLAMA_{x}=OFF" for x in ("CURL", "BUILD_TESTS", "BUILD_EXAMPLES", "BUILD_SERVER", "BUILD_TOOLS")]
@@ -144,6 +150,36 @@ def make_vectors(lib: ctypes.CDLL, out: Path) -> None:
     print(f"wrote {out} ({out.stat().st_size} bytes, {len(arrays)} arrays)")
 
 
+def check(lib: ctypes.CDLL, weights: int) -> None:
+    """Our bytes against C's on larger sets than the committed ones (not stored): exit status 1 on a mismatch."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from llama_convert.formats.gguf.quants import quantize
+
+    rng = np.random.default_rng(99)
+    shape = (max(1, weights // 4096), 4096)
+    sets = {
+        "normal": rng.standard_normal(shape) * 0.02,
+        "bf16": _bf16(rng.standard_normal(shape) * 0.02),
+        "laplace": rng.laplace(0, 0.01, shape),
+        "student_t2": rng.standard_t(2, shape) * 0.01,
+        "bf16_grid": _bf16(rng.integers(-8, 8, shape) / 128),
+        "positive": rng.random(shape),
+        "negative_narrow": -(0.5 + rng.random(shape) / 2),
+    }
+    failed = False
+    for name, values in sets.items():
+        rows = values.astype(np.float32)
+        bad = [
+            q
+            for q in TYPES
+            if not np.array_equal(quantize(rows, GGMLQuantizationType[q]).reshape(-1), c_quantize(lib, rows, q))
+        ]
+        failed |= bool(bad)
+        print(f"{name}: {rows.size} weights, {'differ: ' + ', '.join(bad) if bad else 'all types byte-identical'}")
+    if failed:
+        raise SystemExit(1)
+
+
 def _timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     result = fn()
@@ -171,7 +207,7 @@ def bench(lib: ctypes.CDLL, weights: int, threads: int, types: list[str]) -> Non
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["vectors", "bench"])
+    parser.add_argument("command", choices=["vectors", "check", "bench"])
     parser.add_argument("--lib", type=Path, help="an existing libggml-base.so built as described above")
     parser.add_argument("--workdir", type=Path, help="where to fetch and build (default: a temporary folder)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -184,6 +220,8 @@ def main() -> None:
         lib = load_library(path)
         if args.command == "vectors":
             make_vectors(lib, args.out)
+        elif args.command == "check":
+            check(lib, args.weights)
         else:
             bench(lib, args.weights, args.threads, args.types.split(","))
 

@@ -114,10 +114,13 @@ def make_q3_quants(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     active = np.arange(sumlx.size)
     for _ in range(5):
         # only sub-blocks that changed in the previous pass can change in this one
-        xa, wa, wxa = (part[:, active] for part in flat)
-        la, slx_a, sl2_a = all_levels[:, active], sumlx[active], suml2[active]
-        changed = _q3_pass(xa, wa, wxa, la, slx_a, sl2_a, nmax)
-        all_levels[:, active], sumlx[active], suml2[active] = la, slx_a, sl2_a
+        if active.size == sumlx.size:  # the first pass: in place, no gathering
+            changed = _q3_pass(*flat, all_levels, sumlx, suml2, nmax)
+        else:
+            xa, wa, wxa = (part[:, active] for part in flat)
+            la, slx_a, sl2_a = all_levels[:, active], sumlx[active], suml2[active]
+            changed = _q3_pass(xa, wa, wxa, la, slx_a, sl2_a, nmax)
+            all_levels[:, active], sumlx[active], suml2[active] = la, slx_a, sl2_a
         active = active[changed]
         if not active.size:
             break

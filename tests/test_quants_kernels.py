@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
+from llama_convert.dtypes import DTYPES
 from llama_convert.errors import UnsupportedError
+from llama_convert.formats.gguf.encode import encode
 from llama_convert.formats.gguf.quants import QUANTIZED_TYPES, quantize, row_nbytes
 from llama_convert.formats.gguf.quants.common import nearest_int, seq_sum
 
@@ -61,6 +63,15 @@ def test_bytes_equal_ggml(vectors, qtype):
         assert differ.size == 0, f"{name}: {differ.size} of {expected.size // block} blocks differ, first {differ[:5]}"
         checked += 1
     assert checked >= 12
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_encode_of_bf16_weights_equals_ggml(vectors, qtype):
+    """The GGUF sink's path: bf16 weights as stored in a checkpoint → encode() → C's bytes of their float32."""
+    for name in ("bf16", "bf16_wide"):
+        bits = (vectors[f"{name}.x"].view(np.uint32) >> 16).astype(np.uint16)
+        out = encode(bits, DTYPES["bfloat16"], qtype, threads=2)
+        assert np.array_equal(out, vectors[f"{name}.{qtype.name}"]), name
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)

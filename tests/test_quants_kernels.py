@@ -118,6 +118,17 @@ def test_nearest_int_is_ggmls_bit_trick():
     assert nearest_int(values).tolist() == [0, 2, 2, 0, -2, 3, -8, 4194303, -3791456, -4194304, -4194304, 0]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e20, -(2.0**40)])
+def test_non_finite_and_huge_values_are_refused(bad):
+    rows = np.zeros((3, 512), dtype=np.float32)
+    rows[2, 300] = bad
+    for qtype in (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q8_0):
+        with pytest.raises(UnsupportedError, match=f"cannot be quantized to {qtype.name}"):
+            quantize(rows, qtype, threads=2)
+    rows[2, 300] = 2.0**39  # below the limit: quantized
+    assert quantize(rows, GGMLQuantizationType.Q6_K).shape == (3, 420)
+
+
 def test_refusals():
     with pytest.raises(UnsupportedError, match="Rows of 100 values cannot be stored as Q4_K"):
         quantize(np.zeros((2, 100), dtype=np.float32), GGMLQuantizationType.Q4_K)

@@ -3,7 +3,7 @@ matrix): Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0. 
 
 ``quantize(rows, qtype, threads=2)`` takes float32 rows whose length is a multiple of the type's block size and
 returns their bytes, ``[rows, row_bytes]`` uint8. Blocks are independent, so a tensor can be quantized in any
-row blocks and the pieces concatenated.
+row blocks and the pieces concatenated. Non-finite values and values of magnitude 2**40 or more are refused.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ....errors import UnsupportedError
-from .common import Kernel, run_chunked
+from .common import LIMIT, Kernel, OutOfRangeError, run_chunked
 from .iq4_nl import quantize_iq4_nl
 from .kquants_min import quantize_q2_k, quantize_q4_k, quantize_q5_k
 from .kquants_sym import quantize_q3_k, quantize_q6_k
@@ -54,7 +54,13 @@ def quantize(values: np.ndarray, qtype: GGMLQuantizationType, threads: int = 1) 
     rows = values.reshape(-1, n)
     blocks = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, block)
     kernel, chunk = _KERNELS[qtype]
-    return run_chunked(kernel, blocks, type_size, chunk, threads).reshape(rows.shape[0], -1)
+    try:
+        return run_chunked(kernel, blocks, type_size, chunk, threads).reshape(rows.shape[0], -1)
+    except OutOfRangeError:
+        raise UnsupportedError(
+            f"Values that are infinite, NaN or of magnitude 2**{int(np.log2(LIMIT))} or more cannot be quantized "
+            f"to {qtype.name} as llama.cpp does; check the checkpoint's weights."
+        ) from None
 
 
 def _names() -> str:

@@ -19,6 +19,14 @@ MAGIC = F32(12582912.0)  # 1.5 * 2**23: adding it rounds a float32 to an integer
 GROUP_MAX_EPS = F32(1e-15)
 
 Kernel = Callable[[np.ndarray], np.ndarray]
+# Inputs must be finite and below this in magnitude. Beyond about 7e12 the cubes and squares the K-quants sum
+# overflow float32, and C's results on inf/NaN come out of its integer tricks, which the kernels do not
+# reproduce. (C matches ours up to 6.5e12 in the benchmark's tests; real weights are far below 1.)
+LIMIT = F32(2.0**40)
+
+
+class OutOfRangeError(ValueError):
+    """A block holds a non-finite value or one of magnitude LIMIT or more."""
 
 
 def seq_sum(values: np.ndarray) -> np.ndarray:
@@ -92,12 +100,15 @@ def block_major(levels: np.ndarray) -> np.ndarray:
 def run_chunked(kernel: Kernel, blocks: np.ndarray, type_size: int, chunk: int, threads: int) -> np.ndarray:
     """Apply ``kernel`` to ``[B, QK]`` float32 blocks ``chunk`` blocks at a time (to stay in cache), spreading
     the chunks over ``threads`` threads (numpy releases the GIL inside each operation). Blocks are independent,
-    so the bytes do not depend on ``chunk`` or ``threads``."""
+    so the bytes do not depend on ``chunk`` or ``threads``. Raises OutOfRangeError for values outside LIMIT."""
     out = np.empty((blocks.shape[0], type_size), dtype=np.uint8)
 
     def work(start: int) -> None:
+        part = blocks[start : start + chunk]
+        if not (part.min() > -LIMIT and part.max() < LIMIT):  # also false for NaN
+            raise OutOfRangeError
         with np.errstate(all="ignore"):
-            out[start : start + chunk] = kernel(blocks[start : start + chunk])
+            out[start : start + chunk] = kernel(part)
 
     starts = range(0, blocks.shape[0], chunk)
     if threads <= 1 or len(starts) == 1:

@@ -2,8 +2,8 @@
 
 The choices are llama.cpp's (``convert_hf_to_gguf.py``, ``ModelBase.prepare_tensors``): 1-D tensors and
 norms are F32; every other tensor gets the output type; a Q8_0 tensor whose rows are not a multiple of
-32 values falls back to F16. Q8_0 blocks are made by ``gguf.quants`` (llama.cpp's numpy port of its
-reference quantiser), row block by row block: each 32-value block depends only on its own values, so
+32 values falls back to F16. Quantized blocks (Q8_0 and the llama-quantize types) are made by ``.quants``,
+ggml-quants.c's quantizers in numpy, row block by row block: each block depends only on its own values, so
 quantising rows in pieces gives the bytes quantising the whole tensor gives.
 """
 
@@ -13,9 +13,10 @@ import math
 from typing import Literal
 
 import numpy as np
-from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType, quants
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from ...dtypes import DTYPES, DType, cast
+from .quants import quantize
 
 __all__ = ["OUTTYPES", "OutType", "encode", "file_type", "read_dtype", "tensor_nbytes", "tensor_type"]
 
@@ -31,7 +32,6 @@ _FILE_TYPES = {
     "q8_0": LlamaFileType.MOSTLY_Q8_0,
 }
 _F32, _BF16 = DTYPES["float32"], DTYPES["bfloat16"]
-_QUANT_CHUNK = 1 << 20  # values per gguf.quants call: bounds its float32 temporaries to a few MiB
 
 
 def file_type(outtype: OutType) -> int:
@@ -62,10 +62,10 @@ def read_dtype(qtype: GGMLQuantizationType, source: DType) -> DType:
     return source if qtype == GGMLQuantizationType.BF16 and source == _BF16 else _F32
 
 
-def encode(block: np.ndarray, dtype: DType, qtype: GGMLQuantizationType) -> np.ndarray:
+def encode(block: np.ndarray, dtype: DType, qtype: GGMLQuantizationType, threads: int = 1) -> np.ndarray:
     """Rows held as ``dtype`` (whole rows, any leading shape) → the bytes of ``qtype``, as llama.cpp makes
     them from float32: BF16 round-to-nearest-even (a bit copy of bf16 weights), F16 ``astype`` (round to
-    nearest even), Q8_0 through ``gguf.quants``."""
+    nearest even), quantized types (``quants.QUANTIZED_TYPES``) as ggml-quants.c does, in ``threads`` threads."""
     if qtype == GGMLQuantizationType.BF16:
         return cast(block, dtype, _BF16)
     values = cast(block, dtype, _F32)
@@ -73,6 +73,4 @@ def encode(block: np.ndarray, dtype: DType, qtype: GGMLQuantizationType) -> np.n
         return values
     if qtype == GGMLQuantizationType.F16:
         return values.astype(np.float16)
-    rows = values.reshape(-1, values.shape[-1])
-    step = max(1, _QUANT_CHUNK // max(rows.shape[1], 1))
-    return np.concatenate([quants.quantize(rows[i : i + step], qtype).reshape(-1) for i in range(0, len(rows), step)])
+    return quantize(values.reshape(-1, values.shape[-1]), qtype, threads=threads).reshape(-1)

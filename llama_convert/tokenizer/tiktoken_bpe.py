@@ -19,11 +19,13 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_token
 
 from ..errors import InputError
 from . import json_bytes
+from .merge_splits import precomputed_merges
 
 __all__ = [
     "LLAMA3_PATTERN",
     "build_tokenizer",
     "bytes_to_unicode",
+    "compute_merges",
     "derive_merges",
     "named_specials",
     "read_ranks",
@@ -101,8 +103,17 @@ def derive_merges(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
     evolve exactly as they do alone until it forms), or it gets stuck: such a token is only ever
     produced as a whole pre-token, which ``ignore_merges`` covers, and gets no merge. In Meta's
     file 127,066 tokens end with two lower-ranked parts, 90 are first reachable through a part
-    ranked above themselves, and 588 are whole-pre-token only.
+    ranked above themselves, and 588 are whole-pre-token only. Meta's published vocabularies come
+    precomputed (``merge_splits``).
     """
+    known = precomputed_merges(tokens)
+    if known is not None:
+        return known
+    return compute_merges(tokens)
+
+
+def compute_merges(tokens: list[bytes]) -> list[tuple[bytes, bytes]]:
+    """``derive_merges`` without the precomputed tables: tiktoken's loop on every multi-byte token."""
     ranks = {token: rank for rank, token in enumerate(tokens)}
     merges: list[tuple[bytes, bytes]] = []
     for token in tokens:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     if two_step:
         rows |= {"step 1: convert_hf_to_gguf bf16": [], "step 2: llama-quantize (2 threads)": []}
     same = "not compared"
-    for run in range(args.runs):
+    for _ in range(args.runs):
         direct, bf16, theirs = work / "direct.gguf", work / "bf16.gguf", work / "two-step.gguf"
         for p in (direct, bf16, theirs):
             p.unlink(missing_ok=True)

@@ -93,8 +93,8 @@ def llama2_checkpoint(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("quant")
     spm = write_small_sentencepiece(root / "spm")
-    # head_dim 32: width 1024 (whole super-blocks) and ffn 2752 (not: ffn_down falls back)
-    spec = tiny("llama2-7b", head_dim=32, n_layers=3, tokenizer=spm, vocab_size=512)
+    # head_dim 16: width 512 (whole super-blocks) and ffn 1376 (not: ffn_down falls back)
+    spec = tiny("llama2-7b", head_dim=16, n_layers=2, tokenizer=spm, vocab_size=512)
     return synthesize(root / "llama-2-7b", spec)
 
 
@@ -131,3 +131,16 @@ def test_quantized_meta_to_gguf_reads_back(llama2_checkpoint: Path, tmp_path: Pa
 def test_unknown_outtype_is_refused(llama2_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(llama_convert.UnsupportedError, match="q4_k_m"):
         llama_convert.plan(llama2_checkpoint, tmp_path / "x.gguf", to="gguf", outtype="IQ2_XXS")
+
+
+def test_hf_route_gives_the_same_tensors(llama2_checkpoint: Path, tmp_path: Path) -> None:
+    """HF folder → Q4_K_M holds the bytes Meta → Q4_K_M holds (the HF rows are un-permuted first)."""
+    hf = tmp_path / "hf"
+    llama_convert.convert(llama2_checkpoint, hf)
+    ours, from_hf = tmp_path / "meta.gguf", tmp_path / "hf.gguf"
+    llama_convert.convert(llama2_checkpoint, ours, to="gguf", outtype="q4_k_m")
+    llama_convert.convert(hf, from_hf, outtype="Q4_K_M")
+    a, b = GGUFReader(ours), GGUFReader(from_hf)
+    assert [(t.name, t.tensor_type) for t in a.tensors] == [(t.name, t.tensor_type) for t in b.tensors]
+    for x, y in zip(a.tensors, b.tensors, strict=True):
+        assert np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)), x.name

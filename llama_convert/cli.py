@@ -113,7 +113,13 @@ def _parser() -> argparse.ArgumentParser:
         "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
     )
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
-    conv.add_argument("--outtype", choices=tuple(OUTTYPES), help="GGUF tensor type (default: as stored)")
+    conv.add_argument(
+        "--outtype",
+        type=str.lower,
+        choices=tuple(OUTTYPES),
+        metavar="OUTTYPE",
+        help=f"GGUF type, any case: {', '.join(OUTTYPES)} (default: as stored)",
+    )
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -222,6 +228,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     print(f"{report.path}: {report.summary}")
+    if report.kind == "gguf":
+        print("  tensor types by class:")
+        for cls, row in report.details.get("class_types", {}).items():
+            print(f"  {cls:<12} " + ", ".join(f"{n} {name}" for name, n in row.items()))
     if report.kind != "meta":
         return 0
     d = report.details
@@ -250,6 +260,8 @@ def _verify_gguf(args: argparse.Namespace) -> int:
         return 0 if not report.problems else 5
     report = verify_gguf(args.src)
     _say(args, f"{args.src}: structure OK — {report.summary}.")
+    for line in report.type_lines():
+        _say(args, line)
     return 0
 
 

@@ -49,7 +49,8 @@ def sources(tmp_path_factory) -> dict[str, Path]:
     meta = synthesize(root / "Llama3.1-8B-Instruct", spec)
     hf = root / "hf"
     llama_convert.convert(meta, hf, verify=False)
-    return {"meta": meta, "hf": hf}
+    narrow = tiny("llama3.1-8b", head_dim=16, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    return {"meta": meta, "hf": hf, "meta-narrow": synthesize(root / "Llama3.1-8B", narrow)}
 
 
 def _killed(args: list[str], after: int) -> None:
@@ -71,6 +72,7 @@ def _same(a: Path, b: Path) -> None:
 CASES = {
     "meta-gguf": ("meta", "out.gguf", []),
     "hf-gguf": ("hf", "out.gguf", []),
+    "meta-gguf-q4_k_m": ("meta-narrow", "out.gguf", ["--outtype", "Q4_K_M"]),  # llama-quantize's type mixture
     "hf-meta": ("hf", "meta", ["--mp", "2"]),
     "meta-meta": ("meta", "meta", ["--to", "meta", "--mp", "1"]),
 }

@@ -18,14 +18,23 @@ from gguf import GGMLQuantizationType, GGUFWriter
 
 from ..errors import UnsupportedError
 from ..execute import block_rows, rotary_to_pairs
-from ..formats.gguf.encode import OUTTYPES, encode, file_type, tensor_nbytes, tensor_type
+from ..formats.gguf.encode import OUTTYPES, encode, encode_threads, file_type, tensor_nbytes, tensor_type
+from ..formats.gguf.mixture import normalize_outtype
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..resume import fingerprint
 from ..version import __version__
 from .common import Route, Stage, family_for_hf, run_planned
-from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor, write_planned_gguf
+from .gguf_plan import (
+    METADATA_ALLOWANCE,
+    GGUFPlan,
+    GGUFTensor,
+    apply_mixture,
+    model_facts,
+    quantize_metadata,
+    write_planned_gguf,
+)
 
 __all__ = ["ROUTE", "plan_hf_to_gguf"]
 
@@ -33,7 +42,8 @@ KEY = ("hf", "gguf")
 
 
 def _outtype(hf: HFFolder, outtype: str | None) -> str:
-    chosen = outtype or ("bf16" if any(r.dtype.torch_name == "bfloat16" for r in hf.tensors.values()) else "f16")
+    stored = "bf16" if any(r.dtype.torch_name == "bfloat16" for r in hf.tensors.values()) else "f16"
+    chosen = normalize_outtype(outtype) if outtype else stored
     if chosen not in OUTTYPES:
         raise UnsupportedError(f"GGUF output type {chosen!r} is not supported; choose {', '.join(OUTTYPES)}.")
     return chosen
@@ -65,6 +75,7 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
             out.append(GGUFTensor(entry, hf_name=name, rotary_heads=heads))
         spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
         head_dim = facts.hf_head_dim(config)
+        out = apply_mixture(out, outtype, model_facts(config, facts.ARCH))
         return GGUFPlan(spec, outtype, facts.ARCH, tuple(out), hf.root, config, head_dim, notes)
 
 
@@ -72,6 +83,8 @@ TensorWriter = Callable[[GGUFStreamWriter, GGUFTensor, Callable[[int], None]], N
 
 
 def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
+    threads = encode_threads()
+
     def write(stream: GGUFStreamWriter, t: GGUFTensor, advance: Callable[[int], None]) -> None:
         if t.hf_name is None:
             advance(stream.write(t.values))
@@ -86,7 +99,7 @@ def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
             block = hf.read_rows(t.hf_name, start, min(rows, start + step))
             if t.rotary_heads:
                 block = rotary_to_pairs(block.reshape(block.shape[0], -1), head_dim)
-            advance(stream.write(encode(np.ascontiguousarray(block), ref.dtype, t.entry.qtype)))
+            advance(stream.write(encode(np.ascontiguousarray(block), ref.dtype, t.entry.qtype, threads)))
 
     return write
 
@@ -104,6 +117,7 @@ def run_hf_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Pr
         facts.add_hf_metadata(
             writer, plan.source_root, file_type=file_type(plan.outtype), n_params=plan.parameter_count
         )
+        quantize_metadata(writer, plan.outtype)
         with find_hf_folder(plan.source_root) as hf:
             write_planned_gguf(plan, stage, writer, _write_tensor(hf, plan.head_dim))
         return (dst.name,)

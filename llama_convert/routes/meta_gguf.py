@@ -18,7 +18,17 @@ from gguf import GGMLQuantizationType, GGUFWriter
 from ..errors import UnsupportedError
 from ..execute import FileSpan, produce_pieces
 from ..families import family_of
-from ..formats.gguf.encode import OUTTYPES, OutType, encode, file_type, read_dtype, tensor_nbytes, tensor_type
+from ..formats.gguf.encode import (
+    OUTTYPES,
+    OutType,
+    encode,
+    encode_threads,
+    file_type,
+    read_dtype,
+    tensor_nbytes,
+    tensor_type,
+)
+from ..formats.gguf.mixture import normalize_outtype
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..options import ConversionResult, ConvertOptions, Progress
@@ -26,7 +36,15 @@ from ..resume import fingerprint
 from ..spec import ModelSpec
 from ..version import __version__
 from .common import Route, Stage, detect_spec, run_planned
-from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor, write_planned_gguf
+from .gguf_plan import (
+    METADATA_ALLOWANCE,
+    GGUFPlan,
+    GGUFTensor,
+    apply_mixture,
+    model_facts,
+    quantize_metadata,
+    write_planned_gguf,
+)
 
 __all__ = ["ROUTE", "GGUFPlan", "GGUFTensor", "plan_gguf", "write_gguf"]
 
@@ -47,9 +65,10 @@ def default_outtype(spec: ModelSpec) -> OutType:
 
 def plan_gguf(spec: ModelSpec, outtype: str | None = None) -> GGUFPlan:
     """Tensors, types and sizes of the GGUF file for ``spec``: computed tensors first (as llama.cpp writes
-    them), then the recipes in the first shard's order (sequential reads)."""
+    them), then the recipes in the first shard's order (sequential reads); for a llama-quantize file type,
+    llama-quantize's types and order."""
     facts = gguf_facts(spec)
-    chosen = outtype or default_outtype(spec)
+    chosen = normalize_outtype(outtype) if outtype else default_outtype(spec)
     if chosen not in OUTTYPES:
         raise UnsupportedError(f"GGUF output type {chosen!r} is not supported; choose {', '.join(OUTTYPES)}.")
     out: list[GGUFTensor] = []
@@ -65,6 +84,7 @@ def plan_gguf(spec: ModelSpec, outtype: str | None = None) -> GGUFPlan:
         qtype = tensor_type(r.name, r.shape, chosen)  # type: ignore[arg-type]
         entry = TensorEntry(r.name, r.shape, qtype, tensor_nbytes(r.shape, qtype))
         out.append(GGUFTensor(entry, dataclasses.replace(r, dtype=read_dtype(qtype, r.source_dtype))))
+    out = apply_mixture(out, chosen, model_facts(config, facts.ARCH))
     return GGUFPlan(spec, chosen, facts.ARCH, tuple(out))  # type: ignore[arg-type]
 
 
@@ -78,7 +98,9 @@ def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
     facts = gguf_facts(plan.spec)
     writer = GGUFWriter(None, plan.arch)
     facts.add_spec_metadata(writer, plan.spec, files, file_type=file_type(plan.outtype), n_params=plan.parameter_count)
+    quantize_metadata(writer, plan.outtype)
     shards = [TorchCheckpoint(p) for p in plan.spec.shards]
+    threads = encode_threads()
 
     def write_tensor(stream: GGUFStreamWriter, tensor: GGUFTensor, advance: Callable[[int], None]) -> None:
         if tensor.recipe is None:
@@ -89,7 +111,7 @@ def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
             if isinstance(piece, FileSpan):
                 stream.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
             else:
-                advance(stream.write(encode(piece, tensor.recipe.dtype, tensor.entry.qtype)))
+                advance(stream.write(encode(piece, tensor.recipe.dtype, tensor.entry.qtype, threads)))
 
     try:
         write_planned_gguf(plan, stage, writer, write_tensor)

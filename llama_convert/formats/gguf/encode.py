@@ -1,7 +1,8 @@
 """GGUF tensor types: which type a tensor gets, how many bytes it takes, and encoding row blocks into it.
 
-The choices are llama.cpp's (``convert_hf_to_gguf.py``, ``ModelBase.prepare_tensors``): 1-D tensors and
-norms are F32; every other tensor gets the output type; a Q8_0 tensor whose rows are not a multiple of
+The choices are llama.cpp's (``convert_hf_to_gguf.py``, ``ModelBase.prepare_tensors``): 1-D tensors,
+norms, names not ending in ``.weight``, MoE routers (``ffn_gate_inp``) and position embeddings are F32, a
+vision patch embedding F32 (F16 in an f16 file); every other tensor gets the output type; a Q8_0 tensor whose rows are not a multiple of
 32 values falls back to F16. Quantized blocks (Q8_0 and the llama-quantize types) are made by ``.quants``,
 ggml-quants.c's quantizers in numpy, row block by row block: each block depends only on its own values, so
 quantising rows in pieces gives the bytes quantising the whole tensor gives.
@@ -41,8 +42,12 @@ def file_type(outtype: OutType) -> int:
 
 def tensor_type(name: str, shape: tuple[int, ...], outtype: OutType) -> GGMLQuantizationType:
     """The GGUF type llama.cpp's converter gives tensor ``name`` of (numpy-order) ``shape``."""
-    if len(shape) <= 1 or name.endswith("_norm.weight"):
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
         return GGMLQuantizationType.F32
+    if ".ffn_gate_inp" in name or name.endswith("position_embd.weight"):
+        return GGMLQuantizationType.F32  # MoE routers and position embeddings stay float32
+    if ".patch_embd.weight" in name:  # a vision projector's patch embedding: F16 in an f16 file, else F32
+        return GGMLQuantizationType.F16 if outtype == "f16" else GGMLQuantizationType.F32
     qtype = OUTTYPES[outtype]
     block, _ = GGML_QUANT_SIZES[qtype]
     if shape[-1] % block:

@@ -120,6 +120,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="OUTTYPE",
         help=f"GGUF type, any case: {', '.join(OUTTYPES)} (default: as stored)",
     )
+    conv.add_argument(
+        "--no-mmproj", dest="mmproj", action="store_false", help="GGUF: do not write the vision projector file"
+    )
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -160,6 +163,7 @@ def _convert(args: argparse.Namespace) -> int:
         resume=args.resume,
         mp=args.mp,
         outtype=args.outtype,
+        mmproj=args.mmproj,
         tokenizer=args.tokenizer,
     )
     if args.dry_run:

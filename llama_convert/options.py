@@ -31,6 +31,7 @@ class ConvertOptions:
     resume: bool = True
     mp: int | None = None  # model-parallel degree of Meta output
     outtype: str | None = None  # GGUF tensor type: bf16, f16, q8_0
+    mmproj: bool = True  # GGUF of a vision model: also write its projector as mmproj-<stem>.gguf beside it
 
 
 class Progress:

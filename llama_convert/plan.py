@@ -25,6 +25,7 @@ __all__ = [
     "MetaLayout",
     "OutputFile",
     "Part",
+    "StackedRecipe",
     "TensorRecipe",
     "assembled_shape",
     "build_plan",
@@ -114,6 +115,24 @@ class TensorRecipe:
         if self.dtype != self.source_dtype:
             steps.append(f"cast {self.source_dtype} → {self.dtype}")
         return steps
+
+
+@dataclass(frozen=True)
+class StackedRecipe:
+    """One tensor made of several recipes' outputs one after another, stacked on a new leading axis (GGUF's
+    3-D expert tensors: one 2-D recipe per expert)."""
+
+    name: str
+    shape: tuple[int, ...]
+    recipes: tuple[TensorRecipe, ...]
+
+    @property
+    def source(self) -> str:
+        return self.recipes[0].source
+
+    @property
+    def source_dtype(self) -> DType:
+        return self.recipes[0].source_dtype
 
 
 @dataclass(frozen=True)

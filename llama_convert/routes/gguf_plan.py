@@ -44,25 +44,35 @@ CHECKPOINT_BYTES = 512 << 20  # at most this much tensor data is redone after a 
 
 @dataclass(frozen=True)
 class GGUFTensor:
-    """One tensor of the GGUF file and where its values come from: a recipe over Meta's shards, a Hugging
-    Face tensor (``hf_name``, rows un-permuted over ``rotary_heads`` heads when set) or computed ``values``."""
+    """One tensor of the GGUF file and where its values come from: recipes over Meta's shards (several for a
+    stacked tensor such as an expert tensor, one per expert, written one after another), a Hugging Face
+    tensor (``hf_name``: rows un-permuted over ``rotary_heads`` heads when set; ``hf_columns`` a range of its
+    last axis and ``hf_transpose`` its last two axes swapped, per index of its first axis) or computed
+    ``values``."""
 
     entry: TensorEntry
-    recipe: TensorRecipe | None = None
+    recipes: tuple[TensorRecipe, ...] = ()
     values: np.ndarray | None = None
     hf_name: str | None = None
     rotary_heads: int | None = None
+    hf_columns: tuple[int, int] | None = None
+    hf_transpose: bool = False
 
     def sources(self) -> list[str]:
-        if self.recipe is not None:
-            return [p.source for p in self.recipe.parts]
+        if self.recipes:
+            return list(dict.fromkeys(p.source for r in self.recipes for p in r.parts))
         return [self.hf_name] if self.hf_name else []
 
     def steps(self) -> list[str]:
-        if self.recipe is not None:
-            return self.recipe.steps()
+        if len(self.recipes) > 1:
+            return [f"stack of {len(self.recipes)}: " + "; ".join(self.recipes[0].steps()) + "; …"]
+        if self.recipes:
+            return self.recipes[0].steps()
         if self.hf_name is not None:
-            return [self.hf_name + (" (halves → pairs)" if self.rotary_heads else "")]
+            extra = " (halves → pairs)" if self.rotary_heads else ""
+            if self.hf_columns:
+                extra += f" columns {self.hf_columns[0]}:{self.hf_columns[1]}"
+            return [self.hf_name + extra + (" (last two axes swapped)" if self.hf_transpose else "")]
         return ["computed"]
 
 
@@ -79,10 +89,24 @@ class GGUFPlan:
     config: dict[str, Any] = field(default_factory=dict)
     head_dim: int = 0
     extra_notes: tuple[str, ...] = ()
+    # Files written beside this one (a vision projector's ``mmproj-<stem>.gguf``): each names its file by
+    # ``prefix`` + the main file's name and writes its header with ``add_metadata(writer, files)``.
+    companions: tuple[GGUFPlan, ...] = ()
+    prefix: str = ""
+    add_metadata: Callable[..., None] | None = field(default=None, compare=False)
+
+    @property
+    def file_size(self) -> int:
+        """Tensor bytes of this file alone."""
+        return sum(t.entry.nbytes for t in self.tensors)
 
     @property
     def total_size(self) -> int:
-        return sum(t.entry.nbytes for t in self.tensors)
+        return self.file_size + sum(c.total_size for c in self.companions)
+
+    def paths(self, dst: Path) -> list[Path]:
+        """The files this plan writes for destination ``dst``: ``dst`` and its companions beside it."""
+        return [dst, *(dst.with_name(c.prefix + dst.name) for c in self.companions)]
 
     @property
     def parameter_count(self) -> int:
@@ -106,11 +130,15 @@ class GGUFPlan:
         return (
             f"{self.spec.name} as GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
             f"{self.total_size / 1e9:.2f} GB"
+            + "".join(
+                f", with {c.prefix}{self.arch} file ({c.arch}, {len(c.tensors)} tensors)" for c in self.companions
+            )
         )
 
     def lines(self) -> list[str]:
         """The plan as text for ``--dry-run``: every GGUF tensor with its type, shape and sources."""
-        out = [f"GGUF file ({self.total_size / 1e9:.2f} GB of tensor data)"]
+        what = f"{self.prefix}* file" if self.prefix else "GGUF file"
+        out = [f"{what} ({self.arch}, {self.file_size / 1e9:.2f} GB of tensor data)"]
         if quantized_outtype(self.outtype):
             out.append(f"  type mixture of {self.outtype.upper()} (tensors per type, by class):")
             out += [
@@ -121,6 +149,8 @@ class GGUFPlan:
             f"  {t.entry.name} {list(t.entry.shape)} {t.entry.qtype.name} ← {'; '.join(t.steps())}"
             for t in self.tensors
         ]
+        for companion in self.companions:
+            out += companion.lines()
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -144,6 +174,11 @@ class GGUFPlan:
                 }
                 for t in self.tensors
             ],
+            **(
+                {"companions": [{"prefix": c.prefix, **c.to_json()} for c in self.companions]}
+                if self.companions
+                else {}
+            ),
         }
 
 
@@ -172,8 +207,8 @@ def apply_mixture(tensors: list[GGUFTensor], outtype: str, facts: ModelFacts) ->
     for name in quantize_order(list(by_name)):
         t, qtype = by_name[name], types[name]
         entry = TensorEntry(name, t.entry.shape, qtype, tensor_nbytes(t.entry.shape, qtype))
-        recipe = t.recipe and dataclasses.replace(t.recipe, dtype=read_dtype(qtype, t.recipe.source_dtype))
-        out.append(dataclasses.replace(t, entry=entry, recipe=recipe))
+        recipes = tuple(dataclasses.replace(r, dtype=read_dtype(qtype, r.source_dtype)) for r in t.recipes)
+        out.append(dataclasses.replace(t, entry=entry, recipes=recipes))
     return out
 
 
@@ -194,17 +229,19 @@ def write_planned_gguf(
     stage: Stage,
     writer: GGUFWriter,
     write_tensor: Callable[[GGUFStreamWriter, GGUFTensor, Callable[[int], None]], None],
+    path: Path | None = None,
 ) -> None:
-    """Write ``plan``'s GGUF file at ``stage.path``: the header from ``writer``, then each tensor through
-    ``write_tensor``. Every ``CHECKPOINT_BYTES`` the file is fsync'd and the stage records how far it got,
-    so a rerun after a crash continues from there (the header is compared byte for byte first)."""
-    name = stage.path.name
+    """Write ``plan``'s GGUF file at ``path`` (default ``stage.path``): the header from ``writer``, then each
+    tensor through ``write_tensor``. Every ``CHECKPOINT_BYTES`` the file is fsync'd and the stage records how
+    far it got, so a rerun after a crash continues from there (the header is compared byte for byte first)."""
+    path = path or stage.path
+    name = path.name
     kept = stage.checkpoints.get(name)
     resume = (kept.position, kept.sizes[name]) if kept is not None and isinstance(kept.position, int) else None
-    stream = GGUFStreamWriter(stage.path, writer, [t.entry for t in plan.tensors], resume=resume)
+    stream = GGUFStreamWriter(path, writer, [t.entry for t in plan.tensors], resume=resume)
     start = stream.index
     stage.advance(sum(t.entry.nbytes for t in plan.tensors[:start]))
-    every = min(CHECKPOINT_BYTES, max(1, plan.total_size // 16))
+    every = min(CHECKPOINT_BYTES, max(1, plan.file_size // 16))
     since = 0
     try:
         for i, tensor in enumerate(plan.tensors[start:], start):

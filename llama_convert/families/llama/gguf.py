@@ -199,8 +199,11 @@ def add_metadata(
         writer.add_eot_token_id(CODE_LLAMA_EOT)
 
 
-def add_spec_metadata(writer: GGUFWriter, spec: LlamaSpec, files: dict[str, bytes], **kw: int) -> None:
-    """``add_metadata`` for a Meta checkpoint: the family's own files, named after the detected model."""
+def add_spec_metadata(
+    writer: GGUFWriter, spec: LlamaSpec, files: dict[str, bytes], *, entries: Any = None, **kw: int
+) -> None:
+    """``add_metadata`` for a Meta checkpoint: the family's own files, named after the detected model
+    (``entries``, the file's tensor names and shapes, are not needed: no experts)."""
     sp = None if spec.release.tokenizer_kind == "tiktoken" else spec.folder.tokenizer
     add_metadata(writer, files, name=model_id(spec), sentencepiece=sp, **kw)  # type: ignore[arg-type]
 
@@ -222,7 +225,7 @@ def hf_tensor(hf_name: str, config: dict[str, Any]) -> tuple[str, int | None] | 
     return gguf_name(hf_name), heads
 
 
-def add_hf_metadata(writer: GGUFWriter, root: Path, *, file_type: int, n_params: int) -> None:
+def add_hf_metadata(writer: GGUFWriter, root: Path, *, file_type: int, n_params: int, entries: Any = None) -> None:
     """``add_metadata`` for a Hugging Face folder, from its own files, named after the folder as llama.cpp's are."""
     from ...tokenizer import detect_tokenizer_kind
 

@@ -6,11 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
+from ...formats.gguf.encode import OUTTYPES
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
 from ..base import Capabilities, Hints
+from . import gguf_facts
 from .detect import recognise
 from .hf_config import (
     config_json,
@@ -33,11 +35,9 @@ class Llama4Family:
     title = "Llama 4 (Scout, Maverick)"
     capabilities = Capabilities(
         hf_architectures=("Llama4ForConditionalGeneration",),
+        gguf=gguf_facts,
+        gguf_outtypes=tuple(OUTTYPES),
         refused={
-            ("meta", "gguf"): "Llama 4 GGUF files are not written by this version yet; convert to a Hugging Face "
-            "folder and use llama.cpp's convert_hf_to_gguf.py",
-            ("hf", "gguf"): "Llama 4 GGUF files are not written by this version yet; use llama.cpp's "
-            "convert_hf_to_gguf.py",
             ("hf", "meta"): "Llama 4 does not go back to Meta's format in this version yet",
             ("meta", "meta"): "Llama 4 checkpoints are not resharded by this version yet",
         },

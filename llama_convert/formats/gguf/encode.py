@@ -1,10 +1,11 @@
 """GGUF tensor types: which type a tensor gets, how many bytes it takes, and encoding row blocks into it.
 
-The choices are llama.cpp's (``convert_hf_to_gguf.py``, ``ModelBase.prepare_tensors``): 1-D tensors, norms
-and the MoE router (``ffn_gate_inp``) are F32; every other tensor gets the output type; a Q8_0 tensor whose
-rows are not a multiple of 32 values falls back to F16. The llama-quantize file types (Q4_K_M, Q6_K, …,
-``QUANTIZE_TYPES``) start from the converter's bf16 types and take ``mixture.choose_types``'s per-tensor types.
-Quantized blocks (Q8_0 and the llama-quantize types) are made by ``.quants``,
+The choices are llama.cpp's (``convert_hf_to_gguf.py``, ``ModelBase.prepare_tensors``): 1-D tensors,
+norms, names not ending in ``.weight``, MoE routers (``ffn_gate_inp``) and position embeddings are F32, a
+vision patch embedding F32 (F16 in an f16 file); every other tensor gets the output type; a Q8_0 tensor
+whose rows are not a multiple of 32 values falls back to F16. The llama-quantize file types (Q4_K_M, Q6_K,
+…, ``QUANTIZE_TYPES``) start from the converter's bf16 types and take ``mixture.choose_types``'s per-tensor
+types. Quantized blocks (Q8_0 and the llama-quantize types) are made by ``.quants``,
 ggml-quants.c's quantizers in numpy, row block by row block: each block depends only on its own values, so
 quantising rows in pieces gives the bytes quantising the whole tensor gives.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "OUTTYPES",
     "QUANTIZE_TYPES",
     "OutType",
+    "base_outtype",
     "encode",
     "encode_threads",
     "file_type",
@@ -63,13 +65,23 @@ def file_type(outtype: str) -> int:
     return int(_FILE_TYPES[key]) if key in _FILE_TYPES else int(FILE_TYPES[key][0])
 
 
+def base_outtype(outtype: str) -> str:
+    """The converter type a file of ``outtype`` starts from: bf16 for llama-quantize's types, else itself."""
+    key = normalize_outtype(outtype)
+    return "bf16" if key in QUANTIZE_TYPES else key
+
+
 def tensor_type(name: str, shape: tuple[int, ...], outtype: str) -> GGMLQuantizationType:
     """The GGUF type llama.cpp's converter gives tensor ``name`` of (numpy-order) ``shape``; for a
     llama-quantize file type, the type of its bf16 conversion (the mixture's starting point)."""
-    if len(shape) <= 1 or name.endswith("_norm.weight") or name.endswith("ffn_gate_inp.weight"):
+    if len(shape) <= 1 or name.endswith("_norm.weight") or not name.endswith(".weight"):
         return GGMLQuantizationType.F32
-    outtype = normalize_outtype(outtype)
-    qtype = OUTTYPES["bf16" if outtype in QUANTIZE_TYPES else outtype]
+    if ".ffn_gate_inp" in name or name.endswith("position_embd.weight"):
+        return GGMLQuantizationType.F32  # MoE routers and position embeddings stay float32
+    outtype = base_outtype(outtype)
+    if ".patch_embd.weight" in name:  # a vision projector's patch embedding: F16 in an f16 file, else F32
+        return GGMLQuantizationType.F16 if outtype == "f16" else GGMLQuantizationType.F32
+    qtype = OUTTYPES[outtype]
     block, _ = GGML_QUANT_SIZES[qtype]
     if shape[-1] % block:
         return GGMLQuantizationType.F16  # llama.cpp: "Can't quantize tensor with shape ...", falling back to F16

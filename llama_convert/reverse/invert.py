@@ -161,10 +161,12 @@ def invert_recipes(
                     merged[part.mp_axis] //= mp
                 shapes[part.source] = tuple(merged)
         pieces = [_piece(p, shapes[p.source], mp) for p in r.parts]
-        along = sum(s[r.cat_axis] for s in pieces)
         whole = list(pieces[0])
-        whole[r.cat_axis] = along
-        if tuple(whole) != assembled or any(len(s) != len(whole) for s in pieces):
+        whole[r.cat_axis] = sum(s[r.cat_axis] for s in pieces)
+        rest = [s[:c] + s[c + 1 :] for s in pieces for c in [r.cat_axis]]
+        if len(r.parts) > 1 or r.parts[0].view is not None:
+            assembled = tuple(whole)  # as the forward executor assembles it, then reads it as the recipe's shape
+        if tuple(whole) != assembled or len(set(rest)) != 1 or math.prod(whole) != math.prod(_assembled(r)):
             raise UnsupportedError(
                 f"{r.name} ({list(assembled)}) does not split into {mp} model-parallel shards of "
                 + ", ".join(f"{p.source} {list(shapes[p.source])}" for p in r.parts)

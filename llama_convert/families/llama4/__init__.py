@@ -38,8 +38,6 @@ class Llama4Family:
             "folder and use llama.cpp's convert_hf_to_gguf.py",
             ("hf", "gguf"): "Llama 4 GGUF files are not written by this version yet; use llama.cpp's "
             "convert_hf_to_gguf.py",
-            ("hf", "meta"): "Llama 4 does not go back to Meta's format in this version yet",
-            ("meta", "meta"): "Llama 4 checkpoints are not resharded by this version yet",
         },
     )
 
@@ -73,6 +71,18 @@ class Llama4Family:
 
     def deferred_checks(self, spec: Llama4Spec) -> list[Callable[[], None]]:
         return []
+
+    def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
+        """The way back: the Meta checkpoint an HF folder becomes (``plan.MetaLayout``)."""
+        from .to_meta import layout_from_hf
+
+        return layout_from_hf(config, root, hf_names, **options)
+
+    def reshard_layout(self, spec: Llama4Spec, mp: int) -> Any:
+        """The way back: recipes reading ``spec`` and the layout of the same model at ``mp`` shards."""
+        from .to_meta import reshard_layout
+
+        return reshard_layout(spec, mp)
 
     def details(self, spec: Llama4Spec) -> dict[str, Any]:
         p = spec.params

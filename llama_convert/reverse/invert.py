@@ -164,9 +164,10 @@ def invert_recipes(
         whole = list(pieces[0])
         whole[r.cat_axis] = sum(s[r.cat_axis] for s in pieces)
         rest = [s[:c] + s[c + 1 :] for s in pieces for c in [r.cat_axis]]
-        if len(r.parts) > 1 or r.parts[0].view is not None:
-            assembled = tuple(whole)  # as the forward executor assembles it, then reads it as the recipe's shape
-        if tuple(whole) != assembled or len(set(rest)) != 1 or math.prod(whole) != math.prod(_assembled(r)):
+        if r.transpose and tuple(whole) != assembled:
+            raise UnsupportedError(f"{r.name}: a transposed recipe must read one tensor of shape {list(assembled)}.")
+        assembled = tuple(whole)  # as the forward executor assembles it, then reads it as the recipe's shape
+        if len(set(rest)) != 1 or math.prod(whole) != math.prod(_assembled(r)):
             raise UnsupportedError(
                 f"{r.name} ({list(assembled)}) does not split into {mp} model-parallel shards of "
                 + ", ".join(f"{p.source} {list(shapes[p.source])}" for p in r.parts)
@@ -232,8 +233,9 @@ def _gather(r: TensorRecipe, assembled: tuple[int, ...], dtype: DType, shapes: M
         for i in range(start, stop):
             (zero_rows if p.zeros else rows[i]).append(at)
             at += 1
-    if at != assembled[0] or math.prod(view[1:]) != math.prod(assembled[1:]):
+    if at * math.prod(view[1:]) != math.prod(assembled):
         raise UnsupportedError(f"{r.name}: its parts do not assemble to {list(assembled)}.")
+    assembled = (at, *view[1:])
     seg = Segment(
         r.name,
         r.shape,

@@ -296,7 +296,7 @@ def _gathered(seg: Segment, source: RowSource, start: int, stop: int) -> np.ndar
             if not np.array_equal(value, row(other)):
                 raise ConversionError(
                     f"{seg.source}: rows {where[0]} and {other} hold the same entry of Meta's tensor but differ "
-                    "(trained separately per aspect ratio); Meta's format holds one value, so it cannot be written back."
+                    "(trained separately per aspect ratio); Meta's format holds one value: it cannot be written back."
                 )
         out.append(value)
     if stop == seg.shape[0]:

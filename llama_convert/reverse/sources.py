@@ -54,7 +54,9 @@ class _Stream:
 
     def take(self, start: int, stop: int) -> np.ndarray:
         if start < self.position:
-            raise RuntimeError(f"{self.recipe.name}: elements must be read in order (asked {start}, at {self.position})")
+            raise RuntimeError(
+                f"{self.recipe.name}: elements must be read in order (asked {start}, at {self.position})"
+            )
         while self.buffered < stop - self.position:
             block = next(self.blocks).reshape(-1)
             self.buffer.append(block)

@@ -50,7 +50,9 @@ def _rope(text: dict[str, Any], where: str) -> tuple[float, dict[str, Any] | Non
     if kind in (None, "default"):
         return float(theta), None
     if kind != "llama3" or scaling.get("low_freq_factor", 1.0) != 1.0:
-        raise UnsupportedError(f"{where}: rope scaling {scaling} is not what Meta's Llama 4 code computes (llama3 type).")
+        raise UnsupportedError(
+            f"{where}: rope scaling {scaling} is not what Meta's Llama 4 code computes (llama3 type)."
+        )
     if scaling.get("original_max_position_embeddings", 8192) != 8192:
         raise UnsupportedError(f"{where}: rope scaling with an original context other than 8192 is not Meta's.")
     return float(theta), scaling
@@ -151,7 +153,9 @@ def _choose_multiple_of(params: dict[str, Any], moe_width: int, dense_width: Any
 def _spec(params: dict[str, Any], *, mp: int, dtype: DType, root: Path, where: str) -> Llama4Spec:
     p = parse_llama4_params(params, Path(where))
     if p.n_kv_heads % mp or p.n_heads % mp or (p.vision is not None and p.vision.n_heads % mp):
-        heads = f"{p.n_heads} heads / {p.n_kv_heads} KV heads" + (f" / {p.vision.n_heads} vision heads" if p.vision else "")
+        heads = f"{p.n_heads} heads / {p.n_kv_heads} KV heads" + (
+            f" / {p.vision.n_heads} vision heads" if p.vision else ""
+        )
         raise UnsupportedError(
             f"{where}: {mp} model-parallel shards do not divide {heads} evenly (Meta's Llama 4 code needs whole heads "
             "per shard); choose another --mp."
@@ -205,7 +209,9 @@ def _tokenizer_model(root: Path, tokenizer: bool, params: dict[str, Any]) -> tup
     if (root / "tokenizer.json").is_file():
         data = tiktoken_model_from_tokenizer_json(root / "tokenizer.json", vocab_size=params["vocab_size"])
         return {"tokenizer.model": data}, "tokenizer.model rebuilt from tokenizer.json (tiktoken ranks = token ids)"
-    raise MissingFileError(f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 4 tokenizer.model into it.")
+    raise MissingFileError(
+        f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 4 tokenizer.model into it."
+    )
 
 
 def layout_from_hf(
@@ -240,7 +246,9 @@ def reshard_layout(spec: Llama4Spec, mp: int) -> tuple[list[TensorRecipe], MetaL
     target = _spec(params, mp=mp, dtype=spec.source_dtype, root=spec.folder.root, where=where)
     target = dataclasses.replace(target, vocab_size=spec.vocab_size, name=spec.name, instruct=spec.instruct)
     if spec.vocab_size % mp:
-        raise UnsupportedError(f"{where}: {mp} shards do not divide the vocabulary of {spec.vocab_size}; choose another --mp.")
+        raise UnsupportedError(
+            f"{where}: {mp} shards do not divide the vocabulary of {spec.vocab_size}; choose another --mp."
+        )
     source, _ = _recipes(spec, spec.source_dtype)
     recipes, shapes = _recipes(target, spec.source_dtype)
     assert spec.folder.tokenizer is not None

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from ...dtypes import DType, dtype_by_name
-from ...errors import InputError, MissingFileError, UnsupportedError
+from ...errors import MissingFileError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, ffn_width, parse_params
 from ...plan import MetaLayout, Part, TensorRecipe
 from ...tokenizer.tiktoken_ranks import tiktoken_model_from_tokenizer_json
@@ -70,10 +70,15 @@ def _rope(text: dict[str, Any], where: str) -> tuple[float, bool]:
     kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
     if kind in (None, "default"):
         return float(theta), False
-    expected = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    expected = {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     if kind != "llama3" or any(float(scaling.get(k, -1)) != v for k, v in expected.items()):
         raise UnsupportedError(
-            f"{where}: rope scaling {scaling} is not the one Meta's Llama 3.2 Vision code hard-codes (llama3, factor 8)."
+            f"{where}: rope scaling {scaling} is not the one Meta's Llama 3.2 Vision code hard-codes (llama3, 8)."
         )
     return float(theta), True
 
@@ -190,7 +195,9 @@ def _tokenizer_model(root: Path, vocab: int) -> tuple[bytes, str]:
     if (root / "tokenizer.json").is_file():  # HF appends <|image|> after Meta's 256 special tokens
         data = tiktoken_model_from_tokenizer_json(root / "tokenizer.json", vocab_size=vocab + 1)
         return data, "tokenizer.model rebuilt from tokenizer.json (tiktoken ranks = token ids)"
-    raise MissingFileError(f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 3 tokenizer.model there.")
+    raise MissingFileError(
+        f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 3 tokenizer.model there."
+    )
 
 
 def _order(out: list[TensorRecipe]):

@@ -152,13 +152,10 @@ def _choose_multiple_of(params: dict[str, Any], moe_width: int, dense_width: Any
 
 def _spec(params: dict[str, Any], *, mp: int, dtype: DType, root: Path, where: str) -> Llama4Spec:
     p = parse_llama4_params(params, Path(where))
-    if p.n_kv_heads % mp or p.n_heads % mp or (p.vision is not None and p.vision.n_heads % mp):
-        heads = f"{p.n_heads} heads / {p.n_kv_heads} KV heads" + (
-            f" / {p.vision.n_heads} vision heads" if p.vision else ""
-        )
+    if p.n_kv_heads % mp or p.n_heads % mp:
         raise UnsupportedError(
-            f"{where}: {mp} model-parallel shards do not divide {heads} evenly (Meta's Llama 4 code needs whole heads "
-            "per shard); choose another --mp."
+            f"{where}: {mp} model-parallel shards do not divide {p.n_heads} heads / {p.n_kv_heads} KV heads evenly "
+            "(Meta's Llama 4 code needs whole heads per shard); choose another --mp."
         )
     folder = MetaFolder(
         root, root / "params.json", params, parse_params(params, root / "params.json"),

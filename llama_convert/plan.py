@@ -290,7 +290,8 @@ class MetaLayout:
     every Meta tensor and the Hugging Face tensor it comes from. ``aliases`` name a stored tensor under a
     recipe's name (a tied ``lm_head.weight`` is the embedding); ``constants`` are tensors Meta ships that no
     Hugging Face tensor holds (float32, replicated); ``ignored_suffixes`` are stored tensors that are dropped
-    with a note. ``order`` sorts Meta tensors as Meta's shards store them.
+    with a note. ``order`` sorts Meta tensors as Meta's shards store them; ``shard_shapes`` gives the stored
+    per-shard shape of tensors read through views or as one of several parts.
     """
 
     spec: Any  # the family's ModelSpec of the written checkpoint
@@ -302,3 +303,5 @@ class MetaLayout:
     ignored_suffixes: tuple[str, ...] = ()
     order: Callable[[str], int] = lambda name: 0
     notes: tuple[str, ...] = ()
+    shard_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # stored shape per shard, where a
+    # recipe alone does not imply it (views, fused or concatenated parts)

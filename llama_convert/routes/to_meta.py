@@ -100,6 +100,24 @@ def _check_mp(tensors: Sequence[MetaTensor], mp: int, src: Path) -> None:
         raise UnsupportedError(f"{src}: cannot write {mp} model-parallel shards ({problems[0]}); choose another --mp.")
 
 
+def _invert(recipes: Sequence[TensorRecipe], layout: MetaLayout, mp: int, src: Path) -> list[MetaTensor]:
+    try:
+        return invert_recipes(recipes, dtype=layout.dtype, mp=mp, shard_shapes=layout.shard_shapes)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"{src}: cannot write {mp} model-parallel shards ({e}); choose another --mp.") from None
+
+
+def _unfilled_notes(tensors: Sequence[MetaTensor]) -> list[str]:
+    gaps = [t for t in tensors if t.unfilled]
+    if not gaps:
+        return []
+    return [
+        f"{len(gaps)} tensor(s) such as {gaps[0].name} have entries no Hugging Face tensor holds "
+        f"({gaps[0].unfilled} rows of it, which Meta's code never reads): "
+        "written as zeros"
+    ]
+
+
 def _check_hf_tensors(hf: HFFolder, layout: MetaLayout) -> list[str]:
     """Every tensor the recipes make must be in the folder with the recipe's shape; anything else is refused
     unless the family says it may be dropped. Returns notes."""
@@ -178,6 +196,10 @@ class MetaPlan:
                 step = seg.source
                 step += " (halves → pairs)" if seg.rotary else ""
                 step += f" (each head ×{seg.kv_repeat})" if seg.kv_repeat > 1 else ""
+                if seg.cat_axis:
+                    step += f" ({seg.offset}:{seg.offset + seg.shape[seg.cat_axis]} of dim {seg.cat_axis})"
+                if seg.gather is not None:
+                    step += " (rows gathered: repeats checked equal, padding checked zero)"
                 steps.append(step)
             out.append(f"  {t.name} {list(t.shard_shape(self.mp))} {t.dtype}, {split} ← {'; '.join(steps)}")
         out += [f"{name}  ({len(data)} bytes)" for name, data in self.small_files.items()]
@@ -212,8 +234,9 @@ def plan_hf_to_meta(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
         notes = [*layout.notes, *_check_hf_tensors(hf, layout)]
         root = hf.root
     notes.append("a Hugging Face folder has no checksums to verify; checklist.chk covers the output")
-    tensors = sorted(invert_recipes(layout.recipes, dtype=layout.dtype), key=lambda t: layout.order(t.name))
+    tensors = sorted(_invert(layout.recipes, layout, mp, root), key=lambda t: layout.order(t.name))
     _check_mp(tensors, mp, root)
+    notes += _unfilled_notes(tensors)
     return MetaPlan(layout.spec, mp, tuple(tensors), layout.small_files, tuple(notes), layout, root)
 
 
@@ -247,12 +270,13 @@ def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
     # Tensors no recipe reads (rope.freqs of old checkpoints) are carried over, the same in every shard.
     used = {p.source for r in source_recipes for p in r.parts}
     for name, ref in refs.items():
-        if name not in used:
+        if name not in used and not (layout.ignored_suffixes and name.endswith(layout.ignored_suffixes)):
             extra = TensorRecipe(name, (Part(name, None),), ref.shape, ref.dtype, ref.dtype)
             source_recipes.append(extra)
             target_recipes.append(extra)
     order = {name: i for i, name in enumerate(refs)}
-    tensors = sorted(invert_recipes(target_recipes, dtype=layout.dtype), key=lambda t: order[t.name])
+    order.update({r.parts[0].source: len(order) for r in target_recipes if r.parts[0].source not in order})
+    tensors = sorted(_invert(target_recipes, layout, mp, src), key=lambda t: order[t.name])
     tensors = [dataclasses.replace(t, dtype=refs[t.name].dtype) for t in tensors]
     _check_mp(tensors, mp, src)
     return MetaPlan(

@@ -37,10 +37,6 @@ class Llama4Family:
         hf_architectures=("Llama4ForConditionalGeneration",),
         gguf=gguf_facts,
         gguf_outtypes=tuple(OUTTYPES),
-        refused={
-            ("hf", "meta"): "Llama 4 does not go back to Meta's format in this version yet",
-            ("meta", "meta"): "Llama 4 checkpoints are not resharded by this version yet",
-        },
     )
 
     def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> Llama4Spec | None:
@@ -73,6 +69,18 @@ class Llama4Family:
 
     def deferred_checks(self, spec: Llama4Spec) -> list[Callable[[], None]]:
         return []
+
+    def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
+        """The way back: the Meta checkpoint an HF folder becomes (``plan.MetaLayout``)."""
+        from .to_meta import layout_from_hf
+
+        return layout_from_hf(config, root, hf_names, **options)
+
+    def reshard_layout(self, spec: Llama4Spec, mp: int) -> Any:
+        """The way back: recipes reading ``spec`` and the layout of the same model at ``mp`` shards."""
+        from .to_meta import reshard_layout
+
+        return reshard_layout(spec, mp)
 
     def details(self, spec: Llama4Spec) -> dict[str, Any]:
         p = spec.params

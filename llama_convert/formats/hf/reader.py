@@ -123,6 +123,19 @@ class SafetensorsFile:
             done += n
         return out.reshape(sub_shape)
 
+    def read_elements(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``start:stop`` of a tensor in C order (1-D), as numpy data in ``dtype.storage``."""
+        ref = self.tensors[name]
+        out = np.empty(stop - start, dtype=ref.dtype.storage)
+        view = memoryview(out.view(np.uint8))
+        fd, offset, done = self.fileno(), ref.file_offset + start * ref.dtype.itemsize, 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise self._damaged("truncated (read past the end)")
+            done += n
+        return out
+
     def read(self, name: str) -> np.ndarray:
         """A whole tensor (small ones only)."""
         return self.read_rows(name).reshape(self.tensors[name].shape)
@@ -150,6 +163,9 @@ class HFFolder:
 
     def read_rows(self, name: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None):
         return self.file_of(name).read_rows(name, start, stop, out)
+
+    def read_elements(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.file_of(name).read_elements(name, start, stop)
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.where)

@@ -15,13 +15,22 @@ from pathlib import Path
 
 import numpy as np
 
-from .dtypes import cast
+from .dtypes import cast, e4m3_to_f32, f32_to_bf16
 from .errors import ConversionError
 from .formats.hf.safetensors_writer import SafetensorsWriter
 from .formats.meta.torch_zip import TorchCheckpoint
-from .plan import ConversionPlan, Part, TensorRecipe, assembled_shape, merged_shape, piece_shape
+from .plan import ConversionPlan, Part, Scale, TensorRecipe, assembled_shape, merged_shape, piece_shape
 
-__all__ = ["BLOCK_BYTES", "FileSpan", "block_rows", "produce_blocks", "produce_pieces", "write_weights"]
+__all__ = [
+    "BLOCK_BYTES",
+    "FileSpan",
+    "block_rows",
+    "dequantize_rows",
+    "produce_blocks",
+    "produce_pieces",
+    "scale_values",
+    "write_weights",
+]
 
 BLOCK_BYTES = 32 << 20  # per block of output rows; bounds memory together with the read buffers
 MAX_TRANSPOSED_BYTES = 256 << 20  # a transposed tensor is assembled whole: routers and such, never a big matrix
@@ -32,8 +41,48 @@ def block_rows(row_bytes: int, unit: int = 1) -> int:
     return max(unit, (BLOCK_BYTES // max(row_bytes, 1)) // unit * unit)
 
 
-def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of one shard's viewed-and-taken tensor."""
+_SCALES: dict[tuple[str, str], np.ndarray] = {}  # (file, key) → float32 scales: small, read once per process
+
+
+def scale_values(scale: Scale, rank: int) -> np.ndarray:
+    """The float32 scale tensor of shard ``rank`` (read with the allow-listed reader, kept: a few KiB)."""
+    key = (scale.files[rank], scale.keys[rank])
+    if key not in _SCALES:
+        with TorchCheckpoint(scale.files[rank]) as scales:
+            _SCALES[key] = scales.read(scale.keys[rank]).astype(np.float32, copy=False)
+        if len(_SCALES) > 4096:
+            _SCALES.pop(next(iter(_SCALES)))
+    return _SCALES[key]
+
+
+def dequantize_rows(raw: np.ndarray, scale: np.ndarray, start: int, group_rows: int = 0) -> np.ndarray:
+    """float8 rows ``start:…`` of a stored tensor → bf16 bits: ``q.float() * scale`` in float32, rounded once.
+
+    ``group_rows`` as in ``plan.Scale``; ``raw`` holds whole rows of the (viewed) tensor."""
+    values = e4m3_to_f32(raw)
+    n = raw.shape[0]
+    if group_rows == 0:
+        out = values.reshape(n, -1) * scale[start : start + n, None]
+    else:
+        cols = scale.shape[-1]
+        flat = values.reshape(-1, cols)
+        per_row = flat.shape[0] // n if n else 0
+        first = start * per_row
+        groups = (first + np.arange(flat.shape[0])) // group_rows
+        out = flat * scale[groups]
+    return f32_to_bf16(out.reshape(raw.shape))
+
+
+def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int, rank: int = 0) -> np.ndarray:
+    """Rows ``start:stop`` of one shard's viewed-and-taken tensor (dequantized when the part is scaled)."""
+    rows = _stored_piece_rows(part, shard, start, stop)
+    if part.scale is None:
+        return rows
+    first = (part.take[0] if part.take else 0) + start
+    return dequantize_rows(rows, scale_values(part.scale, rank), first, part.scale.group_rows)
+
+
+def _stored_piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int) -> np.ndarray:
     ref = shard.tensors[part.source]
     view = part.view or ref.shape or (1,)
     if part.zeros:
@@ -60,10 +109,11 @@ def _merged_rows(part: Part, shards: Sequence[TorchCheckpoint], start: int, stop
         while row < stop:
             index, local = divmod(row, per)
             take = min(stop - row, per - local)
-            pieces.append(_piece_rows(part, shards[index], local, local + take))
+            pieces.append(_piece_rows(part, shards[index], local, local + take, index))
             row += take
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
-    return np.concatenate([_piece_rows(part, s, start, stop) for s in shards], axis=part.mp_axis)
+    pieces = [_piece_rows(part, s, start, stop, rank) for rank, s in enumerate(shards)]
+    return np.concatenate(pieces, axis=part.mp_axis)
 
 
 def _assembled_rows(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint], start: int, stop: int) -> np.ndarray:
@@ -119,7 +169,7 @@ def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> 
     stacked on dim 0; contiguous shards merged on dim 0 or taken from one), the byte ranges; else None."""
     if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.transpose or recipe.dtype != recipe.source_dtype:
         return None
-    if (len(recipe.parts) > 1 and recipe.cat_axis != 0) or any(part.zeros for part in recipe.parts):
+    if (len(recipe.parts) > 1 and recipe.cat_axis != 0) or any(p.zeros or p.scale for p in recipe.parts):
         return None
     spans = []
     for part in recipe.parts:

@@ -25,6 +25,7 @@ __all__ = [
     "MetaLayout",
     "OutputFile",
     "Part",
+    "Scale",
     "TensorRecipe",
     "assembled_shape",
     "build_plan",
@@ -33,6 +34,25 @@ __all__ = [
     "piece_shape",
     "split_into_files",
 ]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The FP8 scales of a quantized part: each shard's float32 scale tensor, ``keys[rank]`` in
+    ``files[rank]`` (a ``torch.save`` dict beside the shard). The shard's stored float8 values are
+    dequantized as ``q.float() * scale`` and rounded once to bf16 before anything else happens.
+
+    ``group_rows == 0``: one scale per stored row (Llama 3: ``scale[:, None]``). ``group_rows > 0``: the
+    scale tensor is ``[groups, C]`` with C the stored tensor's last dim; the stored tensor seen as rows of C
+    values is ``group_rows`` such rows per group (Llama 4 experts: per (expert, output column)).
+    """
+
+    files: tuple[str, ...]
+    keys: tuple[str, ...]
+    group_rows: int = 0
+
+    def describe(self) -> str:
+        return f"× fp8 scale {self.keys[0]}" + ("" if len(self.keys) == 1 else f" (… {self.keys[-1]})")
 
 
 @dataclass(frozen=True)
@@ -51,6 +71,7 @@ class Part:
     view: tuple[int, ...] | None = None
     take: tuple[int, int] | None = None
     zeros: bool = False
+    scale: Scale | None = None  # float8 storage: dequantized per shard, as bf16 from then on
 
     def describe(self) -> str:
         if self.zeros:
@@ -61,6 +82,8 @@ class Part:
             text += f" as {list(self.view)}"
         if self.take is not None:
             text += f" rows {self.take[0]}:{self.take[1]}"
+        if self.scale is not None:
+            text += f" {self.scale.describe()}"
         return text + (" (replicated)" if self.mp_axis is None else f" ⊕ shards on dim {self.mp_axis}")
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .dtypes import cast, e4m3_to_f32, f32_to_bf16
+from .dtypes import BF16, F32, cast, e4m3_to_f32, f32_to_bf16, f32_to_e4m3
 from .errors import ConversionError
 from .formats.hf.safetensors_writer import SafetensorsWriter
 from .formats.meta.torch_zip import TorchCheckpoint
@@ -28,6 +28,7 @@ __all__ = [
     "dequantize_rows",
     "produce_blocks",
     "produce_pieces",
+    "requantize_rows",
     "scale_values",
     "write_weights",
 ]
@@ -71,6 +72,46 @@ def dequantize_rows(raw: np.ndarray, scale: np.ndarray, start: int, group_rows: 
         groups = (first + np.arange(flat.shape[0])) // group_rows
         out = flat * scale[groups]
     return f32_to_bf16(out.reshape(raw.shape))
+
+
+FP8_MAX = np.float32(448.0)
+
+
+def requantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """float32 rows → (e4m3 bytes, float32 scale per row, largest relative change): fbgemm's row-wise rule
+    (``quantize_fp8_per_row``: ``inv = 448 / max(rowmax|x|, 1e-12)``, ``q = e4m3(clamp(x · inv, ±448))``
+    rounded to nearest even, scale ``1 / inv``), every operation an IEEE float32 one (a GPU kernel may round
+    its division differently; the stored scale is what dequantization uses). The change is
+    ``max |q · scale − x| / rowmax|x|``."""
+    rows = x.reshape(x.shape[0], -1)
+    amax = np.maximum(np.abs(rows).max(axis=1), np.float32(1e-12)).astype(np.float32)
+    inv = (FP8_MAX / amax).astype(np.float32)
+    q = f32_to_e4m3(np.clip(rows * inv[:, None], -FP8_MAX, FP8_MAX))
+    scale = (np.float32(1.0) / inv).astype(np.float32)
+    change = np.abs(e4m3_to_f32(q) * scale[:, None] - rows).max(axis=1) / amax
+    return q.reshape(x.shape), scale, float(change.max()) if change.size else 0.0
+
+
+def _fp8_blocks(
+    recipe: TensorRecipe, shards: Sequence[TorchCheckpoint], observe: Callable[[str, float], None]
+) -> Iterator[np.ndarray]:
+    """The FP8 outputs of ``--keep-fp8`` (``TensorRecipe.fp8``)."""
+    if recipe.fp8 == "scales":
+        (part,) = recipe.parts
+        assert part.scale is not None
+        ranks = range(len(shards)) if part.mp_axis is not None else range(1)
+        yield np.concatenate([scale_values(part.scale, r).reshape(-1) for r in ranks]).reshape(recipe.shape)
+        return
+    import dataclasses
+
+    base = dataclasses.replace(recipe, fp8=None, dtype=BF16, source_dtype=BF16, shape=assembled_shape(recipe, shards))
+    worst = 0.0
+    for block in produce_blocks(base, shards):
+        q, scale, change = requantize_rows(cast(block, BF16, F32))
+        worst = max(worst, change)
+        yield q if recipe.fp8 == "requantized" else scale.reshape(-1, 1)
+    if recipe.fp8 == "requantized":
+        observe(recipe.name, worst)
 
 
 def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int, rank: int = 0) -> np.ndarray:
@@ -169,6 +210,8 @@ def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> 
     stacked on dim 0; contiguous shards merged on dim 0 or taken from one), the byte ranges; else None."""
     if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.transpose or recipe.dtype != recipe.source_dtype:
         return None
+    if recipe.fp8 is not None:
+        return None
     if (len(recipe.parts) > 1 and recipe.cat_axis != 0) or any(p.zeros or p.scale for p in recipe.parts):
         return None
     spans = []
@@ -187,11 +230,18 @@ def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> 
     return spans
 
 
-def produce_pieces(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> Iterator[np.ndarray | FileSpan]:
-    """The output tensor's bytes, in order: verbatim file spans where possible, else row blocks."""
+def produce_pieces(
+    recipe: TensorRecipe,
+    shards: Sequence[TorchCheckpoint],
+    observe: Callable[[str, float], None] = lambda name, change: None,
+) -> Iterator[np.ndarray | FileSpan]:
+    """The output tensor's bytes, in order: verbatim file spans where possible, else row blocks.
+    ``observe`` hears the largest relative change of each requantized tensor."""
     spans = _verbatim_spans(recipe, shards)
     if spans is not None:
         yield from spans
+    elif recipe.fp8 is not None:
+        yield from _fp8_blocks(recipe, shards, observe)
     else:
         yield from produce_blocks(recipe, shards)
 
@@ -240,6 +290,7 @@ def write_weights(
     sync: bool = True,
     skip: frozenset[str] = frozenset(),
     on_file_done: Callable[[str], None] = lambda name: None,
+    observe: Callable[[str, float], None] = lambda name, change: None,
 ) -> list[str]:
     """Write every safetensors file of the plan (and the index when there are several) into ``out_dir``.
 
@@ -256,7 +307,7 @@ def write_weights(
             writer = SafetensorsWriter(out_dir / out_file.name, entries, {"format": "pt"})
             try:
                 for recipe in out_file.tensors:
-                    for piece in produce_pieces(recipe, shards):
+                    for piece in produce_pieces(recipe, shards, observe):
                         if isinstance(piece, FileSpan):
                             writer.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
                         else:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -108,6 +108,10 @@ class TensorRecipe:
     rotary_heads: int | None = None
     kv_fold: int = 1
     head_dim: int = 0
+    # FP8 outputs (--keep-fp8): "scales": the parts' stored FP8 scales as [rows, 1] float32;
+    # "requantized" / "requantized_scales": the assembled (dequantized) rows requantized with fbgemm's
+    # row-wise rule, the float8 bytes / their [rows, 1] scales.
+    fp8: Literal["scales", "requantized", "requantized_scales"] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -134,7 +138,13 @@ class TensorRecipe:
             steps.append(f"keep every {self.kv_fold}th KV head (copies checked)")
         if self.rotary_heads:
             steps.append(f"rotary pairs → halves ({self.rotary_heads} heads of {self.head_dim})")
-        if self.dtype != self.source_dtype:
+        if self.fp8 == "scales":
+            steps.append("their fp8 scales as [rows, 1]")
+        elif self.fp8:
+            steps.append(
+                "requantized per full row (fbgemm: rowmax/448, e4m3 RNE)" + (", scales" if "scales" in self.fp8 else "")
+            )
+        elif self.dtype != self.source_dtype:
             steps.append(f"cast {self.source_dtype} → {self.dtype}")
         return steps
 

@@ -26,7 +26,7 @@ def fbgemm_quantize(w: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch
     """``w`` (any float) → (float8_e4m3fn, float32 scale) with one scale per slice reduced over ``dim``."""
     x = w.float()
     amax = x.abs().amax(dim=dim, keepdim=True).clamp(min=1e-12)
-    inv = FP8_MAX / amax
+    inv = torch.full_like(amax, FP8_MAX) / amax  # an IEEE division (torch's ``scalar / tensor`` is reciprocal × scalar)
     q = (x * inv).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return q, (1.0 / inv).squeeze(dim)
 

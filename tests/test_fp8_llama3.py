@@ -43,13 +43,19 @@ def _tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.view(-1).view(torch.uint8), b.view(-1).view(torch.uint8))
+    )
 
 
 def test_e4m3_codec_is_torchs():
     every = torch.arange(256, dtype=torch.uint8)
     assert np.array_equal(e4m3_to_f32(every.numpy()), every.view(torch.float8_e4m3fn).float().numpy(), equal_nan=True)
-    values = torch.cat([torch.randn(100_000) * 50, every.view(torch.float8_e4m3fn).float()[:127] * 1.0625]).clamp(-448, 448)
+    values = torch.cat([torch.randn(100_000) * 50, every.view(torch.float8_e4m3fn).float()[:127] * 1.0625]).clamp(
+        -448, 448
+    )
     values = values[~values.isnan()]
     assert np.array_equal(f32_to_e4m3(values.numpy()), values.to(torch.float8_e4m3fn).view(torch.uint8).numpy())
 
@@ -123,3 +129,59 @@ def test_fp8_back_to_meta_bf16_is_the_twin(fp8_pair, tmp_path, mp):
             ours = torch.load(tmp_path / "meta" / f"consolidated.{rank:02d}.pth", weights_only=True)
             theirs = torch.load(twin / f"consolidated.{rank:02d}.pth", weights_only=True)
             assert all(_same_bytes(ours[k], theirs[k]) for k in theirs)
+
+
+def test_keep_fp8_is_an_fbgemm_fp8_folder(fp8_pair, tmp_path):
+    """gate/up: Meta's bytes and scales; down: requantized per full row with fbgemm's rule (torch's own
+    quantizer on the twin gives the same bytes), within one e4m3 step; everything else = the twin's."""
+    from transformers import FbgemmFp8Config
+
+    fp8, twin = fp8_pair
+    result = convert(fp8, tmp_path / "keep", keep_fp8=True)
+    convert(twin, tmp_path / "twin")
+    ours, theirs = _tensors(tmp_path / "keep"), _tensors(tmp_path / "twin")
+    shards = [torch.load(fp8 / f"consolidated.{r:02d}.pth", weights_only=True) for r in range(8)]
+    scales = [torch.load(fp8 / f"fp8_scales_{r}.pt", weights_only=True) for r in range(8)]
+    quantized = {f"model.layers.{i}.mlp.{p}.weight" for i in (1, 2) for p in ("gate_proj", "up_proj", "down_proj")}
+    assert set(ours) == set(theirs) | {n + "_scale" for n in quantized}
+    for name in set(theirs) - quantized:
+        assert _same_bytes(ours[name], theirs[name]), name
+    worst = 0.0
+    for i in (1, 2):
+        for meta, hf in (("w1", "gate_proj"), ("w3", "up_proj")):
+            weight, scale = ours[f"model.layers.{i}.mlp.{hf}.weight"], ours[f"model.layers.{i}.mlp.{hf}.weight_scale"]
+            meta_q = torch.cat([s[f"layers.{i}.feed_forward.{meta}.weight"] for s in shards], dim=0)
+            meta_s = torch.cat([s[f"{i}_feed_forward.{meta}_{r}"] for r, s in enumerate(scales)])
+            assert weight.dtype == torch.float8_e4m3fn and _same_bytes(weight, meta_q)
+            assert scale.dtype == torch.float32 and scale.shape == (meta_q.shape[0], 1)
+            assert torch.equal(scale[:, 0], meta_s)
+        name = f"model.layers.{i}.mlp.down_proj.weight"
+        exact = theirs[name].float()  # the twin: Meta's exact dequantized values
+        q_ref, s_ref = fbgemm_quantize(exact)
+        assert _same_bytes(ours[name], q_ref) and torch.equal(ours[name + "_scale"][:, 0], s_ref)
+        step = ours[name].float().abs().clamp(min=2.0**-6) * 2.0**-3 * ours[name + "_scale"]  # one e4m3 step
+        deq = ours[name].float() * ours[name + "_scale"]
+        assert bool(((deq - exact).abs() <= step).all())
+        worst = max(worst, float(((deq - exact).abs().amax(dim=1) / exact.abs().amax(dim=1)).max()))
+    config = (tmp_path / "keep" / "config.json").read_text()
+    qc = __import__("json").loads(config)["quantization_config"]
+    assert qc["quant_method"] == "fbgemm_fp8" and qc["activation_scale_ub"] == 1200.0
+    skipped = qc["modules_to_not_convert"]
+    assert skipped[-1] == "lm_head"
+    assert all(f"model.layers.{i}.self_attn.{p}_proj" in skipped for i in range(4) for p in "qkvo")
+    assert {f"model.layers.{i}.mlp.{p}" for i in (0, 3) for p in ("gate_proj", "up_proj", "down_proj")} <= set(skipped)
+    assert not any(".mlp." in s and s.split(".")[2] in ("1", "2") for s in skipped)
+    assert FbgemmFp8Config(**{k: v for k, v in qc.items() if k != "quant_method"}).activation_scale_ub == 1200.0
+    (note,) = [n for n in result.notes if "requantized" in n]
+    assert f"largest relative change {worst:.3g}" in note
+
+
+def test_keep_fp8_is_refused_elsewhere(fp8_pair, tmp_path):
+    from llama_convert.errors import UnsupportedError
+
+    fp8, twin = fp8_pair
+    with pytest.raises(UnsupportedError, match="GGUF has no e4m3 type"):
+        convert(fp8, tmp_path / "x.gguf", keep_fp8=True)
+    with pytest.raises(UnsupportedError, match="stores no float8 weights"):
+        convert(twin, tmp_path / "x", keep_fp8=True)
+    assert not list(tmp_path.iterdir())

@@ -31,6 +31,7 @@ class Fp8Facts:
 
     scale_files: tuple[Path, ...]
     layers: tuple[int, ...]
+    keep: bool = False  # --keep-fp8: write the float8 weights with their scales (fbgemm_fp8), not bf16
 
     def scale(self, layer: int, key: str) -> Scale:
         files = tuple(str(p) for p in self.scale_files)
@@ -86,7 +87,12 @@ def recognise_fp8(root: Path, checkpoints: list[TorchCheckpoint], n_layers: int)
 
 
 def dequantized(recipes: list[TensorRecipe], facts: Fp8Facts) -> list[TensorRecipe]:
-    """The recipes with every float8 part scaled (dequantized per shard to bf16)."""
+    """The recipes with every float8 part scaled (dequantized per shard to bf16); with ``facts.keep``, the
+    ``--keep-fp8`` recipes instead."""
+    if facts.keep:
+        from .keep_fp8 import keep_fp8_recipes
+
+        return keep_fp8_recipes(recipes, facts)
     scaled: dict[str, Scale] = {
         f"layers.{i}.feed_forward.{w}.weight": facts.scale(i, w) for i in facts.layers for w in FFN_KEYS
     }

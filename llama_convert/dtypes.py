@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DTYPES", "F8_E4M3", "DType", "cast", "dtype_by_name", "e4m3_to_f32", "f32_to_e4m3", "f32_to_bf16"]
+__all__ = ["DTYPES", "F8_E4M3", "DType", "cast", "dtype_by_name", "e4m3_to_f32", "f32_to_bf16", "f32_to_e4m3"]
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,12 @@ from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
+from ...errors import UnsupportedError
 from ...formats.gguf.encode import OUTTYPES
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
-from ...errors import UnsupportedError
 from ..base import Capabilities, Hints
 from . import gguf
 from .detect import recognise, rows_equal_everywhere

@@ -6,12 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
+from ...errors import UnsupportedError
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
 from ..base import Capabilities, Hints
 from .detect import recognise
+from .fp8 import dequantized
 from .hf_config import (
     config_json,
     context_length,
@@ -48,7 +50,8 @@ class Llama4Family:
 
     def recipes(self, spec: Llama4Spec, dtype: DType) -> list[TensorRecipe]:
         table = tensor_table(spec.params, spec.mp, spec.vocab_size)
-        return [target.recipe(dtype, spec.source_dtype) for target in table]
+        out = [target.recipe(dtype, spec.source_dtype) for target in table]
+        return out if spec.fp8 is None else dequantized(out, spec.fp8, spec.params, spec.mp)
 
     def metadata_files(self, spec: Llama4Spec, dtype: DType, *, tokenizer: bool = True) -> dict[str, bytes]:
         p = spec.params
@@ -70,6 +73,16 @@ class Llama4Family:
                 files["preprocessor_config.json"] = json_bytes(preprocessor_config_json(p))
                 files["processor_config.json"] = json_bytes(processor_config_json(p))
         return files
+
+    def keep_fp8(self, spec: Llama4Spec) -> Llama4Spec:
+        """Refused, by decision: the one published Llama 4 FP8 (``…-Maverick-17B-128E-Instruct-FP8``) is
+        compressed-tensors over every MoE layer, not Meta's fbgemm layout, so no folder written from Meta's
+        shards can be laid out as a published one; the dequantized conversion is exact instead."""
+        raise UnsupportedError(
+            f"{spec.folder.root}: --keep-fp8 is not offered for Llama 4 — the published Maverick FP8 is a "
+            "different artifact (compressed-tensors, every MoE layer) that Meta's fbgemm shards cannot become; "
+            "drop --keep-fp8 to convert the exactly dequantized bf16 model."
+        )
 
     def deferred_checks(self, spec: Llama4Spec) -> list[Callable[[], None]]:
         return []

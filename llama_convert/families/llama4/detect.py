@@ -7,12 +7,13 @@ from __future__ import annotations
 import math
 import re
 
-from ...dtypes import DType
+from ...dtypes import F8_E4M3, DType
 from ...errors import InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ..base import Evidence, Hints
 from ..naming import check_snapshot_config, instruct_from_names
+from .fp8 import recognise_fp8
 from .hf_config import variant
 from .layout import DROPPED, shard_shapes, tensor_table
 from .params import Llama4Params, is_llama4_params, parse_llama4_params
@@ -49,6 +50,15 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
     evidence = [Evidence("family", "Llama 4", "moe_args in params.json, fused wqkv and routed-expert tensors")]
     _check_tokenizer(folder, evidence)
     vocab, dtype = _check_layout(folder, checkpoints, p)
+    fp8 = recognise_fp8(folder.root, checkpoints, p)
+    if fp8 is not None:
+        evidence.append(
+            Evidence(
+                "weights",
+                f"FP8 routed experts of {len(fp8.layers)} MoE layer(s) → dequantized, q × scale rounded once",
+                f"float8 tensors in the shards and {len(fp8.scale_files)} fp8_scales_N.pt file(s)",
+            )
+        )
     kind = variant(p)
     moe_layers = sum(p.is_moe_layer(i) for i in range(p.n_layers))
     evidence.append(
@@ -98,6 +108,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         variant=kind,
         size=size,
         instruct_reason=variant_evidence.because,
+        fp8=fp8,
     )
 
 
@@ -181,7 +192,8 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], p: Lla
                     f"{ckpt.path}: {name} has shape {list(ref.shape)} but params.json and {mp} shard(s) imply "
                     f"{list(shape)}; check that params.json belongs to these shards and that none is missing."
                 )
-            dtypes.add(ref.dtype)
+            if ref.dtype != F8_E4M3:  # Meta's FP8 release: checked by fp8.recognise_fp8
+                dtypes.add(ref.dtype)
     floats = {d for d in dtypes if d.torch_name in ("bfloat16", "float16", "float32")}
     if len(floats) != 1 or floats != dtypes:
         raise UnsupportedError(

@@ -90,7 +90,12 @@ _FORMAT_NAMES = {"meta": "Meta's format", "hf": "Hugging Face", "gguf": "GGUF"}
 def detect_spec(src: Path, opts: ConvertOptions, key: tuple[str, str]) -> ModelSpec:
     """Recognise the Meta checkpoint in ``src`` and check that its family does route ``key``."""
     spec = detect(src, llama_version=opts.llama_version, instruct=opts.instruct, fold_kv_heads=opts.fold_kv_heads)
-    refuse_unless(family_of(spec), key, spec.folder.root)
+    family = family_of(spec)
+    refused_for = getattr(family, "refused_for", None)  # a family's refusals for one kind of checkpoint
+    reason = refused_for(spec).get(key) if refused_for is not None else None
+    if reason:
+        raise UnsupportedError(f"{spec.folder.root}: {reason}.")
+    refuse_unless(family, key, spec.folder.root)
     return keep_fp8(spec, key) if opts.keep_fp8 else spec
 
 

@@ -108,6 +108,9 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
+    conv.add_argument(
+        "--keep-fp8", action="store_true", help="FP8 release → an fbgemm_fp8 Hugging Face folder (default: bf16)"
+    )
     conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
     conv.add_argument(
         "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
@@ -165,6 +168,7 @@ def _convert(args: argparse.Namespace) -> int:
         outtype=args.outtype,
         mmproj=args.mmproj,
         tokenizer=args.tokenizer,
+        keep_fp8=args.keep_fp8,
     )
     if args.dry_run:
         planned = plan(args.src, args.dst, to=args.to, **options)

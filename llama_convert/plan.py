@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -26,6 +26,7 @@ __all__ = [
     "OutputFile",
     "Part",
     "StackedRecipe",
+    "Scale",
     "TensorRecipe",
     "assembled_shape",
     "build_plan",
@@ -34,6 +35,25 @@ __all__ = [
     "piece_shape",
     "split_into_files",
 ]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The FP8 scales of a quantized part: each shard's float32 scale tensor, ``keys[rank]`` in
+    ``files[rank]`` (a ``torch.save`` dict beside the shard). The shard's stored float8 values are
+    dequantized as ``q.float() * scale`` and rounded once to bf16 before anything else happens.
+
+    ``group_rows == 0``: one scale per stored row (Llama 3: ``scale[:, None]``). ``group_rows > 0``: the
+    scale tensor is ``[groups, C]`` with C the stored tensor's last dim; the stored tensor seen as rows of C
+    values is ``group_rows`` such rows per group (Llama 4 experts: per (expert, output column)).
+    """
+
+    files: tuple[str, ...]
+    keys: tuple[str, ...]
+    group_rows: int = 0
+
+    def describe(self) -> str:
+        return f"× fp8 scale {self.keys[0]}" + ("" if len(self.keys) == 1 else f" (… {self.keys[-1]})")
 
 
 @dataclass(frozen=True)
@@ -52,6 +72,7 @@ class Part:
     view: tuple[int, ...] | None = None
     take: tuple[int, int] | None = None
     zeros: bool = False
+    scale: Scale | None = None  # float8 storage: dequantized per shard, as bf16 from then on
 
     def describe(self) -> str:
         if self.zeros:
@@ -62,6 +83,8 @@ class Part:
             text += f" as {list(self.view)}"
         if self.take is not None:
             text += f" rows {self.take[0]}:{self.take[1]}"
+        if self.scale is not None:
+            text += f" {self.scale.describe()}"
         return text + (" (replicated)" if self.mp_axis is None else f" ⊕ shards on dim {self.mp_axis}")
 
 
@@ -86,6 +109,10 @@ class TensorRecipe:
     rotary_heads: int | None = None
     kv_fold: int = 1
     head_dim: int = 0
+    # FP8 outputs (--keep-fp8): "scales": the parts' stored FP8 scales as [rows, 1] float32;
+    # "requantized" / "requantized_scales": the assembled (dequantized) rows requantized with fbgemm's
+    # row-wise rule, the float8 bytes / their [rows, 1] scales.
+    fp8: Literal["scales", "requantized", "requantized_scales"] | None = None
 
     @property
     def nbytes(self) -> int:
@@ -112,7 +139,13 @@ class TensorRecipe:
             steps.append(f"keep every {self.kv_fold}th KV head (copies checked)")
         if self.rotary_heads:
             steps.append(f"rotary pairs → halves ({self.rotary_heads} heads of {self.head_dim})")
-        if self.dtype != self.source_dtype:
+        if self.fp8 == "scales":
+            steps.append("their fp8 scales as [rows, 1]")
+        elif self.fp8:
+            steps.append(
+                "requantized per full row (fbgemm: rowmax/448, e4m3 RNE)" + (", scales" if "scales" in self.fp8 else "")
+            )
+        elif self.dtype != self.source_dtype:
             steps.append(f"cast {self.source_dtype} → {self.dtype}")
         return steps
 

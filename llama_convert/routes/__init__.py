@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..detect import detect
+from ..errors import UnsupportedError
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..output import check_destination, check_file_destination
 from ..plan import ConversionPlan
@@ -45,7 +46,15 @@ def plan(
     """What converting ``src`` into ``dst`` would write, without writing anything; ``options`` are the
     fields of ``ConvertOptions``."""
     src_path, dst_path = Path(src), Path(dst)
-    return route_for(src_path, dst_path, to).plan(src_path, dst_path, ConvertOptions(**options))
+    route = route_for(src_path, dst_path, to)
+    opts = ConvertOptions(**options)
+    _check_keep_fp8(route, opts)
+    return route.plan(src_path, dst_path, opts)
+
+
+def _check_keep_fp8(route: Route, opts: ConvertOptions) -> None:
+    if opts.keep_fp8 and route.source != "meta":
+        raise UnsupportedError("--keep-fp8 applies to Meta's FP8 releases; this source is not a Meta checkpoint.")
 
 
 def convert(
@@ -67,6 +76,7 @@ def convert(
     opts = ConvertOptions(**options)
     src_path, dst_path = Path(src), Path(dst)
     route = route_for(src_path, dst_path, to)
+    _check_keep_fp8(route, opts)
     check = check_file_destination if route.target == "gguf" else check_destination
     check(dst_path.absolute(), force=opts.force)
     planned = route.plan(src_path, dst_path, opts)

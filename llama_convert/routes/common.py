@@ -90,8 +90,27 @@ _FORMAT_NAMES = {"meta": "Meta's format", "hf": "Hugging Face", "gguf": "GGUF"}
 def detect_spec(src: Path, opts: ConvertOptions, key: tuple[str, str]) -> ModelSpec:
     """Recognise the Meta checkpoint in ``src`` and check that its family does route ``key``."""
     spec = detect(src, llama_version=opts.llama_version, instruct=opts.instruct, fold_kv_heads=opts.fold_kv_heads)
-    refuse_unless(family_of(spec), key, spec.folder.root)
-    return spec
+    family = family_of(spec)
+    refused_for = getattr(family, "refused_for", None)  # a family's refusals for one kind of checkpoint
+    reason = refused_for(spec).get(key) if refused_for is not None else None
+    if reason:
+        raise UnsupportedError(f"{spec.folder.root}: {reason}.")
+    refuse_unless(family, key, spec.folder.root)
+    return keep_fp8(spec, key) if opts.keep_fp8 else spec
+
+
+def keep_fp8(spec: ModelSpec, key: tuple[str, str]) -> ModelSpec:
+    """``--keep-fp8``: the family's fbgemm_fp8 plan of an FP8 checkpoint (Hugging Face targets only)."""
+    if key != ("meta", "hf"):
+        raise UnsupportedError(
+            "--keep-fp8 writes a Hugging Face folder (fbgemm_fp8); GGUF has no e4m3 type and Meta's format is "
+            "written in bf16 — drop --keep-fp8 to convert the exactly dequantized model."
+        )
+    family = family_of(spec)
+    keep = getattr(family, "keep_fp8", None)
+    if keep is None:
+        raise UnsupportedError(f"{spec.folder.root}: {family.title} checkpoints have no FP8 weights to keep.")
+    return keep(spec)
 
 
 def family_for_hf(config: dict[str, Any], where: Path, key: tuple[str, str]) -> Family:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..dtypes import F8_E4M3, DType
 from ..errors import InputError, UnsupportedError
 from ..families import family_of
 from ..formats.hf.reader import HFFolder, find_hf_folder
@@ -255,6 +256,10 @@ def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Pr
     )
 
 
+def _written_dtype(stored: DType, model: DType) -> DType:
+    return model if stored == F8_E4M3 else stored
+
+
 def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
     """The same model at ``opts.mp`` shards: recipes reading the source, the target's layout and tensors."""
     if opts.mp is None:
@@ -277,7 +282,8 @@ def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
     order = {name: i for i, name in enumerate(refs)}
     order.update({r.parts[0].source: len(order) for r in target_recipes if r.parts[0].source not in order})
     tensors = sorted(_invert(target_recipes, layout, mp, src), key=lambda t: order[t.name])
-    tensors = [dataclasses.replace(t, dtype=refs[t.name].dtype) for t in tensors]
+    # each tensor keeps its stored dtype; float8 weights (an FP8 release) are written dequantized, as bf16
+    tensors = [dataclasses.replace(t, dtype=_written_dtype(refs[t.name].dtype, layout.dtype)) for t in tensors]
     _check_mp(tensors, mp, src)
     return MetaPlan(
         layout.spec, mp, tuple(tensors), layout.small_files, layout.notes, layout, src, spec, tuple(source_recipes)

@@ -7,13 +7,14 @@ import re
 
 import numpy as np
 
-from ...dtypes import DType
+from ...dtypes import F8_E4M3, DType
 from ...errors import ConversionError, InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, MetaParams
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
 from ..base import Evidence, Hints
 from ..naming import check_snapshot_config, instruct_from_names
+from .fp8 import recognise_fp8
 from .guard import GuardFacts, guard_facts
 from .layout import SKIPPED_TENSORS, expected_shard_shapes
 from .releases import RELEASES, SIZE_LABELS, Release, Version
@@ -189,7 +190,8 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], embed_
                     f"{ckpt.path}: {name} has shape {list(ref.shape)} but params.json implies {list(shape)}; "
                     "check that params.json belongs to these shards."
                 )
-            dtypes.add(ref.dtype)
+            if ref.dtype != F8_E4M3:  # Meta's FP8 release: checked by fp8.recognise_fp8
+                dtypes.add(ref.dtype)
     floats = {d for d in dtypes if d.torch_name in ("bfloat16", "float16", "float32")}
     if len(floats) != 1 or floats != dtypes:
         raise UnsupportedError(
@@ -304,6 +306,15 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         version_reason = evidence[-1].because
     evidence.append(Evidence("release", release.title, version_reason))
     vocab, dtype = _check_layout(folder, checkpoints, release.embedding_split_dim)
+    fp8 = recognise_fp8(folder.root, checkpoints, p.n_layers)
+    if fp8 is not None:
+        evidence.append(
+            Evidence(
+                "weights",
+                f"FP8 (float8_e4m3fn FFN of layers 1…{p.n_layers - 2}) → dequantized, q × scale rounded once",
+                f"float8 tensors in the shards and {len(fp8.scale_files)} fp8_scales_N.pt file(s)",
+            )
+        )
     instruct, variant_evidence, notes = _variant(release, hints, guard.title if guard else None)
     notes = early_notes + notes
     evidence.append(variant_evidence)
@@ -345,6 +356,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         tie_embeddings=tie,
         rope_scaling_factor=factor,
         guard=guard,
+        fp8=fp8,
     )
     if hints.version is None:
         _check_snapshot_config(spec, hints)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...dtypes import DType
 from ...formats.meta.folder import MetaParams
 from ...plan import Part, TensorRecipe
+from .fp8 import dequantized
 from .spec import LlamaSpec
 
 __all__ = ["GLOBAL_SPLITS", "LAYER_TENSORS", "SKIPPED_TENSORS", "expected_shard_shapes", "recipes"]
@@ -99,4 +100,4 @@ def recipes(spec: LlamaSpec, dtype: DType) -> list[TensorRecipe]:
             if suffix in ("attention.wk.weight", "attention.wv.weight") and spec.kv_fold > 1:
                 steps.update(kv_fold=spec.kv_fold, head_dim=p.head_dim)
             out.append(recipe(f"model.layers.{i}.{hf_suffix}", f"layers.{i}.{suffix}", out_shapes[suffix], **steps))
-    return out
+    return out if spec.fp8 is None else dequantized(out, spec.fp8)

@@ -89,7 +89,9 @@ def add_companion_metadata(
     writer: GGUFWriter, spec: Llama4Spec, files: dict[str, bytes], *, file_type: int, entries: Any
 ) -> None:
     counts = parameter_counts(entries)
-    mmproj.add_metadata(writer, files, name=_name(spec), file_type=file_type, counts=counts, where=str(spec.folder.root))
+    mmproj.add_metadata(
+        writer, files, name=_name(spec), file_type=file_type, counts=counts, where=str(spec.folder.root)
+    )
 
 
 # --- from a Hugging Face folder -----------------------------------------------------------------------

@@ -41,6 +41,7 @@ _STORAGE_CLASSES: dict[str, DType] = {
     "CharStorage": DTYPES["int8"],
     "ByteStorage": DTYPES["uint8"],
     "BoolStorage": DTYPES["bool"],
+    "Float8_e4m3fnStorage": DTYPES["float8_e4m3fn"],
 }
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_HEADER_MAGIC = 0x04034B50
@@ -179,7 +180,6 @@ _KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
     **{
         ("torch", kind): kind
         for kind in (
-            "float8_e4m3fn",
             "float8_e5m2",
             "float8_e4m3fnuz",
             "float8_e5m2fnuz",
@@ -196,7 +196,6 @@ _KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
             "qint32",
         )
     },
-    ("torch", "Float8_e4m3fnStorage"): "float8_e4m3fn",
     ("torch", "Float8_e5m2Storage"): "float8_e5m2",
     ("torch", "ComplexFloatStorage"): "complex64",
     ("torch", "ComplexDoubleStorage"): "complex128",

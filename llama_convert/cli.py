@@ -113,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
         "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
     )
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
+    conv.add_argument(
+        "--adapter",
+        dest="adapters",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PEFT_DIR",
+        help="merge this PEFT LoRA adapter while converting (repeatable)",
+    )
     conv.add_argument("--outtype", choices=tuple(OUTTYPES), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
@@ -155,6 +164,7 @@ def _convert(args: argparse.Namespace) -> int:
         mp=args.mp,
         outtype=args.outtype,
         tokenizer=args.tokenizer,
+        adapters=tuple(args.adapters),
     )
     if args.dry_run:
         planned = plan(args.src, args.dst, to=args.to, **options)

@@ -14,7 +14,7 @@ import numpy as np
 from gguf import GGUFWriter
 
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
-from ..plan import TensorRecipe
+from ..plan import LoraDelta, TensorRecipe
 from ..spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -36,6 +36,7 @@ class GGUFTensor:
     values: np.ndarray | None = None
     hf_name: str | None = None
     rotary_heads: int | None = None
+    deltas: tuple[LoraDelta, ...] = ()  # LoRA deltas added to the Hugging Face rows (before un-permuting)
 
     def sources(self) -> list[str]:
         if self.recipe is not None:
@@ -46,7 +47,8 @@ class GGUFTensor:
         if self.recipe is not None:
             return self.recipe.steps()
         if self.hf_name is not None:
-            return [self.hf_name + (" (halves → pairs)" if self.rotary_heads else "")]
+            deltas = [d.describe() for d in self.deltas]
+            return [self.hf_name, *deltas] + (["halves → pairs"] if self.rotary_heads else [])
         return ["computed"]
 
 

@@ -16,14 +16,16 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
+from ..dtypes import DTYPES
 from ..errors import UnsupportedError
-from ..execute import block_rows, rotary_to_pairs
+from ..execute import DeltaRows, block_rows, rotary_to_pairs
 from ..formats.gguf.encode import OUTTYPES, encode, file_type, tensor_nbytes, tensor_type
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..resume import fingerprint
 from ..version import __version__
+from .adapters import check_family, hf_deltas, load_adapters, merged_note
 from .common import Route, Stage, family_for_hf, run_planned
 from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor, write_planned_gguf
 
@@ -43,7 +45,13 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
     """Read the folder's config and safetensors headers and plan its GGUF file: rope_freqs, then file order."""
     with find_hf_folder(src) as hf:
         config = hf.config
-        facts = family_for_hf(config, hf.root / "config.json", KEY).capabilities.gguf
+        family = family_for_hf(config, hf.root / "config.json", KEY)
+        facts = family.capabilities.gguf
+        spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
+        adapters = load_adapters(opts.adapters)
+        check_family(family, adapters, hf.root)
+        shapes = {name: ref.shape for name, ref in hf.tensors.items()}
+        deltas = hf_deltas(adapters, shapes, model=spec.name, where=hf.root) if adapters else {}
         outtype = _outtype(hf, opts.outtype)
         out: list[GGUFTensor] = []
         freqs = facts.rope_freqs(config)
@@ -62,8 +70,8 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
             gguf_name, heads = mapped
             qtype = tensor_type(gguf_name, ref.shape, outtype)  # type: ignore[arg-type]
             entry = TensorEntry(gguf_name, ref.shape, qtype, tensor_nbytes(ref.shape, qtype))
-            out.append(GGUFTensor(entry, hf_name=name, rotary_heads=heads))
-        spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
+            out.append(GGUFTensor(entry, hf_name=name, rotary_heads=heads, deltas=deltas.get(name, ())))
+        notes = (*notes, *merged_note(deltas, adapters))
         head_dim = facts.hf_head_dim(config)
         return GGUFPlan(spec, outtype, facts.ARCH, tuple(out), hf.root, config, head_dim, notes)
 
@@ -77,16 +85,24 @@ def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
             advance(stream.write(t.values))
             return
         ref = hf.tensors[t.hf_name]
-        if t.rotary_heads is None and t.entry.qtype == GGMLQuantizationType.BF16 and ref.dtype.torch_name == "bfloat16":
+        lora = DeltaRows(t.deltas, meta_order=False) if t.deltas else None
+        if (
+            lora is None
+            and t.rotary_heads is None
+            and t.entry.qtype == GGMLQuantizationType.BF16
+            and ref.dtype.torch_name == "bfloat16"
+        ):
             stream.copy_from(hf.file_of(t.hf_name).fileno(), ref.file_offset, ref.nbytes, advance)
             return
         rows = ref.shape[0]
         step = block_rows(math.prod(ref.shape[1:]) * 4, head_dim if t.rotary_heads else 1)
         for start in range(0, rows, step):
-            block = hf.read_rows(t.hf_name, start, min(rows, start + step))
+            block, dtype = hf.read_rows(t.hf_name, start, min(rows, start + step)), ref.dtype
+            if lora is not None:  # in Hugging Face's basis, before the rows go back to Meta's order
+                block, dtype = lora.merged(block, ref.dtype, start), DTYPES["float32"]
             if t.rotary_heads:
                 block = rotary_to_pairs(block.reshape(block.shape[0], -1), head_dim)
-            advance(stream.write(encode(np.ascontiguousarray(block), ref.dtype, t.entry.qtype)))
+            advance(stream.write(encode(np.ascontiguousarray(block), dtype, t.entry.qtype)))
 
     return write
 

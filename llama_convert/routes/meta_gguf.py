@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,12 @@ from ..families import family_of
 from ..formats.gguf.encode import OUTTYPES, OutType, encode, file_type, read_dtype, tensor_nbytes, tensor_type
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.meta.torch_zip import TorchCheckpoint
+from ..formats.peft import Adapter
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..resume import fingerprint
 from ..spec import ModelSpec
 from ..version import __version__
+from .adapters import attach, check_family, hf_deltas, load_adapters, merged_note, recipe_head_dims
 from .common import Route, Stage, detect_spec, run_planned
 from .gguf_plan import METADATA_ALLOWANCE, GGUFPlan, GGUFTensor, write_planned_gguf
 
@@ -45,9 +47,9 @@ def default_outtype(spec: ModelSpec) -> OutType:
     return "f16" if spec.source_dtype.torch_name == "float16" else "bf16"
 
 
-def plan_gguf(spec: ModelSpec, outtype: str | None = None) -> GGUFPlan:
+def plan_gguf(spec: ModelSpec, outtype: str | None = None, adapters: Sequence[Adapter] = ()) -> GGUFPlan:
     """Tensors, types and sizes of the GGUF file for ``spec``: computed tensors first (as llama.cpp writes
-    them), then the recipes in the first shard's order (sequential reads)."""
+    them), then the recipes in the first shard's order (sequential reads); ``adapters`` merged."""
     facts = gguf_facts(spec)
     chosen = outtype or default_outtype(spec)
     if chosen not in OUTTYPES:
@@ -61,6 +63,16 @@ def plan_gguf(spec: ModelSpec, outtype: str | None = None) -> GGUFPlan:
     with TorchCheckpoint(spec.shards[0]) as first:
         order = {name: i for i, name in enumerate(first.tensors)}
     recipes = sorted(facts.gguf_recipes(spec), key=lambda r: order.get(r.source, len(order)))
+    if adapters:
+        family = family_of(spec)
+        check_family(family, adapters, spec.folder.root)
+        hf = family.recipes(spec, spec.source_dtype)
+        where = spec.folder.root
+        shapes = {r.name: r.shape for r in hf}
+        deltas = hf_deltas(adapters, shapes, head_dims=recipe_head_dims(hf), model=spec.name, where=where)
+        # GGUF keeps Meta's rotary order: the deltas of q/k get B's rows moved back (LoraDelta.head_dim)
+        recipes = attach(recipes, deltas, lambda name: facts.hf_tensor(name, config)[0])
+        spec = dataclasses.replace(spec, notes=(*spec.notes, *merged_note(deltas, adapters)))
     for r in recipes:
         qtype = tensor_type(r.name, r.shape, chosen)  # type: ignore[arg-type]
         entry = TensorEntry(r.name, r.shape, qtype, tensor_nbytes(r.shape, qtype))
@@ -104,7 +116,7 @@ def _sources(spec: ModelSpec) -> list[Path]:
 
 def plan_meta_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
     """Recognise the checkpoint in ``src`` and plan its GGUF file."""
-    return plan_gguf(detect_spec(src, opts, KEY), opts.outtype)
+    return plan_gguf(detect_spec(src, opts, KEY), opts.outtype, load_adapters(opts.adapters))
 
 
 def run_meta_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:

@@ -47,6 +47,10 @@ _REFUSED_SETTINGS: tuple[tuple[str, str], ...] = (
     ("target_parameters", "target_parameters adapts raw parameters (MoE experts)"),
     ("alora_invocation_tokens", "activated LoRA (alora_invocation_tokens) applies only after its tokens"),
     ("use_qalora", "QALoRA pools its inputs"),
+    ("use_bdlora", "block-diagonal LoRA (use_bdlora) shares its matrices across shards"),
+    ("kasa_config", "KaSA (kasa_config) adds learned singular values"),
+    ("monteclora_config", "MonteCLoRA (monteclora_config) samples its delta"),
+    ("arrow_config", "Arrow (arrow_config) routes between adapters per token"),
 )
 
 
@@ -148,6 +152,29 @@ def _digest(paths: tuple[Path, ...]) -> str:
     return h.hexdigest()
 
 
+_FOREIGN = (  # (what a key holds, how to tell), the most telling first
+    ("an embedding adapter", lambda k: "lora_embedding_" in k),
+    ("DoRA magnitudes", lambda k: "lora_magnitude_vector" in k),
+    ("a bias", lambda k: k.endswith(".bias")),
+    ("a whole weight", lambda k: k.endswith(".weight") and "lora_" not in k),
+    ("a tensor that is not a LoRA A or B matrix", lambda k: True),
+)
+
+
+def _foreign_rank(key: str) -> int:
+    return next(i for i, (_, test) in enumerate(_FOREIGN) if test(key))
+
+
+def _foreign(weights: Path, key: str) -> UnsupportedError:
+    what = _FOREIGN[_foreign_rank(key)][0]
+    if what == "a whole weight":
+        return UnsupportedError(
+            f"{weights} holds {key}, a whole weight that replaces the model's (PEFT's save_embedding_layers); "
+            "save the adapter with save_embedding_layers=False or merge it with PEFT."
+        )
+    return UnsupportedError(f"{weights} holds {key} ({what}); only LoRA A/B matrices of Linear layers merge.")
+
+
 def read_adapter(root: str | os.PathLike[str]) -> Adapter:
     """Read and check the adapter folder ``root`` (config and headers only; no matrix is read)."""
     root = Path(root)
@@ -156,14 +183,13 @@ def read_adapter(root: str | os.PathLike[str]) -> Adapter:
     _check_settings(config, path)
     weights = _weights(root)
     shapes = _shapes(weights)
+    foreign = sorted((k for k in shapes if _KEY.match(k) is None), key=_foreign_rank)
+    if foreign:
+        raise _foreign(weights, foreign[0])
     pairs: dict[str, dict[str, str]] = {}
     for key in shapes:
         match = _KEY.match(key)
-        if match is None:
-            what = "DoRA magnitudes" if "lora_magnitude_vector" in key else None
-            what = what or ("an embedding adapter" if "lora_embedding_" in key else None)
-            what = what or ("a bias" if key.endswith(".bias") else "a tensor that is not a LoRA A or B matrix")
-            raise UnsupportedError(f"{weights} holds {key} ({what}); only LoRA A/B matrices of Linear layers merge.")
+        assert match is not None
         pairs.setdefault(match["module"], {})[match["which"]] = key
     if not pairs:
         raise InputError(f"{weights} holds no LoRA matrices; save the adapter again with PEFT.")

@@ -9,6 +9,7 @@ on PEFT's merged model.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from conftest import assert_logits_close, meta_reference_logits, tiny
 from llama_convert import convert
 from llama_convert import plan as plan_of
 from llama_convert.cli import main
+from llama_convert.errors import UnsupportedError
 from llama_convert.formats.meta.torch_zip import TorchCheckpoint
 from llama_convert.testing.synth import synthesize
 
@@ -215,3 +217,41 @@ def test_bad_adapters_are_refused_in_one_sentence(base, tmp_path, capsys):
     assert "makes a delta of shape" in message and "adapter_model.safetensors" in message
     for to in (("--to", "meta"), ("--to", "gguf")):
         assert "makes a delta of shape" in _refused(capsys, hf, dst, wide, *to)
+
+
+def test_mp16_duplicated_kv_heads(tmp_path):
+    """KV heads folded on the way to Hugging Face and repeated on the way back, the delta in between."""
+    name = "Llama-3.1-405B-Instruct-MP16"
+    spec = tiny("llama3.1-405b-mp16", tokenizer="small-tiktoken", n_layers=1)
+    meta = synthesize(tmp_path / "meta" / name, spec)
+    hf = tmp_path / "hf" / name
+    convert(meta, hf)
+    adapter = make_adapter(hf, tmp_path / "lora", seed=7)
+    out = tmp_path / "out"
+    convert(meta, out, adapters=[adapter])
+    merged = peft_merged(hf, [adapter])
+    assert assert_within_one_ulp(out, merged) == 0
+    back = tmp_path / "back" / name
+    convert(meta, back, to="meta", adapters=[adapter])  # MP16 again, KV heads repeated after the merge
+    again = tmp_path / "again"
+    convert(back, again)
+    assert assert_within_one_ulp(again, merged) == 0
+
+
+def test_tied_lm_head_and_other_families_are_refused(tmp_path):
+    name = "Llama3.2-1B"
+    meta = synthesize(tmp_path / "meta" / name, tiny("llama3.2-1b", tokenizer="small-tiktoken"))
+    hf = tmp_path / "hf" / name
+    convert(meta, hf)
+    adapter = make_adapter(hf, tmp_path / "lora", target_modules=["q_proj", "lm_head"], embedding=False)
+    with pytest.raises(UnsupportedError, match=r"adapts lm_head, but Llama 3.2 .* is tied to the embedding"):
+        convert(meta, tmp_path / "out", adapters=[adapter])
+    # Llama 4 and Llama 3.2 Vision do not declare adapters: refused in one sentence before anything is read
+    from llama_convert.families import FAMILIES
+    from llama_convert.formats.peft import read_adapter
+    from llama_convert.routes.adapters import check_family
+
+    for family in FAMILIES:
+        if family.name != "llama":
+            with pytest.raises(UnsupportedError, match=re.escape(f"into {family.title} is not supported yet")):
+                check_family(family, [read_adapter(adapter)], tmp_path)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -255,3 +257,33 @@ def test_tied_lm_head_and_other_families_are_refused(tmp_path):
         if family.name != "llama":
             with pytest.raises(UnsupportedError, match=re.escape(f"into {family.title} is not supported yet")):
                 check_family(family, [read_adapter(adapter)], tmp_path)
+
+
+@pytest.mark.slow
+def test_resume_keeps_the_same_adapter_and_starts_clean_for_a_changed_one(base, tmp_path):
+    from test_resume_routes import _killed
+
+    adapter = make_adapter(base["hf"], tmp_path / "lora", seed=8)
+    args = ["--adapter", str(adapter), "--outtype", "bf16"]
+
+    def rerun(dst: Path) -> str:
+        proc = subprocess.run(
+            [sys.executable, "-m", "llama_convert", "convert", str(base["meta"]), str(dst), *args],
+            capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return proc.stderr
+
+    reference = tmp_path / "reference.gguf"
+    convert(base["meta"], reference, outtype="bf16", adapters=[adapter])
+    same = tmp_path / "same.gguf"
+    _killed(["convert", str(base["meta"]), str(same), "-q", *args], after=3)
+    assert "resumed an interrupted run" in rerun(same)
+    assert same.read_bytes() == reference.read_bytes()
+    changed = tmp_path / "changed.gguf"
+    _killed(["convert", str(base["meta"]), str(changed), "-q", *args], after=3)
+    make_adapter(base["hf"], adapter, seed=9)  # the same folder, other matrices
+    assert "resumed" not in rerun(changed)
+    other = tmp_path / "other.gguf"
+    convert(base["meta"], other, outtype="bf16", adapters=[adapter])
+    assert changed.read_bytes() == other.read_bytes() != reference.read_bytes()

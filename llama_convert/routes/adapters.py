@@ -35,7 +35,7 @@ __all__ = [
 
 Deltas = dict[str, tuple[LoraDelta, ...]]  # Hugging Face tensor name → its deltas, in --adapter order
 
-_VERSION = re.compile(r"llama[\s_-]?(\d+(?:\.\d+)?)", re.IGNORECASE)
+_VERSION = re.compile(r"llama[\s_-]?(\d+(?:\.\d+)?)(?![\d.]|\s?[bm]\b)", re.IGNORECASE)  # not CodeLlama-7b
 _SIZE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s?b(?![a-z])", re.IGNORECASE)
 
 

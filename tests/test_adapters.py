@@ -198,6 +198,8 @@ def test_bad_adapters_are_refused_in_one_sentence(base, tmp_path, capsys):
     assert "DoRA (use_dora)" in _refused(capsys, base["meta"], dst, dora)
     saved = make_adapter(hf, tmp_path / "saved", modules_to_save=["lm_head"])
     assert "modules_to_save" in _refused(capsys, base["meta"], dst, saved)
+    biased = make_adapter(hf, tmp_path / "biased", bias="all")
+    assert "bias='all'" in _refused(capsys, base["meta"], dst, biased)
     embed = make_adapter(hf, tmp_path / "embed", target_modules=["embed_tokens"])
     assert "embedding adapter" in _refused(capsys, base["meta"], dst, embed)
     assert "does not exist" in _refused(capsys, base["meta"], dst, tmp_path / "nowhere")

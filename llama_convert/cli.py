@@ -126,6 +126,15 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument(
         "--no-mmproj", dest="mmproj", action="store_false", help="GGUF: do not write the vision projector file"
     )
+    conv.add_argument(
+        "--adapter",
+        dest="adapters",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PEFT_DIR",
+        help="merge this PEFT LoRA adapter while converting (repeatable)",
+    )
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -169,6 +178,7 @@ def _convert(args: argparse.Namespace) -> int:
         mmproj=args.mmproj,
         tokenizer=args.tokenizer,
         keep_fp8=args.keep_fp8,
+        adapters=tuple(args.adapters),
     )
     if args.dry_run:
         planned = plan(args.src, args.dst, to=args.to, **options)

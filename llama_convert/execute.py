@@ -19,10 +19,12 @@ from .dtypes import BF16, F32, cast, e4m3_to_f32, f32_to_bf16, f32_to_e4m3
 from .errors import ConversionError
 from .formats.hf.safetensors_writer import SafetensorsWriter
 from .formats.meta.torch_zip import TorchCheckpoint
-from .plan import ConversionPlan, Part, Scale, TensorRecipe, assembled_shape, merged_shape, piece_shape
+from .formats.peft import read_lora_matrix
+from .plan import ConversionPlan, LoraDelta, Part, Scale, TensorRecipe, assembled_shape, merged_shape, piece_shape
 
 __all__ = [
     "BLOCK_BYTES",
+    "DeltaRows",
     "FileSpan",
     "block_rows",
     "dequantize_rows",
@@ -196,6 +198,31 @@ def rotary_to_pairs(block: np.ndarray, head_dim: int) -> np.ndarray:
     return block.reshape(-1, 2, head_dim // 2, cols).transpose(0, 2, 1, 3).reshape(-1, cols)
 
 
+class DeltaRows:
+    """The sum of a tensor's LoRA deltas, added row block by row block in float32.
+
+    A and B are read when the tensor starts (they are small: r rows or columns); each block's delta is
+    ``(B[rows] @ A) · scale``, as PEFT computes it. With ``meta_order`` the rows are wanted in Meta's
+    rotary order, so B's rows of q/k deltas are moved from halves back to pairs first.
+    """
+
+    def __init__(self, deltas: Sequence[LoraDelta], *, meta_order: bool) -> None:
+        self.terms: list[tuple[np.ndarray, np.ndarray, np.float32]] = []
+        for d in deltas:
+            a, b = read_lora_matrix(d.weights, d.a_key), read_lora_matrix(d.weights, d.b_key)
+            if meta_order and d.head_dim:
+                b = rotary_to_pairs(b, d.head_dim)
+            self.terms.append((a, b, np.float32(d.scale)))
+
+    def merged(self, block: np.ndarray, dtype: object, start: int) -> np.ndarray:
+        """``block`` (rows ``start:…`` of the weight, held as ``dtype``) plus the deltas, as float32."""
+        out = np.array(cast(block, dtype, F32), dtype=np.float32, copy=True)  # type: ignore[arg-type]
+        flat = out.reshape(out.shape[0], -1)
+        for a, b, scale in self.terms:
+            flat += (b[start : start + flat.shape[0]] @ a) * scale
+        return out
+
+
 @dataclass(frozen=True)
 class FileSpan:
     """Output bytes that are a verbatim byte range of a source file: copied in the kernel."""
@@ -210,7 +237,7 @@ def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> 
     stacked on dim 0; contiguous shards merged on dim 0 or taken from one), the byte ranges; else None."""
     if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.transpose or recipe.dtype != recipe.source_dtype:
         return None
-    if recipe.fp8 is not None:
+    if recipe.fp8 is not None or recipe.deltas:
         return None
     if (len(recipe.parts) > 1 and recipe.cat_axis != 0) or any(p.zeros or p.scale for p in recipe.parts):
         return None
@@ -254,8 +281,11 @@ def produce_blocks(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> I
             f"{recipe.source}: the sources assemble to {list(shape)}, which does not make {recipe.name} "
             f"of shape {list(recipe.shape)}; the checkpoint does not match its params.json."
         )
-    itemsize = max(recipe.dtype.itemsize, recipe.source_dtype.itemsize)
+    itemsize = max(recipe.dtype.itemsize, recipe.source_dtype.itemsize, 4 if recipe.deltas else 1)
+    lora = DeltaRows(recipe.deltas, meta_order=not recipe.rotary_heads) if recipe.deltas else None
     if recipe.transpose:
+        if lora is not None:
+            raise ConversionError(f"{recipe.name}: a LoRA delta cannot be added to a transposed tensor.")
         if len(shape) != 2 or math.prod(shape) * itemsize > MAX_TRANSPOSED_BYTES:
             raise ConversionError(f"{recipe.name}: only small 2-D tensors are transposed, not {list(shape)}.")
         whole = np.ascontiguousarray(_assembled_rows(recipe, shards, 0, shape[0]).T)
@@ -279,6 +309,9 @@ def produce_blocks(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> I
             block = _fold_heads(block, recipe)
         if recipe.rotary_heads:
             block = rotary_to_halves(block, recipe.head_dim)
+        if lora is not None:  # in float32, rounded once to the output dtype
+            yield cast(lora.merged(block, recipe.source_dtype, start // recipe.kv_fold), F32, recipe.dtype)
+            continue
         yield cast(np.ascontiguousarray(block), recipe.source_dtype, recipe.dtype)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -22,11 +23,12 @@ from .spec import ModelSpec
 
 __all__ = [
     "ConversionPlan",
+    "LoraDelta",
     "MetaLayout",
     "OutputFile",
     "Part",
-    "StackedRecipe",
     "Scale",
+    "StackedRecipe",
     "TensorRecipe",
     "assembled_shape",
     "build_plan",
@@ -89,6 +91,29 @@ class Part:
 
 
 @dataclass(frozen=True)
+class LoraDelta:
+    """A low-rank delta added to a recipe's output: ``scale · B @ A`` from an adapter file, in float32.
+
+    ``B`` ([out, r]) and ``A`` ([r, in]) are read from ``weights`` under ``b_key`` and ``a_key``. The delta
+    is in Hugging Face's basis; with ``head_dim`` (q/k projections) Hugging Face's rows are Meta's rows
+    with each head's rotary pairs moved to halves, so a recipe whose output keeps Meta's order (GGUF,
+    Meta shards) gets ``B``'s rows moved back (the inverse of the recipe's rotary step).
+    """
+
+    weights: str
+    a_key: str
+    b_key: str
+    scale: float
+    rank: int
+    head_dim: int = 0
+    digest: str = ""  # sha256 of the adapter's files: part of the plan, hence of a resumed run's identity
+
+    def describe(self) -> str:
+        where = Path(self.weights).parent.name + (f" {self.digest[:12]}" if self.digest else "")
+        return f"+ {self.scale:g}·B·A in float32 (LoRA rank {self.rank}, {where})"
+
+
+@dataclass(frozen=True)
 class TensorRecipe:
     """How one output tensor is made.
 
@@ -113,6 +138,7 @@ class TensorRecipe:
     # "requantized" / "requantized_scales": the assembled (dequantized) rows requantized with fbgemm's
     # row-wise rule, the float8 bytes / their [rows, 1] scales.
     fp8: Literal["scales", "requantized", "requantized_scales"] | None = None
+    deltas: tuple[LoraDelta, ...] = ()  # LoRA deltas added in float32 before the cast (rounded once)
 
     @property
     def nbytes(self) -> int:
@@ -139,6 +165,7 @@ class TensorRecipe:
             steps.append(f"keep every {self.kv_fold}th KV head (copies checked)")
         if self.rotary_heads:
             steps.append(f"rotary pairs → halves ({self.rotary_heads} heads of {self.head_dim})")
+        steps += [d.describe() for d in self.deltas]
         if self.fp8 == "scales":
             steps.append("their fp8 scales as [rows, 1]")
         elif self.fp8:

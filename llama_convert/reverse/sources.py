@@ -9,17 +9,17 @@ between.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from ..dtypes import DTYPES, DType
-from ..execute import produce_blocks
+from ..execute import DeltaRows, produce_blocks
 from ..formats.hf.reader import HFFolder
 from ..formats.meta.torch_zip import TorchCheckpoint
-from ..plan import TensorRecipe
+from ..plan import LoraDelta, TensorRecipe
 
-__all__ = ["HFRows", "RecipeRows"]
+__all__ = ["AdaptedRows", "HFRows", "RecipeRows"]
 
 
 class HFRows:
@@ -91,3 +91,27 @@ class RecipeRows:
         if stop >= math.prod(self.recipes[name].shape or (1,)):
             del self._streams[name]
         return out
+
+
+class AdaptedRows:
+    """Rows of another source with LoRA deltas added (in the source's Hugging Face basis), as float32: the
+    inverse recipes then permute and round them once to the Meta dtype."""
+
+    def __init__(self, source: HFRows, deltas: Mapping[str, tuple[LoraDelta, ...]]) -> None:
+        self.source, self.deltas = source, deltas
+        self._open: dict[str, DeltaRows] = {}
+
+    def dtype_of(self, name: str) -> DType:
+        return DTYPES["float32"] if name in self.deltas else self.source.dtype_of(name)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        rows = self.source.read_rows(name, start, stop)
+        if name not in self.deltas:
+            return rows
+        lora = self._open.get(name)
+        if lora is None:
+            lora = self._open[name] = DeltaRows(self.deltas[name], meta_order=False)
+        merged = lora.merged(rows, self.source.dtype_of(name), start)
+        if stop >= self.source.folder.tensors[self.source.aliases.get(name, name)].shape[0]:
+            del self._open[name]
+        return merged

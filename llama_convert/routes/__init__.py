@@ -8,7 +8,7 @@ returns the same plan without writing anything (``--dry-run``, ``inspect --plan`
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from ..errors import UnsupportedError
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..output import check_destination, check_file_destination
 from ..plan import ConversionPlan
+from .adapters import load_adapters
 from .common import Route, RoutePlan
 from .matrix import support_matrix
 from .meta_hf import plan_for
@@ -93,7 +94,9 @@ def plan_conversion(
     llama_version: str | None = None,
     instruct: bool | None = None,
     fold_kv_heads: bool = True,
+    adapters: Sequence[str | os.PathLike[str]] = (),
 ) -> ConversionPlan:
-    """Recognise the model in ``src`` and plan its conversion to Hugging Face without writing anything."""
+    """Recognise the model in ``src`` and plan its conversion to Hugging Face without writing anything
+    (``adapters``: PEFT LoRA folders merged on the way)."""
     spec = detect(src, llama_version=llama_version, instruct=instruct, fold_kv_heads=fold_kv_heads)
-    return plan_for(spec, dtype=dtype, max_shard_size=max_shard_size)
+    return plan_for(spec, dtype=dtype, max_shard_size=max_shard_size, adapters=load_adapters(adapters))

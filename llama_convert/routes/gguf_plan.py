@@ -22,7 +22,7 @@ from gguf import GGUFWriter
 from ..formats.gguf.encode import file_type, quantized_outtype, read_dtype, tensor_nbytes
 from ..formats.gguf.mixture import ModelFacts, choose_types, quantize_order, type_table
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
-from ..plan import TensorRecipe
+from ..plan import LoraDelta, TensorRecipe
 from ..spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -57,6 +57,7 @@ class GGUFTensor:
     rotary_heads: int | None = None
     hf_columns: tuple[int, int] | None = None
     hf_transpose: bool = False
+    deltas: tuple[LoraDelta, ...] = ()  # LoRA deltas added to the Hugging Face rows (before un-permuting)
 
     def sources(self) -> list[str]:
         if self.recipes:
@@ -72,7 +73,8 @@ class GGUFTensor:
             extra = " (halves → pairs)" if self.rotary_heads else ""
             if self.hf_columns:
                 extra += f" columns {self.hf_columns[0]}:{self.hf_columns[1]}"
-            return [self.hf_name + extra + (" (last two axes swapped)" if self.hf_transpose else "")]
+            deltas = [d.describe() for d in self.deltas]
+            return [self.hf_name + extra + (" (last two axes swapped)" if self.hf_transpose else ""), *deltas]
         return ["computed"]
 
 

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
+from ..dtypes import DTYPES
 from ..errors import UnsupportedError
-from ..execute import block_rows, rotary_to_pairs
+from ..execute import DeltaRows, block_rows, rotary_to_pairs
 from ..formats.gguf.encode import OUTTYPES, base_outtype, encode, encode_threads, file_type, tensor_nbytes, tensor_type
 from ..formats.gguf.mixture import normalize_outtype
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
@@ -27,6 +28,7 @@ from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..resume import fingerprint
 from ..version import __version__
+from .adapters import check_family, hf_deltas, load_adapters, merged_note
 from .common import Route, Stage, family_for_hf, run_planned
 from .gguf_plan import (
     METADATA_ALLOWANCE,
@@ -56,15 +58,21 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
     with ``opts.mmproj`` and a family that declares one, the companion file (a vision projector) likewise."""
     with find_hf_folder(src) as hf:
         config = hf.config
-        facts = family_for_hf(config, hf.root / "config.json", KEY).capabilities.gguf
+        family = family_for_hf(config, hf.root / "config.json", KEY)
+        facts = family.capabilities.gguf
+        spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
+        adapters = load_adapters(opts.adapters)
+        check_family(family, adapters, hf.root)
+        shapes = {name: ref.shape for name, ref in hf.tensors.items()}
+        deltas = hf_deltas(adapters, shapes, model=spec.name, where=hf.root) if adapters else {}
         outtype = _outtype(hf, opts.outtype)
         out: list[GGUFTensor] = []
         freqs = facts.rope_freqs(config)
         if freqs is not None:
             entry = TensorEntry(facts.ROPE_FREQS, freqs.shape, GGMLQuantizationType.F32, freqs.nbytes)
             out.append(GGUFTensor(entry, values=freqs))
-        out += _planned(hf, lambda name, shape: _entries(facts, name, shape, config), outtype)
-        spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
+        out += _planned(hf, lambda name, shape: _entries(facts, name, shape, config), outtype, deltas)
+        notes = (*notes, *merged_note(deltas, adapters))
         head_dim = facts.hf_head_dim(config)
         out = apply_mixture(out, outtype, model_facts(config, facts.ARCH))
         companions: tuple[GGUFPlan, ...] = ()
@@ -88,7 +96,10 @@ def _entries(facts: Any, name: str, shape: tuple[int, ...], config: dict[str, An
     return [] if mapped is None else [(mapped[0], shape, mapped[1], None, False)]
 
 
-def _planned(hf: HFFolder, entries: Entries, outtype: str) -> list[GGUFTensor]:
+def _planned(
+    hf: HFFolder, entries: Entries, outtype: str, deltas: dict[str, tuple[Any, ...]] | None = None
+) -> list[GGUFTensor]:
+    deltas = deltas or {}
     out = []
     for name, ref in hf.tensors.items():
         try:
@@ -100,7 +111,16 @@ def _planned(hf: HFFolder, entries: Entries, outtype: str) -> list[GGUFTensor]:
         for gguf_name, shape, heads, columns, transpose in mapped:
             qtype = tensor_type(gguf_name, shape, outtype)  # type: ignore[arg-type]
             entry = TensorEntry(gguf_name, shape, qtype, tensor_nbytes(shape, qtype))
-            out.append(GGUFTensor(entry, hf_name=name, rotary_heads=heads, hf_columns=columns, hf_transpose=transpose))
+            out.append(
+                GGUFTensor(
+                    entry,
+                    hf_name=name,
+                    rotary_heads=heads,
+                    hf_columns=columns,
+                    hf_transpose=transpose,
+                    deltas=deltas.get(name, ()) if columns is None and not transpose else (),
+                )
+            )
     return out
 
 
@@ -118,19 +138,22 @@ def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
         if t.hf_transpose:
             _write_transposed(hf, stream, t, advance, threads)
             return
-        plain = t.rotary_heads is None and t.hf_columns is None
+        lora = DeltaRows(t.deltas, meta_order=False) if t.deltas else None
+        plain = t.rotary_heads is None and t.hf_columns is None and lora is None
         if plain and t.entry.qtype == GGMLQuantizationType.BF16 and ref.dtype.torch_name == "bfloat16":
             stream.copy_from(hf.file_of(t.hf_name).fileno(), ref.file_offset, ref.nbytes, advance)
             return
         rows = ref.shape[0]
         step = block_rows(math.prod(ref.shape[1:]) * 4, head_dim if t.rotary_heads else 1)
         for start in range(0, rows, step):
-            block = hf.read_rows(t.hf_name, start, min(rows, start + step))
+            block, dtype = hf.read_rows(t.hf_name, start, min(rows, start + step)), ref.dtype
             if t.hf_columns is not None:
                 block = block[..., t.hf_columns[0] : t.hf_columns[1]]
+            if lora is not None:  # in Hugging Face's basis, before the rows go back to Meta's order
+                block, dtype = lora.merged(block, ref.dtype, start), DTYPES["float32"]
             if t.rotary_heads:
                 block = rotary_to_pairs(block.reshape(block.shape[0], -1), head_dim)
-            advance(stream.write(encode(np.ascontiguousarray(block), ref.dtype, t.entry.qtype, threads)))
+            advance(stream.write(encode(np.ascontiguousarray(block), dtype, t.entry.qtype, threads)))
 
     return write
 

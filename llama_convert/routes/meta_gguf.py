@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +32,13 @@ from ..formats.gguf.encode import (
 from ..formats.gguf.mixture import normalize_outtype
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.meta.torch_zip import TorchCheckpoint
+from ..formats.peft import Adapter
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..plan import StackedRecipe, TensorRecipe
 from ..resume import fingerprint
 from ..spec import ModelSpec
 from ..version import __version__
+from .adapters import attach, check_family, hf_deltas, load_adapters, merged_note, recipe_head_dims
 from .common import Route, Stage, detect_spec, run_planned
 from .gguf_plan import (
     METADATA_ALLOWANCE,
@@ -65,12 +67,14 @@ def default_outtype(spec: ModelSpec) -> OutType:
     return "f16" if spec.source_dtype.torch_name == "float16" else "bf16"
 
 
-def plan_gguf(spec: ModelSpec, outtype: str | None = None, *, mmproj: bool = True) -> GGUFPlan:
+def plan_gguf(
+    spec: ModelSpec, outtype: str | None = None, adapters: Sequence[Adapter] = (), *, mmproj: bool = True
+) -> GGUFPlan:
     """Tensors, types and sizes of the GGUF file for ``spec``: computed tensors first (as llama.cpp writes
-    them), then the recipes in the first shard's order (sequential reads); for a llama-quantize file type,
-    llama-quantize's types and order. With ``mmproj`` and a family that declares one, the companion file (a
-    vision projector) likewise, typed as the converter's ``--mmproj`` run of the same outtype (bf16 for a
-    llama-quantize type: llama-quantize does not touch projectors)."""
+    them), then the recipes in the first shard's order (sequential reads), ``adapters`` merged; for a
+    llama-quantize file type, llama-quantize's types and order. With ``mmproj`` and a family that declares
+    one, the companion file (a vision projector) likewise, typed as the converter's ``--mmproj`` run of the
+    same outtype (bf16 for a llama-quantize type: llama-quantize does not touch projectors)."""
     facts = gguf_facts(spec)
     chosen = normalize_outtype(outtype) if outtype else default_outtype(spec)
     if chosen not in OUTTYPES:
@@ -83,7 +87,18 @@ def plan_gguf(spec: ModelSpec, outtype: str | None = None, *, mmproj: bool = Tru
         out.append(GGUFTensor(entry, values=freqs))
     with TorchCheckpoint(spec.shards[0]) as first:
         order = {name: i for i, name in enumerate(first.tensors)}
-    out += _planned(facts.gguf_recipes(spec), order, chosen)
+    recipes = facts.gguf_recipes(spec)
+    if adapters:
+        family = family_of(spec)
+        check_family(family, adapters, spec.folder.root)
+        hf = family.recipes(spec, spec.source_dtype)
+        where = spec.folder.root
+        shapes = {r.name: r.shape for r in hf}
+        deltas = hf_deltas(adapters, shapes, head_dims=recipe_head_dims(hf), model=spec.name, where=where)
+        # GGUF keeps Meta's rotary order: the deltas of q/k get B's rows moved back (LoraDelta.head_dim)
+        recipes = attach(recipes, deltas, lambda name: facts.hf_tensor(name, config)[0])
+        spec = dataclasses.replace(spec, notes=(*spec.notes, *merged_note(deltas, adapters)))
+    out += _planned(recipes, order, chosen)
     out = apply_mixture(out, chosen, model_facts(config, facts.ARCH))
     companions: tuple[GGUFPlan, ...] = ()
     extra = facts.companion(spec) if mmproj and hasattr(facts, "companion") else None
@@ -155,7 +170,7 @@ def _sources(spec: ModelSpec) -> list[Path]:
 
 def plan_meta_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
     """Recognise the checkpoint in ``src`` and plan its GGUF file."""
-    return plan_gguf(detect_spec(src, opts, KEY), opts.outtype, mmproj=opts.mmproj)
+    return plan_gguf(detect_spec(src, opts, KEY), opts.outtype, load_adapters(opts.adapters), mmproj=opts.mmproj)
 
 
 def run_meta_to_gguf(plan: GGUFPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:

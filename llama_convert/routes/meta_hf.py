@@ -9,16 +9,19 @@ had proven complete.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..execute import write_weights
 from ..families import family_of
 from ..formats.meta.torch_zip import TorchCheckpoint
+from ..formats.peft import Adapter
 from ..options import ConversionResult, ConvertOptions, Progress, as_dtype
 from ..plan import ConversionPlan, build_plan, parse_size
 from ..resume import fingerprint
 from ..spec import ModelSpec
 from ..version import __version__
+from .adapters import attach, check_family, hf_deltas, load_adapters, merged_note, recipe_head_dims
 from .common import Route, Stage, detect_spec, run_planned
 
 __all__ = ["ROUTE", "plan_for", "plan_meta_to_hf"]
@@ -26,19 +29,35 @@ __all__ = ["ROUTE", "plan_for", "plan_meta_to_hf"]
 KEY = ("meta", "hf")
 
 
-def plan_for(spec: ModelSpec, *, dtype: object = None, max_shard_size: str | int = "5GB") -> ConversionPlan:
-    """The Hugging Face plan of a recognised spec, tensors in the first shard's order."""
+def plan_for(
+    spec: ModelSpec,
+    *,
+    dtype: object = None,
+    max_shard_size: str | int = "5GB",
+    adapters: Sequence[Adapter] = (),
+) -> ConversionPlan:
+    """The Hugging Face plan of a recognised spec, tensors in the first shard's order, ``adapters`` merged."""
     out_dtype = as_dtype(dtype) or spec.source_dtype  # type: ignore[arg-type]
     with TorchCheckpoint(spec.shards[0]) as first:
         order = list(first.tensors)
-    recipes = family_of(spec).recipes(spec, out_dtype)
+    family = family_of(spec)
+    recipes = family.recipes(spec, out_dtype)
+    if adapters:
+        check_family(family, adapters, spec.folder.root)
+        shapes = {r.name: r.shape for r in recipes}
+        deltas = hf_deltas(
+            adapters, shapes, head_dims=recipe_head_dims(recipes), model=spec.name, where=spec.folder.root
+        )
+        recipes = attach(recipes, deltas)
+        spec = dataclasses.replace(spec, notes=(*spec.notes, *merged_note(deltas, adapters)))
     return build_plan(spec, recipes, dtype=out_dtype, max_shard_size=parse_size(max_shard_size), source_order=order)
 
 
 def plan_meta_to_hf(src: Path, dst: Path, opts: ConvertOptions) -> ConversionPlan:
     """Recognise the checkpoint in ``src`` and plan its Hugging Face folder."""
     spec = detect_spec(src, opts, KEY)
-    return plan_for(spec, dtype=opts.dtype, max_shard_size=opts.max_shard_size)
+    adapters = load_adapters(opts.adapters)
+    return plan_for(spec, dtype=opts.dtype, max_shard_size=opts.max_shard_size, adapters=adapters)
 
 
 def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:

@@ -13,7 +13,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +24,12 @@ from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..formats.meta.writer import MetaShardWriter, checklist_text, shard_name
 from ..options import ConversionResult, ConvertOptions, Progress, as_dtype
-from ..plan import MetaLayout, Part, TensorRecipe
+from ..plan import LoraDelta, MetaLayout, Part, TensorRecipe
 from ..resume import fingerprint
 from ..reverse.invert import MetaTensor, RowSource, invert_recipes, write_meta_tensors
-from ..reverse.sources import HFRows, RecipeRows
+from ..reverse.sources import AdaptedRows, HFRows, RecipeRows
 from ..version import __version__
+from .adapters import attach, check_family, hf_deltas, load_adapters, merged_note, recipe_head_dims
 from .common import Route, Stage, detect_spec, family_for_hf, run_planned
 
 __all__ = ["HF_ROUTE", "RESHARD_ROUTE", "MetaPlan", "plan_hf_to_meta", "plan_reshard", "write_meta_folder"]
@@ -178,6 +179,7 @@ class MetaPlan:
     source: Path  # the Hugging Face folder, or the Meta checkpoint folder being resharded
     source_spec: Any = None  # resharding: the spec of the source checkpoint …
     source_recipes: tuple[TensorRecipe, ...] = ()  # … and the recipes that read it
+    deltas: dict[str, tuple[LoraDelta, ...]] = field(default_factory=dict)  # LoRA, by Hugging Face tensor name
 
     @property
     def total_size(self) -> int:
@@ -201,6 +203,7 @@ class MetaPlan:
                     step += f" ({seg.offset}:{seg.offset + seg.shape[seg.cat_axis]} of dim {seg.cat_axis})"
                 if seg.gather is not None:
                     step += " (rows gathered: repeats checked equal, padding checked zero)"
+                step += "".join(f" {d.describe()}" for d in self.deltas.get(seg.source, ()))
                 steps.append(step)
             out.append(f"  {t.name} {list(t.shard_shape(self.mp))} {t.dtype}, {split} ← {'; '.join(steps)}")
         out += [f"{name}  ({len(data)} bytes)" for name, data in self.small_files.items()]
@@ -224,6 +227,7 @@ class MetaPlan:
                 for t in self.tensors
             ],
             "files": [*self.small_files, "checklist.chk"],
+            "adapters": {name: [d.describe() for d in ds] for name, ds in sorted(self.deltas.items())},
         }
 
 
@@ -234,11 +238,19 @@ def plan_hf_to_meta(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
         layout = _layout_from_hf(hf, dst, opts, mp)
         notes = [*layout.notes, *_check_hf_tensors(hf, layout)]
         root = hf.root
-    notes.append("a Hugging Face folder has no checksums to verify; checklist.chk covers the output")
+        adapters = load_adapters(opts.adapters)
+        check_family(family_for_hf(hf.config, root / "config.json", HF_KEY), adapters, root)
+        shapes = {name: ref.shape for name, ref in hf.tensors.items()}
+        # the deltas are added to the Hugging Face rows as read, before they go back to Meta's rotary order
+        deltas = hf_deltas(adapters, shapes, model=layout.spec.name, where=root) if adapters else {}
+    notes += [
+        *merged_note(deltas, adapters),
+        "a Hugging Face folder has no checksums to verify; checklist.chk covers the output",
+    ]
     tensors = sorted(_invert(layout.recipes, layout, mp, root), key=lambda t: layout.order(t.name))
     _check_mp(tensors, mp, root)
     notes += _unfilled_notes(tensors)
-    return MetaPlan(layout.spec, mp, tuple(tensors), layout.small_files, tuple(notes), layout, root)
+    return MetaPlan(layout.spec, mp, tuple(tensors), layout.small_files, tuple(notes), layout, root, deltas=deltas)
 
 
 def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
@@ -246,7 +258,9 @@ def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Pr
 
     def body(stage: Stage) -> tuple[str, ...]:
         with find_hf_folder(plan.source) as hf:
-            rows = HFRows(hf, plan.layout.aliases, plan.layout.constants)
+            rows: RowSource = HFRows(hf, plan.layout.aliases, plan.layout.constants)
+            if plan.deltas:
+                rows = AdaptedRows(rows, plan.deltas)  # type: ignore[arg-type]
             return write_meta_folder(stage, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files)
 
     label = f"Writing {plan.spec.name} (Meta, MP{plan.mp})"
@@ -262,13 +276,23 @@ def _written_dtype(stored: DType, model: DType) -> DType:
 
 def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
     """The same model at ``opts.mp`` shards: recipes reading the source, the target's layout and tensors."""
-    if opts.mp is None:
+    if opts.mp is None and not opts.adapters:
         raise InputError(f"{src} is already in Meta's format; pass --mp N to write it with N shards.")
     if opts.dtype is not None:
         raise UnsupportedError("resharding keeps the checkpoint's dtype; drop --dtype.")
-    mp = _degree(opts.mp)
     spec = detect_spec(src, opts, RESHARD_KEY)
-    source_recipes, layout = family_of(spec).reshard_layout(spec, mp)  # type: ignore[attr-defined]
+    mp = _degree(opts.mp) if opts.mp is not None else spec.mp
+    family = family_of(spec)
+    source_recipes, layout = family.reshard_layout(spec, mp)  # type: ignore[attr-defined]
+    adapters = load_adapters(opts.adapters)
+    deltas = {}
+    if adapters:
+        check_family(family, adapters, spec.folder.root)
+        hf = family.recipes(spec, spec.source_dtype)
+        shapes, heads = {r.name: r.shape for r in hf}, recipe_head_dims(hf)
+        deltas = hf_deltas(adapters, shapes, head_dims=heads, model=spec.name, where=spec.folder.root)
+        source_recipes = attach(source_recipes, deltas)  # Meta's rotary order: B's q/k rows move back
+        layout = dataclasses.replace(layout, notes=(*layout.notes, *merged_note(deltas, adapters)))
     target_recipes = list(layout.recipes)
     with TorchCheckpoint(spec.shards[0]) as first:
         refs = dict(first.tensors)
@@ -286,7 +310,16 @@ def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
     tensors = [dataclasses.replace(t, dtype=_written_dtype(refs[t.name].dtype, layout.dtype)) for t in tensors]
     _check_mp(tensors, mp, src)
     return MetaPlan(
-        layout.spec, mp, tuple(tensors), layout.small_files, layout.notes, layout, src, spec, tuple(source_recipes)
+        layout.spec,
+        mp,
+        tuple(tensors),
+        layout.small_files,
+        layout.notes,
+        layout,
+        src,
+        spec,
+        tuple(source_recipes),
+        deltas,
     )
 
 

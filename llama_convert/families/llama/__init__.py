@@ -31,7 +31,9 @@ class LlamaFamily:
 
     name = "llama"
     title = "Llama text (1, 2, Code Llama, 3.x, Guard 2/3)"
-    capabilities = Capabilities(hf_architectures=("LlamaForCausalLM",), gguf=gguf, gguf_outtypes=tuple(OUTTYPES))
+    capabilities = Capabilities(
+        hf_architectures=("LlamaForCausalLM",), gguf=gguf, gguf_outtypes=tuple(OUTTYPES), adapters=True
+    )
 
     def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> LlamaSpec | None:
         return recognise(folder, checkpoints, hints)

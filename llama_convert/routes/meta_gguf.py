@@ -87,7 +87,7 @@ def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
             return
         for piece in produce_pieces(tensor.recipe, shards):
             if isinstance(piece, FileSpan):
-                stream.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
+                stream.copy_range(piece.shard.source, piece.offset, piece.nbytes, advance)
             else:
                 advance(stream.write(encode(piece, tensor.recipe.dtype, tensor.entry.qtype)))
 

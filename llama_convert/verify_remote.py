@@ -86,7 +86,7 @@ class StreamVerify:
             if name in skip:
                 continue
             path = src / name
-            info = path.store.call(path.key, path.store.fs.info, path.key, missing_ok=True)
+            info = path.store.info(path.key)
             if info is None or info.get("type") != "file":
                 self.missing.append(name)
             elif int(info.get("size") or 0) > _SMALL:

@@ -11,6 +11,7 @@ import fnmatch
 import io
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -23,6 +24,8 @@ __all__ = ["RemoteBytes", "RemotePath", "RemoteStat", "RemoteStore", "Watcher"]
 
 T = TypeVar("T")
 PART_BYTES = 8 << 20  # a large read is fetched as concurrent ranges of this size
+BLOCK_BYTES = 1 << 20  # small reads (headers, norms, sampled rows) are served from cached blocks of this size
+CACHED_BLOCKS = 32  # at most this many blocks are kept, per store
 ATTEMPTS = 5
 
 
@@ -42,6 +45,9 @@ class RemoteStore:
         self.backoff = backoff
         self.watchers: dict[str, Watcher] = {}
         self.lock = threading.Lock()
+        self.requests = 0  # range and metadata requests made (for tests and benchmarks)
+        self._infos: dict[str, dict[str, Any] | None] = {}
+        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
 
     @classmethod
     def for_url(cls, url: str) -> RemoteStore:
@@ -56,6 +62,7 @@ class RemoteStore:
         a missing file when ``missing_ok``)."""
         for attempt in range(self.attempts):
             try:
+                self.requests += 1
                 return fn(*args, **kwargs)
             except Exception as exc:
                 if missing_ok and isinstance(exc, FileNotFoundError):
@@ -88,6 +95,31 @@ class RemoteStore:
             return parts
 
         return self.call(key, get)
+
+    def info(self, key: str) -> dict[str, Any] | None:
+        """fsspec's ``info`` of ``key`` (None when missing), asked once per store: a run reads a snapshot."""
+        with self.lock:
+            if key in self._infos:
+                return self._infos[key]
+        info = self.call(key, self.fs.info, key, missing_ok=True)
+        with self.lock:
+            self._infos[key] = info
+        return info
+
+    def block(self, key: str, index: int, size: int) -> bytes:
+        """Block ``index`` of ``key`` (a file of ``size`` bytes), from the cache or fetched into it."""
+        with self.lock:
+            data = self._blocks.get((key, index))
+            if data is not None:
+                self._blocks.move_to_end((key, index))
+                return data
+        start = index * BLOCK_BYTES
+        (data,) = self.fetch(key, [(start, min(size, start + BLOCK_BYTES))])
+        with self.lock:
+            self._blocks[(key, index)] = data
+            while len(self._blocks) > CACHED_BLOCKS:
+                self._blocks.popitem(last=False)
+        return data
 
 
 @dataclass(frozen=True)
@@ -172,7 +204,7 @@ class RemotePath:
 
     # -- queries ---------------------------------------------------------------------------------
     def _info(self) -> dict[str, Any] | None:
-        return self.store.call(self.key, self.store.fs.info, self.key, missing_ok=True)
+        return self.store.info(self.key)
 
     def exists(self) -> bool:
         return self._info() is not None
@@ -186,7 +218,9 @@ class RemotePath:
         return info is not None and info.get("type") == "directory"
 
     def stat(self) -> RemoteStat:
-        info = self.store.call(self.key, self.store.fs.info, self.key)
+        info = self.store.info(self.key)
+        if info is None:
+            raise FileNotFoundError(f"{self} does not exist")
         modified = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
         stamp = getattr(modified, "timestamp", None)
         return RemoteStat(int(info.get("size") or 0), int(stamp() * 1e9) if stamp else 0)
@@ -239,15 +273,27 @@ class RemoteBytes:
         total = len(out)
         if offset + total > self.size:
             raise InputError(f"{self.name} is truncated (read past the end); upload it again.")
-        bounds = list(range(offset, offset + total, PART_BYTES)) or [offset]
-        ranges = [(start, min(start + PART_BYTES, offset + total)) for start in bounds]
-        done = 0
-        for data in self.read_ranges(ranges):
-            out[done : done + len(data)] = data
-            done += len(data)
+        if total < BLOCK_BYTES // 2:
+            self._read_cached(offset, out)
+        elif total:
+            bounds = range(offset, offset + total, PART_BYTES)
+            ranges = [(start, min(start + PART_BYTES, offset + total)) for start in bounds]
+            done = 0
+            for data in self.read_ranges(ranges):
+                out[done : done + len(data)] = data
+                done += len(data)
         watcher = self.path.store.watchers.get(self.path.key) if verify else None
         if watcher is not None:
             watcher.feed(offset, out)
+
+    def _read_cached(self, offset: int, out: memoryview) -> None:
+        done, store, key = 0, self.path.store, self.path.key
+        while done < len(out):
+            index, start = divmod(offset + done, BLOCK_BYTES)
+            block = store.block(key, index, self.size)
+            n = min(len(out) - done, len(block) - start)
+            out[done : done + n] = block[start : start + n]
+            done += n
 
     def close(self) -> None:
         pass

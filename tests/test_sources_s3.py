@@ -14,12 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from conftest import make_checkpoint, tiny
 
 from llama_convert import convert
 from llama_convert.cli import main as cli_main
 from llama_convert.errors import ChecksumError, InputError, MissingFileError
-
-from conftest import make_checkpoint, tiny
 
 boto3 = pytest.importorskip("boto3")
 pytest.importorskip("s3fs")
@@ -115,7 +114,7 @@ def small_reads(monkeypatch):
 def _same_tree(a: Path, b: Path) -> None:
     names = sorted(p.name for p in a.iterdir())
     assert names == sorted(p.name for p in b.iterdir())
-    match, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
     assert not mismatch and not errors, (mismatch, errors)
 
 

@@ -106,9 +106,9 @@ def small_reads(monkeypatch):
     from llama_convert.formats import stream
     from llama_convert.formats.storage import remote
 
-    monkeypatch.setattr(remote, "PART_BYTES", 48 << 10)
-    monkeypatch.setattr(remote, "BLOCK_BYTES", 16 << 10)
-    monkeypatch.setattr(stream, "COPY_CHUNK", 160 << 10)
+    monkeypatch.setattr(remote, "PART_BYTES", 1 << 20)
+    monkeypatch.setattr(remote, "BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr(stream, "COPY_CHUNK", 3 << 20)
 
 
 def _same_tree(a: Path, b: Path) -> None:

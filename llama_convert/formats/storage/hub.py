@@ -19,8 +19,8 @@ __all__ = ["RepoId", "download_command", "hub_cache_dir", "parse_repo_id", "reso
 _REPO_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95})(?:@(?P<rev>[\w./-]{1,200}))?$")
 # What a conversion of each kind of repository reads: Meta's checkpoint under original/ (plus the root's
 # small JSON files, naming and cross-check evidence), or a Hugging Face folder's weights and tokenizer.
-META_PATTERNS = ("original/*", "config.json", "generation_config.json", "tokenizer_config.json")
-HF_PATTERNS = ("*.json", "*.safetensors", "tokenizer.model")
+META_PATTERNS = ["original/*", "config.json", "generation_config.json", "tokenizer_config.json"]
+HF_PATTERNS = ["*.json", "*.safetensors", "tokenizer.model"]
 _TRUE = ("1", "true", "yes", "on")
 
 
@@ -102,9 +102,9 @@ def _download(repo: RepoId, cache: Path) -> Path:
 
     login = "log in with `hf auth login` or set HF_TOKEN"
     try:
-        files = hub.list_repo_files(repo.repo, revision=repo.revision)
-        patterns = META_PATTERNS if any(f.startswith("original/") for f in files) else HF_PATTERNS
-        path = hub.snapshot_download(repo.repo, revision=repo.revision, cache_dir=cache, allow_patterns=list(patterns))
+        path = hub.snapshot_download(repo.repo, revision=repo.revision, cache_dir=cache, allow_patterns=META_PATTERNS)
+        if not _holds_checkpoint(Path(path)):  # no original/: a Hugging Face repository
+            path = hub.snapshot_download(repo.repo, revision=repo.revision, cache_dir=cache, allow_patterns=HF_PATTERNS)
     except errors.GatedRepoError:
         raise InputError(
             f"{repo.repo} is a gated repository: accept its license on https://huggingface.co/{repo.repo} and {login}."
@@ -122,7 +122,7 @@ def _download(repo: RepoId, cache: Path) -> Path:
             raise InputError(f"{repo.repo} refused the download ({status}): {login}.") from None
         why = _first_line(exc)
         raise InputError(f"{repo} could not be downloaded ({why}); try {download_command(repo)}.") from None
-    except (OSError, ConnectionError) as exc:
+    except Exception as exc:  # no network (the client's errors are not all OSErrors), a full disk...
         raise MissingFileError(
             f"{repo} is not in the Hugging Face cache ({cache}) and the Hub cannot be reached ({_first_line(exc)}); "
             f"download it with {download_command(repo)}."

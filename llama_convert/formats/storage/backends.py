@@ -62,10 +62,9 @@ def filesystem(backend: Backend) -> Any:
         importlib.import_module(backend.module)
         import fsspec
     except ImportError:
-        extra = backend.extra or "hub"
+        package = f"'llama-convert[{backend.extra}]'" if backend.extra else backend.module
         raise UnsupportedError(
-            f"{backend.scheme}:// sources need the {backend.module} package; install it with "
-            f"pip install 'llama-convert[{extra}]'."
+            f"{backend.scheme}:// sources need the {backend.module} package; install it with pip install {package}."
         ) from None
     options: dict[str, Any] = {}
     if backend.protocol in ("http", "https"):

@@ -74,8 +74,7 @@ def resolve_repo_id(repo: RepoId) -> Path:
         from huggingface_hub import errors as hub_errors
     except ImportError:
         raise UnsupportedError(
-            f"{repo} looks like a Hub repository id; reading it needs huggingface_hub: "
-            "pip install 'llama-convert[hub]'."
+            f"{repo} looks like a Hub repository id; reading it needs huggingface_hub: pip install huggingface_hub."
         ) from None
     cache = hub_cache_dir()
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUE

@@ -22,12 +22,14 @@ from .verify import VerifyReport, expected_checksums, raise_for_report
 __all__ = ["HashOnRead", "StreamVerify"]
 
 FILL_BYTES = 8 << 20  # gaps are fetched in pieces of this size
+MAX_GAP = 64 << 20  # a read further ahead is not hashed now (a side job's, or out of file order): the stream
+# hashes those bytes when it gets there, or the end fetches them
 _SMALL = 64 << 20  # files hashed whole instead of watched
 
 
 class HashOnRead:
     """md5 of one remote file, fed the bytes the conversion reads (in increasing offsets; bytes already
-    hashed are skipped, a gap is fetched and hashed first)."""
+    hashed are skipped, a small gap is fetched and hashed first, a read far ahead waits for its turn)."""
 
     def __init__(self, path: RemotePath, size: int) -> None:
         self.path = path
@@ -39,6 +41,8 @@ class HashOnRead:
 
     def feed(self, offset: int, data: memoryview) -> None:
         with self._lock:
+            if offset > self.position + MAX_GAP:
+                return
             if offset > self.position:
                 self._fill(offset)
             start = self.position - offset

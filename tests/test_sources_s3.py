@@ -201,3 +201,48 @@ def test_a_missing_backend_is_named_with_its_extra(monkeypatch, tmp_path):
 
     with pytest.raises(UnsupportedError, match=r"gs:// sources need the gcsfs package; .*llama-convert\[gcs\]"):
         convert("gs://bucket/model", tmp_path / "out")
+
+
+def test_an_hf_folder_on_s3_converts_like_the_local_folder(aws, checkpoint, tmp_path):
+    hf = tmp_path / "Llama-3.2-1B-Instruct-hf"  # the name is evidence (GGUF's general.finetune): the same
+    convert(checkpoint, hf)
+    aws.create_bucket(Bucket="hf-models")
+    upload(aws, hf, "hf-models", "Llama-3.2-1B-Instruct-hf")
+    convert(hf, tmp_path / "local.gguf")
+    convert("s3://hf-models/Llama-3.2-1B-Instruct-hf", tmp_path / "remote.gguf")
+    assert filecmp.cmp(tmp_path / "local.gguf", tmp_path / "remote.gguf", shallow=False)
+
+
+class _Flaky:
+    """A real fsspec filesystem whose first reads fail the way a dropped connection does."""
+
+    def __init__(self, fs, failures: int) -> None:
+        self.fs, self.failures, self.calls = fs, failures, 0
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+    def cat_file(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionResetError("connection reset by peer")
+        return self.fs.cat_file(*args, **kwargs)
+
+
+def test_transient_errors_are_retried_and_refusals_are_not():
+    import fsspec
+
+    from llama_convert.formats.storage import RemotePath, RemoteStore
+    from llama_convert.formats.storage.backends import BACKENDS
+
+    memory = fsspec.filesystem("memory", skip_instance_cache=True)
+    memory.pipe("/bucket/m/params.json", b"{}")
+    flaky = _Flaky(memory, failures=2)
+    path = RemotePath(RemoteStore(BACKENDS["s3"], flaky, backoff=0.01), "bucket/m/params.json")
+    assert path.read_bytes() == b"{}" and flaky.calls == 3
+    gone = RemotePath(RemoteStore(BACKENDS["s3"], _Flaky(memory, 0), backoff=0.01), "bucket/m/nothing")
+    with pytest.raises(MissingFileError, match=r"^s3://bucket/m/nothing does not exist"):
+        gone.read_bytes()
+    always = RemotePath(RemoteStore(BACKENDS["s3"], _Flaky(memory, 99), attempts=3, backoff=0.01), "bucket/m/x")
+    with pytest.raises(InputError, match=r"^s3://bucket/m/x could not be read \(ConnectionResetError"):
+        always.read_bytes()

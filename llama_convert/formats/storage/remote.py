@@ -154,6 +154,9 @@ class RemotePath:
             other.key,
         )
 
+    def __lt__(self, other: RemotePath) -> bool:
+        return (self.store.backend.scheme, self.key) < (other.store.backend.scheme, other.key)
+
     def __hash__(self) -> int:
         return hash((self.store.backend.scheme, self.key))
 

@@ -101,7 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     conv = sub.add_parser("convert", help="convert a Meta checkpoint into a Hugging Face folder or GGUF, and back")
-    conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, …) or Hugging Face folder")
+    conv.add_argument(
+        "src", help="Meta or Hugging Face folder, Hub repository id (org/name[@rev]) or s3:// gs:// hf:// https:// URL"
+    )
     conv.add_argument("dst", type=Path, help="output folder or .gguf file (must not exist or be empty unless --force)")
     _add_common(conv)
     conv.add_argument("--force", action="store_true", help="replace an existing destination")
@@ -141,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
     insp = sub.add_parser("inspect", help="describe a folder and what converting it would write")
-    insp.add_argument("src", type=Path)
+    insp.add_argument("src", help="folder, Hub repository id or remote URL")
     _add_common(insp)
     insp.add_argument("--json", action="store_true", help="machine-readable output")
     insp.add_argument("--plan", action="store_true", help="also print every output tensor: sources, steps, file")

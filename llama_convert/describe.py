@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import InputError
 from .families import FAMILIES, family_of
+from .formats.storage import resolve_source
 from .plan import ConversionPlan
 from .routes import ROUTES, plan_conversion, source_format
 
@@ -70,7 +71,7 @@ def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:
     ``options`` are those of ``plan_conversion`` (dtype, max_shard_size, llama_version, instruct).
     """
 
-    path = Path(src)
+    path = resolve_source(src)  # a local path, a Hub repository id or a remote URL
     if source_format(path) == "gguf":
         from .formats.gguf.reader import describe_gguf
 

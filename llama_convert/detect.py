@@ -11,6 +11,7 @@ from .errors import InputError
 from .families import Hints, ModelSpec, recognise
 from .formats.meta.folder import MetaFolder, find_meta_folder, hub_repo, is_generic_dir_name
 from .formats.meta.torch_zip import TorchCheckpoint
+from .formats.storage import SourcePath, resolve_source
 
 __all__ = ["detect", "hints_for"]
 
@@ -57,15 +58,15 @@ def hints_for(
 
 
 def detect(
-    src: str | os.PathLike[str],
+    src: str | os.PathLike[str] | SourcePath,
     *,
     llama_version: str | None = None,
     instruct: bool | None = None,
     fold_kv_heads: bool = True,
 ) -> ModelSpec:
-    """Read a Meta checkpoint folder (or a Hub snapshot holding ``original/``) and return its ModelSpec;
-    raises a LlamaConvertError with one clear sentence if it is unusable."""
-    folder = find_meta_folder(src)
+    """Read a Meta checkpoint folder (or a Hub snapshot holding ``original/``, a Hub repository id, a remote
+    folder) and return its ModelSpec; raises a LlamaConvertError with one clear sentence if it is unusable."""
+    folder = find_meta_folder(resolve_source(src))
     hints = hints_for(folder, llama_version=llama_version, instruct=instruct, fold_kv_heads=fold_kv_heads)
     checkpoints = [TorchCheckpoint(path) for path in folder.shards]
     try:

@@ -342,7 +342,7 @@ def write_weights(
                 for recipe in out_file.tensors:
                     for piece in produce_pieces(recipe, shards, observe):
                         if isinstance(piece, FileSpan):
-                            writer.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
+                            writer.copy_range(piece.shard.source, piece.offset, piece.nbytes, advance)
                         else:
                             advance(writer.write(piece))
             except BaseException:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ChecksumError, InputError, MissingFileError
+from .formats.storage import as_source_path
 
 __all__ = [
     "BackgroundVerify",
@@ -72,7 +73,7 @@ def find_checklists(src: Path) -> list[Path]:
     ``tokenizer_checklist.chk`` of its parent when ``src`` has no ``tokenizer.model`` of its own
     (the layout where one tokenizer next to the model folders serves them all).
     """
-    src = Path(src)
+    src = as_source_path(src)
     if not src.is_dir():
         raise MissingFileError(f"{src} is not a folder; pass the folder holding checklist.chk and the shards.")
     found = sorted(
@@ -90,7 +91,7 @@ def read_checklist(path: Path) -> list[ChecklistEntry]:
 
     Blank lines, CRLF and a BOM are fine; any other line raises ``InputError`` naming file and line.
     """
-    path = Path(path)
+    path = as_source_path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -127,7 +128,7 @@ def expected_checksums(src: Path) -> dict[str, str]:
     """Map every file listed for ``src`` (named relative to ``src``, e.g. ``../tokenizer.model``)
     to its expected md5; raises :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
-    src = Path(src)
+    src = as_source_path(src)
     checklists = find_checklists(src)
     if not checklists:
         raise MissingFileError(f"{src} has no checklist.chk to verify the download against; {_NO_VERIFY}.")

@@ -18,11 +18,13 @@ from typing import Any, Literal, Protocol
 from ..detect import detect
 from ..errors import UnsupportedError
 from ..families import FAMILIES, Family, family_of
+from ..formats.storage import is_remote
 from ..options import ConversionResult, ConvertOptions, Format, Progress
 from ..output import Staging, atomic_output_dir, atomic_output_files, check_free_space, resumable_output_dir
 from ..resume import Checkpoint
 from ..spec import ModelSpec
 from ..verify import BackgroundVerify
+from ..verify_remote import StreamVerify
 
 __all__ = [
     "Beside",
@@ -154,7 +156,7 @@ class Beside:
 
 
 def checked_advance(
-    progress: Progress, verifier: BackgroundVerify | None, beside: Beside | None = None
+    progress: Progress, verifier: BackgroundVerify | StreamVerify | None, beside: Beside | None = None
 ) -> Callable[[int], None]:
     """``progress.advance`` that also stops the stream at the first verification or side-job failure."""
     if verifier is None and beside is None:
@@ -237,15 +239,15 @@ def run_planned(
     check_free_space(dsts[0].absolute(), total + allowance)
     notes = list(plan.notes)
     beside = Beside(jobs or [])
-    verifier: BackgroundVerify | None = None
+    verifier: BackgroundVerify | StreamVerify | None = None
     resumed = 0
     try:
         with _staging(staging, dsts, opts, fingerprint) as (paths, st):
             if verify_root is not None and opts.verify:
                 skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
-                verifier = BackgroundVerify(
-                    verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified
-                )
+                # A remote source is hashed from the bytes the conversion reads, not read a second time.
+                verify = StreamVerify if is_remote(verify_root) else BackgroundVerify
+                verifier = verify(verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified)
             stage = Stage(paths, checked_advance(progress, verifier, beside), beside)
             if st is not None:
                 stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)

@@ -141,7 +141,7 @@ def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
         lora = DeltaRows(t.deltas, meta_order=False) if t.deltas else None
         plain = t.rotary_heads is None and t.hf_columns is None and lora is None
         if plain and t.entry.qtype == GGMLQuantizationType.BF16 and ref.dtype.torch_name == "bfloat16":
-            stream.copy_from(hf.file_of(t.hf_name).fileno(), ref.file_offset, ref.nbytes, advance)
+            stream.copy_range(hf.file_of(t.hf_name).source, ref.file_offset, ref.nbytes, advance)
             return
         rows = ref.shape[0]
         step = block_rows(math.prod(ref.shape[1:]) * 4, head_dim if t.rotary_heads else 1)

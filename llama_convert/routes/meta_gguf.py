@@ -146,7 +146,7 @@ def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
         for recipe in tensor.recipes:
             for piece in produce_pieces(recipe, shards):
                 if isinstance(piece, FileSpan):
-                    stream.copy_from(piece.shard.fileno(), piece.offset, piece.nbytes, advance)
+                    stream.copy_range(piece.shard.source, piece.offset, piece.nbytes, advance)
                 else:
                     advance(stream.write(encode(piece, recipe.dtype, tensor.entry.qtype, threads)))
 

@@ -30,6 +30,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, proc
 from tokenizers.models import BPE
 
 from ..errors import InputError, UnsupportedError
+from ..formats.storage import as_source_path
 from . import json_bytes
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ _SPACE = "▁"  # U+2581: SentencePiece's escaped space
 def spm_tokenizer_files(tokenizer_model: Path, *, chat_template: str | None, context_length: int) -> dict[str, bytes]:
     """Return ``tokenizer.json``, ``tokenizer.model``, ``tokenizer_config.json`` and
     ``special_tokens_map.json`` (name → content) for a SentencePiece BPE ``tokenizer.model``."""
-    data = Path(tokenizer_model).read_bytes()
+    data = as_source_path(tokenizer_model).read_bytes()
     proto = _parse_model(data, tokenizer_model)
     _check_model(proto, tokenizer_model)
     pieces, spec = proto.pieces, proto.trainer_spec

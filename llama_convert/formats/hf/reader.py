@@ -20,6 +20,7 @@ import numpy as np
 
 from ...dtypes import DTYPES, DType
 from ...errors import InputError, MissingFileError, UnsupportedError
+from ..storage import ByteSource, SourcePath, as_source_path, open_bytes
 
 __all__ = ["HFFolder", "SafetensorsFile", "SafetensorsRef", "find_hf_folder", "is_hf_folder"]
 
@@ -49,28 +50,31 @@ class SafetensorsRef:
 class SafetensorsFile:
     """A safetensors file opened for row-wise reads of its tensors (nothing read beyond the header)."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike[str] | SourcePath) -> None:
+        self.path = as_source_path(path)
+        self.source: ByteSource = open_bytes(self.path)  # local pread or remote range reads
         self.metadata: dict[str, str] = {}
-        self.tensors: dict[str, SafetensorsRef] = self._parse_header()
-        self._fd: int | None = None
+        try:
+            self.tensors: dict[str, SafetensorsRef] = self._parse_header()
+        except BaseException:
+            self.source.close()
+            raise
 
     def _damaged(self, why: str) -> InputError:
         return InputError(f"{self.path} is {why}; download or save it again.")
 
     def _parse_header(self) -> dict[str, SafetensorsRef]:
-        size = self.path.stat().st_size
-        with open(self.path, "rb") as f:
-            prefix = f.read(8)
-            if len(prefix) < 8:
-                raise self._damaged("truncated (no safetensors header)")
-            length = int.from_bytes(prefix, "little")
-            if length > min(_MAX_HEADER, size - 8):
-                raise self._damaged("not a safetensors file or truncated (bad header length)")
-            try:
-                header = json.loads(f.read(length))
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise self._damaged("not a safetensors file (unreadable header)") from None
+        size = self.source.size
+        prefix = self.source.read_ranges([(0, min(8, size))])[0]
+        if len(prefix) < 8:
+            raise self._damaged("truncated (no safetensors header)")
+        length = int.from_bytes(prefix, "little")
+        if length > min(_MAX_HEADER, size - 8):
+            raise self._damaged("not a safetensors file or truncated (bad header length)")
+        try:
+            header = json.loads(self.source.read_ranges([(8, 8 + length)])[0])
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise self._damaged("not a safetensors file (unreadable header)") from None
         if not isinstance(header, dict):
             raise self._damaged("not a safetensors file (header is not an object)")
         base = 8 + length
@@ -93,15 +97,12 @@ class SafetensorsFile:
             tensors[name] = ref
         return tensors
 
-    def fileno(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return self._fd
+    def fileno(self) -> int | None:
+        """The descriptor of a local file (for kernel copies); None for a remote one."""
+        return self.source.fileno()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.source.close()
 
     def read_rows(
         self, name: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None
@@ -114,13 +115,7 @@ class SafetensorsFile:
         row_bytes = math.prod(shape[1:]) * ref.dtype.itemsize
         if out is None:
             out = np.empty(sub_shape, dtype=ref.dtype.storage)
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        fd, offset, done = self.fileno(), ref.file_offset + start * row_bytes, 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                raise self._damaged("truncated (read past the end)")
-            done += n
+        self.source.read_into(ref.file_offset + start * row_bytes, memoryview(out.reshape(-1).view(np.uint8)))
         return out.reshape(sub_shape)
 
     def read_elements(self, name: str, start: int, stop: int) -> np.ndarray:
@@ -181,9 +176,9 @@ class HFFolder:
         self.close()
 
 
-def is_hf_folder(root: str | os.PathLike[str]) -> bool:
+def is_hf_folder(root: str | os.PathLike[str] | SourcePath) -> bool:
     """True when ``root`` holds a config.json beside safetensors (or .bin) weights."""
-    root = Path(root)
+    root = as_source_path(root)
     return (root / "config.json").is_file() and (
         any(root.glob("*.safetensors")) or (root / INDEX_NAME).is_file() or any(root.glob("pytorch_model*.bin"))
     )
@@ -224,9 +219,9 @@ def _weight_files(root: Path) -> list[str]:
     return names
 
 
-def find_hf_folder(root: str | os.PathLike[str]) -> HFFolder:
-    """Open a Hugging Face model folder: parse config.json and every weight file's header."""
-    root = Path(root)
+def find_hf_folder(root: str | os.PathLike[str] | SourcePath) -> HFFolder:
+    """Open a Hugging Face model folder (local or remote): parse config.json and every weight file's header."""
+    root = as_source_path(root)
     if not root.is_dir():
         raise MissingFileError(f"{root} is not a folder; give the Hugging Face model folder (with config.json).")
     config_path = root / "config.json"

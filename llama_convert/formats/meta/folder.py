@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import InputError, MissingFileError, UnsupportedError
+from ..storage import SourcePath, as_source_path
 
 __all__ = [
     "MetaFolder",
@@ -194,9 +195,10 @@ def _shard_paths(root: Path) -> tuple[Path, ...]:
     return tuple(numbered[i] for i in range(len(numbered)))
 
 
-def find_meta_folder(root: str | Path) -> MetaFolder:
-    """Locate and parse the pieces of a Meta checkpoint folder; raises a clear error if it is not one."""
-    root = Path(root)
+def find_meta_folder(root: str | Path | SourcePath) -> MetaFolder:
+    """Locate and parse the pieces of a Meta checkpoint folder (local or remote); raises a clear error if it
+    is not one."""
+    root = as_source_path(root)
     if not root.exists():
         raise MissingFileError(f"{root} does not exist; give the folder that holds consolidated.00.pth.")
     if not root.is_dir():

@@ -52,7 +52,6 @@ def write_meta_folder(
     lanes = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
     writer = MetaShardWriter(stage.path, mp, lanes, resume=resume["shards"] if resume else None)
     first = resume["tensors"] if resume else 0
-    stage.advance(sum(t.nbytes(mp) for t in tensors[:first]))
     every = min(CHECKPOINT_BYTES, max(1, sum(t.nbytes(mp) for t in tensors) // 16))
     since = 0
 
@@ -63,7 +62,8 @@ def write_meta_folder(
             stage.checkpoint(_SHARDS, names, {"tensors": done, "shards": writer.checkpoint()})
             since = 0
 
-    try:
+    try:  # from here on a failure (also one a side job reports through advance) discards the open archives
+        stage.advance(sum(t.nbytes(mp) for t in tensors[:first]))
         write_meta_tensors(tensors, source, writer, advance=stage.advance, first=first, on_tensor=on_tensor)
         digests = writer.finish(sync=sync)
     except BaseException:

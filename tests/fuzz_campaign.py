@@ -683,6 +683,9 @@ def campaign(seed: int, cases: int, work: Path, start: int = 0, say: Callable[[s
             raise RuntimeError(f"the fuzz worker failed before its first case (status {proc.returncode})")
     kinds = Counter(r.get("kind", "?") for r in results)
     codes = Counter(str(r.get("code")) for r in results)
+    by_kind: dict[str, Counter] = {}
+    for r in results:
+        by_kind.setdefault(r.get("kind", "?"), Counter())[str(r.get("code"))] += 1
     failures = [r for r in results if r.get("problem")]
     slowest = max(results, key=lambda r: r.get("seconds", 0), default={})
     return {
@@ -691,6 +694,7 @@ def campaign(seed: int, cases: int, work: Path, start: int = 0, say: Callable[[s
         "seconds": round(time.monotonic() - began, 1),
         "per_kind": dict(sorted(kinds.items())),
         "exit_codes": dict(sorted(codes.items())),
+        "exit_codes_per_kind": {k: dict(sorted(c.items())) for k, c in sorted(by_kind.items())},
         "failures": failures,
         "slowest_case_seconds": round(slowest.get("seconds", 0), 2),
     }
@@ -722,7 +726,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{len(summary['failures'])} failures; slowest case {summary['slowest_case_seconds']} s"
         )
         for kind, n in summary["per_kind"].items():
-            print(f"  {n:6d}  {kind}")
+            codes = ", ".join(f"{c}: {k}" for c, k in summary["exit_codes_per_kind"][kind].items())
+            print(f"  {n:6d}  {kind:<40} exit codes {codes}")
         print("  exit codes: " + ", ".join(f"{c}: {n}" for c, n in summary["exit_codes"].items()))
     return 1 if summary["failures"] else 0
 

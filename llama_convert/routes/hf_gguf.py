@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
-from ..errors import UnsupportedError
+from ..errors import InputError, UnsupportedError
 from ..execute import block_rows, rotary_to_pairs
 from ..formats.gguf.encode import OUTTYPES, encode, file_type, tensor_nbytes, tensor_type
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
@@ -44,6 +44,10 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
     with find_hf_folder(src) as hf:
         config = hf.config
         facts = family_for_hf(config, hf.root / "config.json", KEY).capabilities.gguf
+        if not hf.tensors:
+            raise InputError(f"{hf.root}: the safetensors files hold no tensors; save the model again.")
+        # The config first: a key it lacks is named as such, not taken for a tensor without a place.
+        spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
         outtype = _outtype(hf, opts.outtype)
         out: list[GGUFTensor] = []
         freqs = facts.rope_freqs(config)
@@ -55,7 +59,8 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
                 mapped = facts.hf_tensor(name, config)
             except (KeyError, ValueError):
                 raise UnsupportedError(
-                    f"{hf.root} holds {name}, which the model has no place for in GGUF; merge adapters or remove it."
+                    f"{hf.file_of(name).path} holds {name}, which the model has no place for in GGUF; "
+                    "merge adapters or remove it."
                 ) from None
             if mapped is None:
                 continue
@@ -63,7 +68,6 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
             qtype = tensor_type(gguf_name, ref.shape, outtype)  # type: ignore[arg-type]
             entry = TensorEntry(gguf_name, ref.shape, qtype, tensor_nbytes(ref.shape, qtype))
             out.append(GGUFTensor(entry, hf_name=name, rotary_heads=heads))
-        spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
         head_dim = facts.hf_head_dim(config)
         return GGUFPlan(spec, outtype, facts.ARCH, tuple(out), hf.root, config, head_dim, notes)
 

@@ -109,11 +109,14 @@ def _check_hf_tensors(hf: HFFolder, layout: MetaLayout) -> list[str]:
             continue
         name = layout.aliases.get(r.name, r.name)
         if name not in shapes:
-            raise InputError(f"{hf.root} lacks {name}, which config.json implies; save the complete model again.")
+            raise InputError(
+                f"{hf.root} lacks {name}, which config.json implies (weights: {', '.join(hf.files)}); "
+                "save the complete model again."
+            )
         if tuple(shapes[name]) != tuple(r.shape):
             raise InputError(
-                f"{hf.root}: {name} has shape {list(shapes[name])} but config.json implies {list(r.shape)}; "
-                "the config and the weights disagree."
+                f"{hf.file_of(name).path}: {name} has shape {list(shapes[name])} but config.json implies "
+                f"{list(r.shape)}; the config and the weights disagree."
             )
     extra = sorted(set(shapes) - {r.name for r in layout.recipes} - set(layout.aliases.values()))
     ignored = [n for n in extra if layout.ignored_suffixes and n.endswith(layout.ignored_suffixes)]

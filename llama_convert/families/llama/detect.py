@@ -177,6 +177,12 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], embed_
                 + f"; params.json describes {p.n_layers} layers — the file is damaged or belongs to another model."
             )
         unexpected = sorted(present - set(expected))
+        beyond = [n for n in unexpected if n.split(".")[0] == "layers" and n.split(".")[1].isdigit()]
+        if beyond:
+            raise ShapeMismatchError(
+                f"{ckpt.path} holds {beyond[0]}, beyond the {p.n_layers} layers params.json describes; "
+                "restore the params.json of these shards."
+            )
         if unexpected:
             raise UnsupportedError(
                 f"{ckpt.path} holds {unexpected[0]}, which a Llama text model does not have "

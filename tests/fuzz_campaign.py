@@ -49,8 +49,9 @@ DOCUMENTED_CODES = {0, 2, 3, 4, 5, 6, 7, 8}
 # --- the sources ------------------------------------------------------------------------------------
 
 
-def build_sources(root: Path) -> dict[str, Path]:
-    """The valid inputs every case starts from (built once per work folder)."""
+def build_sources(root: Path, sentencepiece: Path | None = None) -> dict[str, Path]:
+    """The valid inputs every case starts from (built once per work folder; ``sentencepiece``: a small
+    SentencePiece tokenizer.model to use instead of training one)."""
     sources = {
         "meta3": root / "src" / "Llama3.2-1B-Instruct",
         "meta2": root / "src" / "llama-2-13b",
@@ -69,9 +70,9 @@ def build_sources(root: Path) -> dict[str, Path]:
     from llama_convert.testing.synth import synthesize, write_small_sentencepiece
 
     synthesize(sources["meta3"], tiny("llama3.2-1b", head_dim=4, tokenizer="small-tiktoken"))
-    spm = write_small_sentencepiece(root / "src" / "spm", vocab_size=512)
+    spm = sentencepiece or write_small_sentencepiece(root / "src" / "spm", vocab_size=512)
     synthesize(sources["meta2"], tiny("llama2-13b", head_dim=4, tokenizer=spm, vocab_size=512))
-    shutil.rmtree(root / "src" / "spm")
+    shutil.rmtree(root / "src" / "spm", ignore_errors=True)
     llama_convert.convert(sources["meta3"], sources["hf3"])
     llama_convert.convert(sources["meta2"], sources["hf2"])
     llama_convert.convert(sources["meta3"], sources["gguf"])
@@ -649,10 +650,17 @@ def _worker(seed: int, start: int, stop: int, work: Path) -> None:
         out.write(json.dumps(asdict(case)) + "\n")
 
 
-def campaign(seed: int, cases: int, work: Path, start: int = 0, say: Callable[[str], None] = print) -> dict:
+def campaign(
+    seed: int,
+    cases: int,
+    work: Path,
+    start: int = 0,
+    say: Callable[[str], None] = print,
+    sentencepiece: Path | None = None,
+) -> dict:
     """Run ``cases`` cases of campaign ``seed`` in worker processes; return counts and failures."""
     work.mkdir(parents=True, exist_ok=True)
-    build_sources(work)
+    build_sources(work, sentencepiece)
     results: list[dict] = []
     index, stop = start, start + cases
     path = os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])

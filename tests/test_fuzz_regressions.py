@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import struct
 import sys
 import time
 from pathlib import Path
@@ -196,6 +197,7 @@ def test_generation_config_that_is_not_an_object(capsys, hf, tmp_path):
         (lambda d: d.update(added_tokens=float("-inf")), "'added_tokens'"),  # was TypeError
         (lambda d: d["added_tokens"].__setitem__(0, 0), "'added_tokens[0]'"),  # was AttributeError
         (lambda d: d["model"].update(merges=0.5), "'model.merges'"),
+        (lambda d: d["model"].pop("vocab"), "'model.vocab' is None"),  # was KeyError
     ],
 )
 @pytest.mark.parametrize("target", ["out.gguf", "meta"])
@@ -275,6 +277,71 @@ def test_sentencepiece_bos_piece_that_breaks_the_template(capsys, tmp_path, sent
     proto = sentencepiece_model_pb2.ModelProto()
     proto.ParseFromString(sentencepiece_model.read_bytes())
     proto.pieces[proto.trainer_spec.bos_id].piece = "<s:"
-    src = synthesize(tmp_path / "llama-2-7b", tiny("llama2-7b", head_dim=4, tokenizer=sentencepiece_model, vocab_size=512))
+    src = synthesize(
+        tmp_path / "llama-2-7b", tiny("llama2-7b", head_dim=4, tokenizer=sentencepiece_model, vocab_size=512)
+    )
     (src / "tokenizer.model").write_bytes(proto.SerializeToString())
     refused(capsys, ["inspect", src], 3, "tokenizer.model has a bos piece '<s:'")
+
+
+# --- torch zip + pickle ---------------------------------------------------------------------------------
+
+
+def _rewrite_pickle(shard: Path, change) -> None:
+    """Replace the shard's data.pkl by ``change(data.pkl)``; the archive stays valid and checklist.chk agrees."""
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(shard) as zf:
+        members = [(info, zf.read(info)) for info in zf.infolist()]
+    with zipfile.ZipFile(shard, "w") as zf:
+        for info, content in members:
+            zf.writestr(info, change(content) if info.filename.endswith("data.pkl") else content)
+    checklist = shard.parent / "checklist.chk"
+    md5 = hashlib.md5(shard.read_bytes()).hexdigest()
+    lines = [f"{md5}  {shard.name}" if ln.endswith(shard.name) else ln for ln in checklist.read_text().splitlines()]
+    checklist.write_text("\n".join(lines) + "\n")
+
+
+def test_pickle_without_the_embedding_is_named_not_a_key_error(capsys, meta, tmp_path):
+    """The tying probe read tok_embeddings.weight before the layout check said it was missing (KeyError)."""
+    key = b"tok_embeddings.weight"
+    _rewrite_pickle(meta / "consolidated.00.pth", lambda pkl: pkl.replace(key, b"tok_embeddings.weigh2"))
+    refused(capsys, ["inspect", meta], 3, "consolidated.00.pth has no tok_embeddings.weight")
+    refused(capsys, ["convert", meta, tmp_path / "out", "-q"], 3, "consolidated.00.pth has no tok_embeddings.weight")
+
+
+def _tensor_pickle(shape: tuple, stride: tuple, offset: int, numel: int = 16) -> bytes:
+    """torch.save's pickle of ``{"w": tensor}`` over bfloat16 storage "0", written opcode by opcode."""
+
+    def i(v: int) -> bytes:
+        return b"J" + struct.pack("<i", v)
+
+    def s(text: str) -> bytes:
+        return b"X" + struct.pack("<I", len(text)) + text.encode()
+
+    storage = b"(" + s("storage") + b"ctorch\nBFloat16Storage\n" + s("0") + s("cpu") + i(numel) + b"tQ"
+    sizes = b"(" + b"".join(map(i, shape)) + b"t(" + b"".join(map(i, stride)) + b"t"
+    args = b"(" + storage + i(offset) + sizes + b"\x89ccollections\nOrderedDict\n)RtR"
+    return b"\x80\x02}" + s("w") + b"ctorch._utils\n_rebuild_tensor_v2\n" + args + b"s."
+
+
+@pytest.mark.parametrize(
+    ("shape", "stride", "offset"), [((-4, 4), (4, 1), 0), ((4, 4), (-4, 1), 12), ((2, 2), (2,), 0)]
+)
+def test_pickle_with_negative_sizes_or_strides(tmp_path, shape, stride, offset):
+    """A negative size with a small enough span passed the bounds check (numpy then raised ValueError)."""
+    import zipfile
+
+    from llama_convert.errors import InputError
+    from llama_convert.formats.meta.torch_zip import TorchCheckpoint
+
+    def shard(name: str, pkl: bytes) -> Path:
+        with zipfile.ZipFile(tmp_path / name, "w") as zf:
+            zf.writestr("archive/data.pkl", pkl)
+            zf.writestr("archive/data/0", bytes(32))
+        return tmp_path / name
+
+    assert TorchCheckpoint(shard("good.pth", _tensor_pickle((4, 4), (4, 1), 0))).tensors["w"].shape == (4, 4)
+    with pytest.raises(InputError, match="tensor w has a negative size, stride or offset"):
+        TorchCheckpoint(shard("bad.pth", _tensor_pickle(shape, stride, offset)))

@@ -93,6 +93,8 @@ def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, sampl
     """Whether two tensors agree on ``samples`` evenly spread blocks of rows in every shard: cheap evidence of
     tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion."""
     for ckpt in checkpoints:
+        if a not in ckpt.tensors or b not in ckpt.tensors:
+            return False  # the layout check names the missing tensor
         if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
             return False
         last = max(0, ckpt.tensors[a].shape[0] - rows)  # first and last block included

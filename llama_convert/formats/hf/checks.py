@@ -146,6 +146,8 @@ def check_tokenizer_json(doc: Any, path: Path) -> dict[str, Any]:
     if model.get("type") is not None and not isinstance(model["type"], str):
         raise _fail(path, "model.type", model["type"], "a string")
     vocab = model.get("vocab")
+    if model.get("type", "BPE") == "BPE" and not isinstance(vocab, dict):
+        raise _fail(path, "model.vocab", vocab, "an object of token ids (a BPE model)")
     if isinstance(vocab, dict):
         bad = next((t for t, i in vocab.items() if not isinstance(i, int) or isinstance(i, bool) or i < 0), None)
         if bad is not None:

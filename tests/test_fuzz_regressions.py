@@ -345,3 +345,8 @@ def test_pickle_with_negative_sizes_or_strides(tmp_path, shape, stride, offset):
     assert TorchCheckpoint(shard("good.pth", _tensor_pickle((4, 4), (4, 1), 0))).tensors["w"].shape == (4, 4)
     with pytest.raises(InputError, match="tensor w has a negative size, stride or offset"):
         TorchCheckpoint(shard("bad.pth", _tensor_pickle(shape, stride, offset)))
+
+
+def test_config_vocabulary_smaller_than_the_tokenizer_names_config_json(capsys, hf, tmp_path):
+    edit_json(hf / "config.json", lambda d: d.update(vocab_size=1))
+    refused(capsys, ["convert", hf, tmp_path / "meta", "-q"], 3, "tokenizer.json has", "vocab_size 1 (config.json)")

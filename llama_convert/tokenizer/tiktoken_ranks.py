@@ -63,5 +63,7 @@ def tiktoken_model_from_tokenizer_json(path: Path, *, vocab_size: int | None = N
     if len(set(by_id.values())) != n:
         raise _fail(path, "maps two ids to the same bytes")
     if vocab_size is not None and n + len(specials) > vocab_size:
-        raise _fail(path, f"has {n + len(specials)} tokens, more than the model's vocab_size {vocab_size}")
+        raise _fail(
+            path, f"has {n + len(specials)} tokens, more than the model's vocab_size {vocab_size} (config.json)"
+        )
     return "".join(f"{base64.b64encode(by_id[i]).decode()} {i}\n" for i in range(n)).encode()

@@ -352,6 +352,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _debug() -> bool:
+    """``LLAMA_CONVERT_DEBUG`` asks for tracebacks; the usual false spellings (0, false, no, off, empty) do not."""
+    return os.environ.get("LLAMA_CONVERT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _exit_code(exc: BaseException) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
 
@@ -369,7 +374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except LlamaConvertError as exc:
-        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+        if _debug():
             raise
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code(exc)
@@ -383,7 +388,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except OSError as exc:  # the machine said no (permissions, I/O error): say it plainly
-        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+        if _debug():
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; nothing was written.", file=sys.stderr)

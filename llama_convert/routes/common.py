@@ -215,6 +215,12 @@ def _staging(
             yield tmps, None
 
 
+def _cancel(beside: Beside, verifier: BackgroundVerify | None) -> None:
+    beside.cancel()
+    if verifier is not None:
+        verifier.cancel()
+
+
 def run_planned(
     plan: RoutePlan,
     dsts: list[Path],
@@ -243,29 +249,31 @@ def run_planned(
     resumed = 0
     try:
         with _staging(staging, dsts, opts, fingerprint) as (paths, st):
-            if verify_root is not None and opts.verify:
-                skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
-                # A remote source is hashed from the bytes the conversion reads, not read a second time.
-                verify = StreamVerify if is_remote(verify_root) else BackgroundVerify
-                verifier = verify(verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified)
-            stage = Stage(paths, checked_advance(progress, verifier, beside), beside)
-            if st is not None:
-                stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)
-            if stage.resumed or stage.checkpoints:
-                resumed = sum(stage.resumed.values()) + sum(c.nbytes for c in stage.checkpoints.values())
-                done = f"kept {len(stage.resumed)} of {planned_files} weight file(s)"
-                part = f", {len(stage.checkpoints)} written part way" if stage.checkpoints else ""
-                notes.append(f"resumed an interrupted run: {done}{part}, {resumed / 1e9:.2f} GB.")
-            progress.start(total, label)
             try:
-                files = body(stage)
-            finally:
-                progress.finish()
-            verified = verifier.result() if verifier is not None else False
+                if verify_root is not None and opts.verify:
+                    skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
+                    # A remote source is hashed from the bytes the conversion reads, not read a second time.
+                    verify = StreamVerify if is_remote(verify_root) else BackgroundVerify
+                    verifier = verify(verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified)
+                stage = Stage(paths, checked_advance(progress, verifier, beside), beside)
+                if st is not None:
+                    stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)
+                if stage.resumed or stage.checkpoints:
+                    resumed = sum(stage.resumed.values()) + sum(c.nbytes for c in stage.checkpoints.values())
+                    done = f"kept {len(stage.resumed)} of {planned_files} weight file(s)"
+                    part = f", {len(stage.checkpoints)} written part way" if stage.checkpoints else ""
+                    notes.append(f"resumed an interrupted run: {done}{part}, {resumed / 1e9:.2f} GB.")
+                progress.start(total, label)
+                try:
+                    files = body(stage)
+                finally:
+                    progress.finish()
+                verified = verifier.result() if verifier is not None else False
+            except BaseException:
+                _cancel(beside, verifier)  # before the staging is removed: nothing writes into it afterwards
+                raise
     except BaseException:
-        beside.cancel()
-        if verifier is not None:
-            verifier.cancel()
+        _cancel(beside, verifier)
         raise
     beside.results()
     if verifier is not None and not verified:

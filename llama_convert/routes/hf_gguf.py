@@ -19,7 +19,7 @@ import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
 from ..dtypes import DTYPES
-from ..errors import UnsupportedError
+from ..errors import InputError, UnsupportedError
 from ..execute import DeltaRows, block_rows, rotary_to_pairs
 from ..formats.gguf.encode import OUTTYPES, base_outtype, encode, encode_threads, file_type, tensor_nbytes, tensor_type
 from ..formats.gguf.mixture import normalize_outtype
@@ -60,6 +60,9 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
         config = hf.config
         family = family_for_hf(config, hf.root / "config.json", KEY)
         facts = family.capabilities.gguf
+        if not hf.tensors:
+            raise InputError(f"{hf.root}: the safetensors files hold no tensors; save the model again.")
+        # The config first: a key it lacks is named as such, not taken for a tensor without a place.
         spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
         adapters = load_adapters(opts.adapters)
         check_family(family, adapters, hf.root)
@@ -106,7 +109,8 @@ def _planned(
             mapped = entries(name, tuple(ref.shape))
         except (KeyError, ValueError):
             raise UnsupportedError(
-                f"{hf.root} holds {name}, which the model has no place for in GGUF; merge adapters or remove it."
+                f"{hf.file_of(name).path} holds {name}, which the model has no place for in GGUF; "
+                "merge adapters or remove it."
             ) from None
         for gguf_name, shape, heads, columns, transpose in mapped:
             qtype = tensor_type(gguf_name, shape, outtype)  # type: ignore[arg-type]

@@ -54,7 +54,6 @@ def write_meta_folder(
     lanes = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
     writer = MetaShardWriter(stage.path, mp, lanes, resume=resume["shards"] if resume else None)
     first = resume["tensors"] if resume else 0
-    stage.advance(sum(t.nbytes(mp) for t in tensors[:first]))
     every = min(CHECKPOINT_BYTES, max(1, sum(t.nbytes(mp) for t in tensors) // 16))
     since = 0
 
@@ -65,7 +64,8 @@ def write_meta_folder(
             stage.checkpoint(_SHARDS, names, {"tensors": done, "shards": writer.checkpoint()})
             since = 0
 
-    try:
+    try:  # from here on a failure (also one a side job reports through advance) discards the open archives
+        stage.advance(sum(t.nbytes(mp) for t in tensors[:first]))
         write_meta_tensors(tensors, source, writer, advance=stage.advance, first=first, on_tensor=on_tensor)
         digests = writer.finish(sync=sync)
     except BaseException:
@@ -129,11 +129,14 @@ def _check_hf_tensors(hf: HFFolder, layout: MetaLayout) -> list[str]:
             continue
         name = layout.aliases.get(r.name, r.name)
         if name not in shapes:
-            raise InputError(f"{hf.root} lacks {name}, which config.json implies; save the complete model again.")
+            raise InputError(
+                f"{hf.root} lacks {name}, which config.json implies (weights: {', '.join(hf.files)}); "
+                "save the complete model again."
+            )
         if tuple(shapes[name]) != tuple(r.shape):
             raise InputError(
-                f"{hf.root}: {name} has shape {list(shapes[name])} but config.json implies {list(r.shape)}; "
-                "the config and the weights disagree."
+                f"{hf.file_of(name).path}: {name} has shape {list(shapes[name])} but config.json implies "
+                f"{list(r.shape)}; the config and the weights disagree."
             )
     extra = sorted(set(shapes) - {r.name for r in layout.recipes} - set(layout.aliases.values()))
     ignored = [n for n in extra if layout.ignored_suffixes and n.endswith(layout.ignored_suffixes)]

@@ -94,6 +94,8 @@ def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, sampl
     """Whether two tensors agree on ``samples`` evenly spread blocks of rows in every shard: cheap evidence of
     tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion."""
     for ckpt in checkpoints:
+        if a not in ckpt.tensors or b not in ckpt.tensors:
+            return False  # the layout check names the missing tensor
         if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
             return False
         last = max(0, ckpt.tensors[a].shape[0] - rows)  # first and last block included
@@ -178,6 +180,12 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], embed_
                 + f"; params.json describes {p.n_layers} layers — the file is damaged or belongs to another model."
             )
         unexpected = sorted(present - set(expected))
+        beyond = [n for n in unexpected if n.split(".")[0] == "layers" and n.split(".")[1].isdigit()]
+        if beyond:
+            raise ShapeMismatchError(
+                f"{ckpt.path} holds {beyond[0]}, beyond the {p.n_layers} layers params.json describes; "
+                "restore the params.json of these shards."
+            )
         if unexpected:
             raise UnsupportedError(
                 f"{ckpt.path} holds {unexpected[0]}, which a Llama text model does not have "

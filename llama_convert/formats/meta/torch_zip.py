@@ -342,6 +342,11 @@ class TorchCheckpoint:
             if not isinstance(value, _Rebuilt):
                 continue  # non-tensor entries (none in Meta's files) are ignored
             ref = TensorRef(str(name), value.storage, value.storage_offset, value.shape, value.stride)
+            if min((ref.storage_offset, *ref.shape, *ref.stride)) < 0 or len(ref.shape) != len(ref.stride):
+                raise InputError(
+                    f"{self.path}: tensor {name} has a negative size, stride or offset, or not as many strides as "
+                    "sizes; the file is damaged — download it again."
+                )
             if ref.storage_offset + ref.span() > ref.storage.numel:
                 raise InputError(
                     f"{self.path}: tensor {name} reaches past the end of its storage; "

@@ -200,6 +200,8 @@ def write_case_gguf(path: Path, case: dict[str, Any]) -> list[tuple[str, list[in
     w.add_head_count_kv(facts["n_head_kv"])
     w.add_layer_norm_rms_eps(1e-5)
     w.add_rope_dimension_count(8)
+    w.add_key_length(8)  # head_dim 8 (q rows = heads × 8), whatever the width
+    w.add_value_length(8)
     w.add_file_type(1)
     if facts["n_expert"]:
         w.add_expert_count(facts["n_expert"])

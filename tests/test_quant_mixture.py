@@ -65,7 +65,8 @@ def test_table_shows_the_rules() -> None:
     assert narrow["ffn_gate"] == {"Q4_0": 8} and narrow["ffn_down"] == {"F16": 8}  # Q2_K → Q4_0; 200 → F16
     moe = _classes(_load(TABLES[0].with_name("mixture_moe16.json")), "q4_k_m")
     assert moe["ffn_down"] == {"Q4_K": 8, "Q6_K": 8}  # _exps and _shexp by layer
-    assert moe["other"]["F32"] == 8 * 3 + 1  # norms and the router stay F32
+    assert moe["other"] == {"F32": 8 * 2 + 1}  # norms
+    assert moe["ffn_gate"] == {"F32": 8, "Q4_K": 16}  # the router ffn_gate_inp stays F32; _exps and _shexp
 
 
 def _classes(table: dict, outtype: str) -> dict:

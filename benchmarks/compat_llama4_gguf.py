@@ -2,7 +2,7 @@
 
 For two tiny fixed-seed checkpoints in Meta's shipped layout (``tests/llama4_fixtures.py``: Scout-like, every
 layer MoE, MP1; Maverick-like, dense and MoE layers interleaved, MP2; both with a 3-layer vision tower, the
-fewest llama.cpp's converter can name) and two output types (bf16, q8_0) it:
+fewest llama.cpp's converter can name) and three output types (bf16, f16, q8_0) it:
 
 1. converts the Meta checkpoint with ``llama_convert.convert`` to a Hugging Face folder;
 2. runs llama.cpp's ``convert_hf_to_gguf.py`` on that folder, unchanged, in its own venv: once for the text
@@ -36,21 +36,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import compat_gguf  # noqa: E402  (read_gguf, compare, NAMING_KEYS)
+import compat_llamacpp  # noqa: E402  (versions)
 
-# case → (fixture kind, MP, seed, Meta folder name)
-CASES = {
-    "scout": ("scout", 1, 40, "Llama-4-Scout-17B-16E-Instruct"),
-    "maverick": ("maverick", 2, 41, "Llama-4-Maverick-17B-128E-Instruct"),
-}
-OUTTYPES = ("bf16", "q8_0")
-
-
-def make_case(case: str, root: Path) -> Path:
-    """The fixed-seed Meta checkpoint of ``case`` (the tests build the same one)."""
-    import llama4_fixtures as fx
-
-    kind, mp, seed, folder = CASES[case]
-    return fx.make_checkpoint(root / folder, kind, mp=mp, seed=seed, params=fx.gguf_params(kind))
+OUTTYPES = ("bf16", "f16", "q8_0")
 
 
 def run_llamacpp(args: argparse.Namespace, hf: Path, out: Path, outtype: str, *, mmproj: bool) -> int:
@@ -68,15 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--converter", type=Path, required=True)
     parser.add_argument("--python", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default="scout,maverick")
     parser.add_argument("--outtypes", default=",".join(OUTTYPES))
     parser.add_argument("--capture", type=Path, help="write llama.cpp's metadata/tensor table as JSON")
     parser.add_argument("--ours", action=argparse.BooleanOptionalAction, default=True, help="compare ours too")
     args = parser.parse_args(argv)
     args.converter, args.workdir = args.converter.resolve(), args.workdir.resolve()
     import gguf
-
     import llama4_fixtures as fx
+
     import llama_convert
 
     fx.init_model_parallel(args.workdir)
@@ -87,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         work = args.workdir / case
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        src = make_case(case, work)
-        hf = work / "hf" / (CASES[case][3] + "-hf")
+        src = fx.make_gguf_case(case, work)
+        hf = work / "hf" / (fx.GGUF_CASES[case][3] + "-hf")
         hf.parent.mkdir()
         llama_convert.convert(src, hf)
         for outtype in args.outtypes.split(","):
@@ -120,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
                         print("   ", d)
         shutil.rmtree(work, ignore_errors=True)
     if args.capture:
+        info = compat_llamacpp.versions(args)
+        captured["_source"] = {k: str(v) for k, v in info.items() if k != "llama-convert"}
         args.capture.write_text(json.dumps(captured, indent=1, sort_keys=True) + "\n")
     return 1 if failed else 0
 

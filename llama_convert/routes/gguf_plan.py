@@ -110,7 +110,9 @@ class GGUFPlan:
         return (
             f"{self.spec.name} as GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
             f"{self.total_size / 1e9:.2f} GB"
-            + "".join(f", with {c.prefix}{self.arch} file ({c.arch}, {len(c.tensors)} tensors)" for c in self.companions)
+            + "".join(
+                f", with {c.prefix}{self.arch} file ({c.arch}, {len(c.tensors)} tensors)" for c in self.companions
+            )
         )
 
     def lines(self) -> list[str]:
@@ -145,7 +147,11 @@ class GGUFPlan:
                 }
                 for t in self.tensors
             ],
-            **({"companions": [{"prefix": c.prefix, **c.to_json()} for c in self.companions]} if self.companions else {}),
+            **(
+                {"companions": [{"prefix": c.prefix, **c.to_json()} for c in self.companions]}
+                if self.companions
+                else {}
+            ),
         }
 
 

@@ -22,8 +22,8 @@ from ..formats.gguf.encode import OUTTYPES, OutType, encode, file_type, read_dty
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..options import ConversionResult, ConvertOptions, Progress
-from ..resume import fingerprint
 from ..plan import StackedRecipe, TensorRecipe
+from ..resume import fingerprint
 from ..spec import ModelSpec
 from ..version import __version__
 from .common import Route, Stage, detect_spec, run_planned
@@ -78,7 +78,9 @@ def _planned(items: list[TensorRecipe | StackedRecipe], order: dict[str, int], o
         qtype = tensor_type(r.name, r.shape, outtype)  # type: ignore[arg-type]
         entry = TensorEntry(r.name, r.shape, qtype, tensor_nbytes(r.shape, qtype))
         recipes = r.recipes if isinstance(r, StackedRecipe) else (r,)
-        out.append(GGUFTensor(entry, tuple(dataclasses.replace(x, dtype=read_dtype(qtype, x.source_dtype)) for x in recipes)))
+        out.append(
+            GGUFTensor(entry, tuple(dataclasses.replace(x, dtype=read_dtype(qtype, x.source_dtype)) for x in recipes))
+        )
     return out
 
 

@@ -2,10 +2,11 @@
 
 The choices are llama.cpp's (``convert_hf_to_gguf.py``, ``ModelBase.prepare_tensors``): 1-D tensors,
 norms, names not ending in ``.weight``, MoE routers (``ffn_gate_inp``) and position embeddings are F32, a
-vision patch embedding F32 (F16 in an f16 file); every other tensor gets the output type; a Q8_0 tensor whose rows are not a multiple of
-32 values falls back to F16. Quantized blocks (Q8_0 and the llama-quantize types) are made by ``.quants``,
-ggml-quants.c's quantizers in numpy, row block by row block: each block depends only on its own values, so
-quantising rows in pieces gives the bytes quantising the whole tensor gives.
+vision patch embedding F32 (F16 in an f16 file); every other tensor gets the output type; a Q8_0 tensor
+whose rows are not a multiple of 32 values falls back to F16. Quantized blocks (Q8_0 and the
+llama-quantize types) are made by ``.quants``, ggml-quants.c's quantizers in numpy, row block by row
+block: each block depends only on its own values, so quantising rows in pieces gives the bytes
+quantising the whole tensor gives.
 """
 
 from __future__ import annotations

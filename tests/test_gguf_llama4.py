@@ -146,3 +146,39 @@ def test_dense_llama4_is_refused(tmp_path, sources):
     with pytest.raises(UnsupportedError, match=r"dense Llama 4 .*llama\.cpp's llama4 architecture does not load"):
         llama_convert.convert(dense, tmp_path / "d.gguf")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
+
+
+def _checkpoints(plan) -> int:
+    """How many checkpoints writing ``plan``'s file records (``gguf_plan.write_planned_gguf``'s rule)."""
+    from llama_convert.routes.gguf_plan import CHECKPOINT_BYTES
+
+    every, since, count = min(CHECKPOINT_BYTES, max(1, plan.file_size // 16)), 0, 0
+    for i, t in enumerate(plan.tensors):
+        since += t.entry.nbytes
+        if since >= every and i + 1 < len(plan.tensors):
+            count, since = count + 1, 0
+    return count
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_the_mmproj_file_continues_to_the_same_bytes(tmp_path, sources):
+    import subprocess
+    import sys
+
+    from test_resume_routes import _killed, _same
+
+    src, _ = sources["scout"]
+    reference = tmp_path / "reference" / "out.gguf"
+    plan = llama_convert.plan(src, reference, outtype="q8_0")
+    llama_convert.convert(src, reference, outtype="q8_0")
+    dst = tmp_path / "resumed" / "out.gguf"
+    _killed(["convert", str(src), str(dst), "-q", "--outtype", "q8_0"], after=_checkpoints(plan) + 2)
+    assert (dst.parent / ".out.gguf.llama-convert-partial").is_dir() and not dst.exists()
+    rerun = subprocess.run(
+        [sys.executable, "-m", "llama_convert", "convert", str(src), str(dst), "--outtype", "q8_0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed an interrupted run" in rerun.stderr
+    _same(reference, dst)
+    _same(reference.with_name("mmproj-out.gguf"), dst.with_name("mmproj-out.gguf"))

@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--outtypes", default=",".join(OUTTYPES))
     parser.add_argument("--capture", type=Path, help="write llama.cpp's metadata/tensor table as JSON")
     parser.add_argument("--ours", action=argparse.BooleanOptionalAction, default=True, help="compare ours too")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "compat_llama4_gguf.md")
     args = parser.parse_args(argv)
     args.converter, args.workdir = args.converter.resolve(), args.workdir.resolve()
     import gguf
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     fx.cpu_threads()
     captured: dict = {}
     failed = 0
+    report = ["# Llama 4 → GGUF: ours vs llama.cpp's converter on our Hugging Face output", ""]
     for case in args.cases.split(","):
         work = args.workdir / case
         shutil.rmtree(work, ignore_errors=True)
@@ -103,12 +105,16 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     failed += bool(diffs)
                     state = "same" if not diffs else f"{len(diffs)} differences"
-                    print(f"{case} {outtype} {label} → GGUF {part}: {state}", flush=True)
-                    for d in diffs[:30]:
-                        print("   ", d)
+                    line = f"- {case} {outtype} {label} → GGUF {part}: {state}"
+                    report += [line, *(f"  - {d}" for d in diffs[:30])]
+                    print(line, flush=True)
         shutil.rmtree(work, ignore_errors=True)
+    info = compat_llamacpp.versions(args)
+    report += ["", "Ran with: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "."]
+    if args.ours:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(report) + "\n")
     if args.capture:
-        info = compat_llamacpp.versions(args)
         captured["_source"] = {k: str(v) for k, v in info.items() if k != "llama-convert"}
         args.capture.write_text(json.dumps(captured, indent=1, sort_keys=True) + "\n")
     return 1 if failed else 0

@@ -123,8 +123,9 @@ def refuse_dense(n_experts: int, any_moe: bool, where: str = "") -> None:
     """llama.cpp's ``llama4`` needs routed experts; a dense Llama 4 (Llama Guard 4) does not load there."""
     if n_experts <= 0 or not any_moe:
         raise UnsupportedError(
-            f"{where or 'this model'} describes a dense Llama 4 (no expert layers, like Llama Guard 4), which llama.cpp's "
-            "llama4 architecture does not load, so no GGUF file is written; convert it to a Hugging Face folder."
+            f"{where or 'this model'} describes a dense Llama 4 (no expert layers, like Llama Guard 4), which "
+            "llama.cpp's llama4 architecture does not load, so no GGUF file is written; convert it to a Hugging Face "
+            "folder."
         )
 
 

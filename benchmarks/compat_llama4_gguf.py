@@ -2,7 +2,7 @@
 
 For two tiny fixed-seed checkpoints in Meta's shipped layout (``tests/llama4_fixtures.py``: Scout-like, every
 layer MoE, MP1; Maverick-like, dense and MoE layers interleaved, MP2; both with a 3-layer vision tower, the
-fewest llama.cpp's converter can name) and two output types (bf16, q8_0) it:
+fewest llama.cpp's converter can name) and three output types (bf16, f16, q8_0) it:
 
 1. converts the Meta checkpoint with ``llama_convert.convert`` to a Hugging Face folder;
 2. runs llama.cpp's ``convert_hf_to_gguf.py`` on that folder, unchanged, in its own venv: once for the text
@@ -36,21 +36,9 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 
 import compat_gguf  # noqa: E402  (read_gguf, compare, NAMING_KEYS)
+import compat_llamacpp  # noqa: E402  (versions)
 
-# case → (fixture kind, MP, seed, Meta folder name)
-CASES = {
-    "scout": ("scout", 1, 40, "Llama-4-Scout-17B-16E-Instruct"),
-    "maverick": ("maverick", 2, 41, "Llama-4-Maverick-17B-128E-Instruct"),
-}
-OUTTYPES = ("bf16", "q8_0")
-
-
-def make_case(case: str, root: Path) -> Path:
-    """The fixed-seed Meta checkpoint of ``case`` (the tests build the same one)."""
-    import llama4_fixtures as fx
-
-    kind, mp, seed, folder = CASES[case]
-    return fx.make_checkpoint(root / folder, kind, mp=mp, seed=seed, params=fx.gguf_params(kind))
+OUTTYPES = ("bf16", "f16", "q8_0")
 
 
 def run_llamacpp(args: argparse.Namespace, hf: Path, out: Path, outtype: str, *, mmproj: bool) -> int:
@@ -68,27 +56,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--converter", type=Path, required=True)
     parser.add_argument("--python", type=Path, required=True)
     parser.add_argument("--workdir", type=Path, required=True)
-    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--cases", default="scout,maverick")
     parser.add_argument("--outtypes", default=",".join(OUTTYPES))
     parser.add_argument("--capture", type=Path, help="write llama.cpp's metadata/tensor table as JSON")
     parser.add_argument("--ours", action=argparse.BooleanOptionalAction, default=True, help="compare ours too")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "compat_llama4_gguf.md")
     args = parser.parse_args(argv)
     args.converter, args.workdir = args.converter.resolve(), args.workdir.resolve()
     import gguf
-
     import llama4_fixtures as fx
+
     import llama_convert
 
     fx.init_model_parallel(args.workdir)
     fx.cpu_threads()
     captured: dict = {}
     failed = 0
+    report = ["# Llama 4 → GGUF: ours vs llama.cpp's converter on our Hugging Face output", ""]
     for case in args.cases.split(","):
         work = args.workdir / case
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        src = make_case(case, work)
-        hf = work / "hf" / (CASES[case][3] + "-hf")
+        src = fx.make_gguf_case(case, work)
+        hf = work / "hf" / (fx.GGUF_CASES[case][3] + "-hf")
         hf.parent.mkdir()
         llama_convert.convert(src, hf)
         for outtype in args.outtypes.split(","):
@@ -115,11 +105,17 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     failed += bool(diffs)
                     state = "same" if not diffs else f"{len(diffs)} differences"
-                    print(f"{case} {outtype} {label} → GGUF {part}: {state}", flush=True)
-                    for d in diffs[:30]:
-                        print("   ", d)
+                    line = f"- {case} {outtype} {label} → GGUF {part}: {state}"
+                    report += [line, *(f"  - {d}" for d in diffs[:30])]
+                    print(line, flush=True)
         shutil.rmtree(work, ignore_errors=True)
+    info = compat_llamacpp.versions(args)
+    report += ["", "Ran with: " + ", ".join(f"{k} {v}" for k, v in info.items()) + "."]
+    if args.ours:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(report) + "\n")
     if args.capture:
+        captured["_source"] = {k: str(v) for k, v in info.items() if k != "llama-convert"}
         args.capture.write_text(json.dumps(captured, indent=1, sort_keys=True) + "\n")
     return 1 if failed else 0
 

@@ -132,9 +132,7 @@ class GGUFPlan:
         return (
             f"{self.spec.name} as GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
             f"{self.total_size / 1e9:.2f} GB"
-            + "".join(
-                f", with {c.prefix}{self.arch} file ({c.arch}, {len(c.tensors)} tensors)" for c in self.companions
-            )
+            + "".join(f"; plus {c.prefix}* ({c.arch}, {len(c.tensors)} tensors)" for c in self.companions)
         )
 
     def lines(self) -> list[str]:

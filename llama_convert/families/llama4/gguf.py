@@ -105,7 +105,8 @@ def _experts(name: str, spec: Llama4Spec) -> list[StackedRecipe]:
 
 def gguf_recipes(spec: Llama4Spec) -> list[TensorRecipe | StackedRecipe]:
     """The text model's tensors with GGUF names, in the source's dtype (experts stacked per expert)."""
-    refuse_dense(spec.params.moe.num_experts, any(spec.params.is_moe_layer(i) for i in range(spec.params.n_layers)))
+    p = spec.params
+    refuse_dense(p.moe.num_experts, any(p.is_moe_layer(i) for i in range(p.n_layers)), str(spec.folder.root))
     out: list[TensorRecipe | StackedRecipe] = []
     for target in tensor_table(spec.params, spec.mp, spec.vocab_size):
         if target.name.startswith(VISION_PREFIXES):
@@ -122,8 +123,9 @@ def refuse_dense(n_experts: int, any_moe: bool, where: str = "") -> None:
     """llama.cpp's ``llama4`` needs routed experts; a dense Llama 4 (Llama Guard 4) does not load there."""
     if n_experts <= 0 or not any_moe:
         raise UnsupportedError(
-            f"{where or 'this model'} is a dense Llama 4 (no expert layers, like Llama Guard 4), which llama.cpp's "
-            "llama4 architecture does not load, so no GGUF file is written; convert it to a Hugging Face folder."
+            f"{where or 'this model'} describes a dense Llama 4 (no expert layers, like Llama Guard 4), which "
+            "llama.cpp's llama4 architecture does not load, so no GGUF file is written; convert it to a Hugging Face "
+            "folder."
         )
 
 

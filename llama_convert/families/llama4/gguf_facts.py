@@ -19,10 +19,10 @@ from ...dtypes import DType
 from ...errors import InputError
 from ...formats.meta.folder import MetaFolder
 from ...plan import StackedRecipe, TensorRecipe
+from ..base import ModelSpec
 from . import gguf as text
 from . import mmproj
-from .gguf import ARCH, ROPE_FREQS, EXPERTS, gguf_name, parameter_counts, rope_freqs, text_config
-from ..base import ModelSpec
+from .gguf import ARCH, EXPERTS, ROPE_FREQS, gguf_name, parameter_counts, rope_freqs, text_config
 from .spec import Llama4Spec
 
 __all__ = [

@@ -128,3 +128,27 @@ def test_finetuned_save_pretrained_back_to_meta_logits(tmp_path, models):
         ours = model.language_model(input_ids=torch.from_numpy(tokens)).logits.float().numpy()
     err, scale = float(np.abs(ours - reference).max()), float(np.abs(reference).max())
     assert err <= REL * scale, f"max |Δlogit| {err:.3g} > {REL} × {scale:.3g}"
+
+
+def test_a_killed_hf_to_meta_run_resumes_to_the_same_bytes(tmp_path, models):
+    """Killed right after its first checkpoint (shards fsync'd, tensors done recorded), the same command
+    continues and writes the bytes of an uninterrupted run."""
+    import sys
+
+    from test_resume_routes import _killed, _same
+
+    src = _write(tmp_path, "maverick", 2, models)
+    hf = tmp_path / "hf"
+    convert(src, hf)
+    reference = tmp_path / "reference"
+    convert(hf, reference, to="meta", mp=2)
+    dst = tmp_path / "resumed" / "meta"
+    _killed(["convert", str(hf), str(dst), "-q", "--mp", "2"], after=1)
+    assert (dst.parent / f".{dst.name}.llama-convert-partial").is_dir() and not dst.exists()
+    rerun = subprocess.run(
+        [sys.executable, "-m", "llama_convert", "convert", str(hf), str(dst), "--mp", "2"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed an interrupted run" in rerun.stderr
+    _same(reference, dst)

@@ -165,7 +165,8 @@ def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
 
 
 def _sources(spec: ModelSpec) -> list[Path]:
-    return [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    scales = sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
+    return [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else []), *scales]
 
 
 def plan_meta_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:

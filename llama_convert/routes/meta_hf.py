@@ -67,6 +67,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
     with_tokenizer = opts.tokenizer or opts.tokenizer_only
     checks = [] if opts.tokenizer_only else family.deferred_checks(spec)
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    sources += sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
     key = fingerprint(
         sources, __version__, "hf", (opts.tokenizer_only, with_tokenizer), plan.to_json(), spec.name, spec.instruct
     )

@@ -341,6 +341,7 @@ def run_reshard(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Progr
 
     label = f"Resharding {spec.name} MP{spec.mp} → MP{plan.mp}"
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    sources += sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
     key = fingerprint(sources, __version__, "reshard", plan.to_json())
     return run_planned(
         plan,

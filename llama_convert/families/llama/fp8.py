@@ -87,12 +87,7 @@ def recognise_fp8(root: Path, checkpoints: list[TorchCheckpoint], n_layers: int)
 
 
 def dequantized(recipes: list[TensorRecipe], facts: Fp8Facts) -> list[TensorRecipe]:
-    """The recipes with every float8 part scaled (dequantized per shard to bf16); with ``facts.keep``, the
-    ``--keep-fp8`` recipes instead."""
-    if facts.keep:
-        from .keep_fp8 import keep_fp8_recipes
-
-        return keep_fp8_recipes(recipes, facts)
+    """The recipes with every float8 part scaled (dequantized per shard to bf16)."""
     scaled: dict[str, Scale] = {
         f"layers.{i}.feed_forward.{w}.weight": facts.scale(i, w) for i in facts.layers for w in FFN_KEYS
     }

@@ -178,9 +178,9 @@ class MetaPlan:
             steps = []
             for seg in t.segments:
                 step = seg.source
+                step += "".join(f" {d.describe()}" for d in self.deltas.get(seg.source, ()))
                 step += " (halves → pairs)" if seg.rotary else ""
                 step += f" (each head ×{seg.kv_repeat})" if seg.kv_repeat > 1 else ""
-                step += "".join(f" {d.describe()}" for d in self.deltas.get(seg.source, ()))
                 steps.append(step)
             out.append(f"  {t.name} {list(t.shard_shape(self.mp))} {t.dtype}, {split} ← {'; '.join(steps)}")
         out += [f"{name}  ({len(data)} bytes)" for name, data in self.small_files.items()]

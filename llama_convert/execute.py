@@ -216,10 +216,14 @@ class DeltaRows:
 
     def merged(self, block: np.ndarray, dtype: object, start: int) -> np.ndarray:
         """``block`` (rows ``start:…`` of the weight, held as ``dtype``) plus the deltas, as float32."""
-        out = np.array(cast(block, dtype, F32), dtype=np.float32, copy=True)  # type: ignore[arg-type]
+        out = cast(block, dtype, F32)  # type: ignore[arg-type]
+        if out is block or not out.flags.writeable or not out.flags.c_contiguous:
+            out = np.array(out, dtype=np.float32, order="C")
         flat = out.reshape(out.shape[0], -1)
         for a, b, scale in self.terms:
-            flat += (b[start : start + flat.shape[0]] @ a) * scale
+            delta = b[start : start + flat.shape[0]] @ a
+            delta *= scale
+            flat += delta
         return out
 
 

@@ -108,9 +108,11 @@ class LoraDelta:
     head_dim: int = 0
     digest: str = ""  # sha256 of the adapter's files: part of the plan, hence of a resumed run's identity
 
-    def describe(self) -> str:
+    def describe(self, meta_order: bool = False) -> str:
+        """The step as text; ``meta_order``: added to rows in Meta's rotary order (B's rows moved back)."""
         where = Path(self.weights).parent.name + (f" {self.digest[:12]}" if self.digest else "")
-        return f"+ {self.scale:g}·B·A in float32 (LoRA rank {self.rank}, {where})"
+        moved = ", B's rows halves → pairs" if meta_order and self.head_dim else ""
+        return f"+ {self.scale:g}·B·A in float32 (LoRA rank {self.rank}{moved}, {where})"
 
 
 @dataclass(frozen=True)
@@ -165,7 +167,7 @@ class TensorRecipe:
             steps.append(f"keep every {self.kv_fold}th KV head (copies checked)")
         if self.rotary_heads:
             steps.append(f"rotary pairs → halves ({self.rotary_heads} heads of {self.head_dim})")
-        steps += [d.describe() for d in self.deltas]
+        steps += [d.describe(meta_order=not self.rotary_heads) for d in self.deltas]
         if self.fp8 == "scales":
             steps.append("their fp8 scales as [rows, 1]")
         elif self.fp8:

@@ -147,6 +147,13 @@ def test_gguf_plus_adapter_equals_gguf_of_peft_merged_folder(base, tmp_path):
     reference = tmp_path / "reference.gguf"
     convert(merged_dir, reference, outtype="bf16")
     want = gguf_tensors(reference)
+    planned = {
+        t["name"]: t["steps"]
+        for t in plan_of(base["meta"], tmp_path / "p.gguf", adapters=[adapter]).to_json()["tensors"]
+    }
+    assert any("B's rows halves → pairs" in s for s in planned["blk.0.attn_k.weight"])  # Meta's rotary order
+    assert not any("pairs" in s for s in planned["blk.0.attn_v.weight"])
+    assert any("LoRA" in s for s in planned["output.weight"])
     for src in (base["meta"], base["hf"]):
         out = tmp_path / f"{src.parent.name}.gguf"
         convert(src, out, outtype="bf16", adapters=[adapter])

@@ -200,13 +200,13 @@ class MetaPlan:
             steps = []
             for seg in t.segments:
                 step = seg.source
+                step += "".join(f" {d.describe()}" for d in self.deltas.get(seg.source, ()))
                 step += " (halves → pairs)" if seg.rotary else ""
                 step += f" (each head ×{seg.kv_repeat})" if seg.kv_repeat > 1 else ""
                 if seg.cat_axis:
                     step += f" ({seg.offset}:{seg.offset + seg.shape[seg.cat_axis]} of dim {seg.cat_axis})"
                 if seg.gather is not None:
                     step += " (rows gathered: repeats checked equal, padding checked zero)"
-                step += "".join(f" {d.describe()}" for d in self.deltas.get(seg.source, ()))
                 steps.append(step)
             out.append(f"  {t.name} {list(t.shard_shape(self.mp))} {t.dtype}, {split} ← {'; '.join(steps)}")
         out += [f"{name}  ({len(data)} bytes)" for name, data in self.small_files.items()]

@@ -108,6 +108,7 @@ def small_reads(monkeypatch):
 
     monkeypatch.setattr(remote, "PART_BYTES", 1 << 20)
     monkeypatch.setattr(remote, "BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr(remote, "AHEAD_BYTES", 1536 << 10)
     monkeypatch.setattr(stream, "COPY_CHUNK", 3 << 20)
 
 

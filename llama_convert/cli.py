@@ -149,7 +149,7 @@ def _parser() -> argparse.ArgumentParser:
     insp.add_argument("--plan", action="store_true", help="also print every output tensor: sources, steps, file")
 
     ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk, or a GGUF file's structure")
-    ver.add_argument("src", type=Path)
+    ver.add_argument("src", help="Meta folder (local, Hub repository id or remote URL) or .gguf file")
     ver.add_argument("-q", "--quiet", action="store_true")
     ver.add_argument("--json", action="store_true")
 
@@ -286,9 +286,10 @@ def _verify_gguf(args: argparse.Namespace) -> int:
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .formats.storage import resolve_source
     from .verify import expected_checksums, raise_for_report, verify_checksums
 
-    src = Path(args.src)
+    src = resolve_source(args.src)
     if src.suffix == ".gguf" and src.is_file():
         return _verify_gguf(args)
     listed = [src / name for name in expected_checksums(src)]
@@ -296,7 +297,7 @@ def _verify(args: argparse.Namespace) -> int:
     bar = _Bar(not args.quiet and not args.json and sys.stderr.isatty())
     bar.start(total, f"Verifying {args.src}")
     try:
-        report = verify_checksums(args.src, progress=bar.advance)
+        report = verify_checksums(src, progress=bar.advance)
     finally:
         bar.finish()
     if args.json:
@@ -315,7 +316,7 @@ def _verify(args: argparse.Namespace) -> int:
             )
         )
         return 0 if report.ok else 5
-    raise_for_report(report, Path(args.src))
+    raise_for_report(report, src)
     rate = report.bytes_hashed / max(report.seconds, 1e-9) / 1e6
     _say(
         args,

@@ -164,8 +164,9 @@ def hash_file(
     digest = hashlib.md5(usedforsecurity=False)
     buffer = bytearray(chunk_size)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        fd = f.fileno()
+    local = isinstance(path, (str, os.PathLike))
+    with open(path, "rb", buffering=0) if local else path.open("rb") as f:  # a remote file: range reads
+        fd = f.fileno() if local else -1
         _advise(fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
         offset = 0
         while n := f.readinto(buffer):
@@ -180,7 +181,7 @@ def hash_file(
 
 def _advise(fd: int, offset: int, length: int, advice: str) -> None:
     # posix_fadvise is a hint: absent on macOS and Windows, refused by some filesystems.
-    if hasattr(os, "posix_fadvise"):
+    if hasattr(os, "posix_fadvise") and fd >= 0:
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, offset, length, getattr(os, advice))
 
@@ -206,7 +207,7 @@ def verify_checksums(
     :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
     start = time.perf_counter()
-    src = Path(src)
+    src = as_source_path(src)
     expected = expected_checksums(src)
     present = {name: src / name for name in expected if (src / name).is_file()}
     missing = sorted(name for name in expected if name not in present)

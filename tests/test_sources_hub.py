@@ -73,6 +73,13 @@ def test_repo_id_offline_converts_like_the_snapshot_path(cache, checkpoint, tmp_
     _same_tree(tmp_path / "by-path", tmp_path / "pinned")
 
 
+def test_a_checkpoint_at_the_snapshot_root_is_named_by_the_repository(cache, checkpoint, tmp_path):
+    hub_cache(cache, "someone/Llama-3.2-1B-Instruct-meta", checkpoint, under="")
+    result = convert("someone/Llama-3.2-1B-Instruct-meta", tmp_path / "out")
+    assert result.spec.instruct
+    assert any(e.topic == "variant" and "Llama-3.2-1B-Instruct-meta" in e.because for e in result.spec.evidence)
+
+
 def test_repo_id_cache_from_hf_hub_cache(tmp_path, monkeypatch, checkpoint):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "elsewhere"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -108,6 +108,7 @@ def small_reads(monkeypatch):
 
     monkeypatch.setattr(remote, "PART_BYTES", 1 << 20)
     monkeypatch.setattr(remote, "BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr(remote, "AHEAD_BYTES", 1536 << 10)
     monkeypatch.setattr(stream, "COPY_CHUNK", 3 << 20)
 
 
@@ -138,6 +139,7 @@ def test_s3_prefix_converts_to_the_same_bytes_as_the_local_folder(aws, checkpoin
     assert remote.spec.instruct  # the prefix's name is naming evidence, as a folder's is
     output = sum(p.stat().st_size for p in (tmp_path / "remote").iterdir())
     assert written - output < 4 << 20  # no hidden download cache: only the output (and the journal) is written
+    assert cli_main(["verify", "s3://models/meta/Llama-3.2-1B-Instruct", "-q"]) == 0
 
 
 def test_s3_prefix_to_gguf_is_the_local_file(aws, checkpoint, tmp_path):
@@ -160,6 +162,7 @@ def test_a_flipped_byte_in_the_bucket_is_caught_by_the_checksum(aws, checkpoint,
     assert cli_main(["s3://flipped/m", str(tmp_path / "out2"), "-q"]) == 5
     assert not (tmp_path / "out2").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left either
+    assert cli_main(["verify", "s3://flipped/m", "-q"]) == 5
 
 
 def test_a_missing_bucket_or_prefix_is_one_sentence(aws, tmp_path, capsys):

@@ -167,6 +167,9 @@ def hub_repo(checkpoint_dir: Path) -> tuple[Path | None, str | None]:
     """The Hub snapshot folder holding ``checkpoint_dir`` (an ``original/`` or ``original/mpN``) and the
     repository's name (from ``models--org--name`` in a Hub cache, else the snapshot folder's name)."""
     path = checkpoint_dir.resolve() if checkpoint_dir.exists() else checkpoint_dir.absolute()
+    cached = _HUB_CACHE_RE.match(path.parent.parent.name) if path.parent.name == "snapshots" else None
+    if cached:  # a checkpoint at the root of a Hub cache snapshot
+        return path, cached.group(2)
     if path.name.lower() != "original":
         if path.parent.name.lower() != "original":
             return None, None

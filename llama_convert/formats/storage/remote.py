@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -26,6 +27,8 @@ T = TypeVar("T")
 PART_BYTES = 8 << 20  # a large read is fetched as concurrent ranges of this size
 BLOCK_BYTES = 1 << 20  # small reads (headers, norms, sampled rows) are served from cached blocks of this size
 CACHED_BLOCKS = 32  # at most this many blocks are kept, per store
+AHEAD_BYTES = 32 << 20  # reading a file in order, the next this many bytes are fetched while the last are used
+SEQUENTIAL_SLACK = 1 << 20  # a read starting this close after the previous one continues a sequential pass
 ATTEMPTS = 5
 
 
@@ -259,18 +262,26 @@ class RemotePath:
 
 
 class RemoteBytes:
-    """One remote file read by ranges; large reads are fetched as concurrent parts."""
+    """One remote file read by ranges: large reads as concurrent parts, small ones from cached blocks, and a
+    read-ahead window while the file is read in order (the network keeps busy while the bytes are used)."""
 
     def __init__(self, path: RemotePath) -> None:
         self.path = path
         self.name = str(path)
         self.size = path.stat().st_size
+        self._lock = threading.Lock()
+        self._last_end = -1  # end of the previous large read
+        self._ahead: tuple[int, int, Future[list[bytes]]] | None = None  # (start, end, the fetch)
+        self._pool: ThreadPoolExecutor | None = None
 
     def fileno(self) -> None:
         return None
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         return self.path.store.fetch(self.path.key, list(ranges)) if ranges else []
+
+    def _parts(self, start: int, end: int) -> list[tuple[int, int]]:
+        return [(s, min(s + PART_BYTES, end)) for s in range(start, end, PART_BYTES)]
 
     def read_into(self, offset: int, out: memoryview, *, verify: bool = True) -> None:
         total = len(out)
@@ -279,15 +290,34 @@ class RemoteBytes:
         if total < BLOCK_BYTES // 2:
             self._read_cached(offset, out)
         elif total:
-            bounds = range(offset, offset + total, PART_BYTES)
-            ranges = [(start, min(start + PART_BYTES, offset + total)) for start in bounds]
-            done = 0
-            for data in self.read_ranges(ranges):
-                out[done : done + len(data)] = data
-                done += len(data)
+            with self._lock:
+                self._read_large(offset, out)
         watcher = self.path.store.watchers.get(self.path.key) if verify else None
         if watcher is not None:
             watcher.feed(offset, out)
+
+    def _read_large(self, offset: int, out: memoryview) -> None:
+        end, done = offset + len(out), 0
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            a0, a1, future = ahead
+            if a0 <= offset < a1:
+                data = b"".join(future.result())
+                done = min(len(out), a1 - offset)
+                out[:done] = data[offset - a0 : offset - a0 + done]
+            else:
+                future.cancel()
+        if done < len(out):
+            for data in self.read_ranges(self._parts(offset + done, end)):
+                out[done : done + len(data)] = data
+                done += len(data)
+        sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
+        self._last_end = end
+        if sequential and end < self.size:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="llama-convert-ahead")
+            stop = min(self.size, end + AHEAD_BYTES)
+            self._ahead = (end, stop, self._pool.submit(self.read_ranges, self._parts(end, stop)))
 
     def _read_cached(self, offset: int, out: memoryview) -> None:
         done, store, key = 0, self.path.store, self.path.key
@@ -299,4 +329,10 @@ class RemoteBytes:
             done += n
 
     def close(self) -> None:
-        pass
+        with self._lock:
+            if self._ahead is not None:
+                self._ahead[2].cancel()
+                self._ahead = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None

@@ -584,10 +584,10 @@ def _parse_llama4(folder: Path) -> int:
         meta = find_meta_folder(folder)
         if is_llama4_params(meta.raw_params):
             p = parse_llama4_params(meta.raw_params, meta.params_path)
-            _ = (p.mlp_dim, p.n_positions, p.head_dim, p.moe_hidden_dim, p.dense_hidden_dim)
+            _ = (p.head_dim, p.moe_hidden_dim, p.dense_hidden_dim)
             _ = [(p.is_moe_layer(i), p.is_nope_layer(i)) for i in range(p.n_layers)]
             if p.vision is not None:
-                _ = p.adapter_in_dim
+                _ = (p.vision.mlp_dim, p.vision.adapter_in_dim, p.vision.n_positions)
     except LlamaConvertError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code(exc)

@@ -58,8 +58,10 @@ def build_sources(root: Path, sentencepiece: Path | None = None) -> dict[str, Pa
         "hf3": root / "src" / "hf3",
         "hf2": root / "src" / "hf2",
         "gguf": root / "src" / "model.gguf",
+        "snap": root / "src" / "hub" / "Llama-3.2-1B-Instruct",
+        "llama4": root / "src" / "Llama-4-Scout-17B-16E",
     }
-    done = root / "src" / ".complete"
+    done = root / "src" / ".complete-2"  # bump when the sources change
     if done.exists():
         return sources
     shutil.rmtree(root / "src", ignore_errors=True)
@@ -76,6 +78,16 @@ def build_sources(root: Path, sentencepiece: Path | None = None) -> dict[str, Pa
     llama_convert.convert(sources["meta3"], sources["hf3"])
     llama_convert.convert(sources["meta2"], sources["hf2"])
     llama_convert.convert(sources["meta3"], sources["gguf"])
+    # A Hub snapshot: the repository's config.json and generation_config.json beside original/ (Meta's files).
+    shutil.copytree(sources["meta3"], sources["snap"] / "original")
+    for name in ("config.json", "generation_config.json"):
+        shutil.copy(sources["hf3"] / name, sources["snap"] / name)
+    # Llama 4's params.json (read by its own parser after the shared one); the shard is never opened.
+    from llama_convert.testing.llama4 import SCOUT_PARAMS
+
+    sources["llama4"].mkdir()
+    (sources["llama4"] / "params.json").write_text(json.dumps(SCOUT_PARAMS))
+    (sources["llama4"] / "consolidated.00.pth").write_bytes(b"")
     done.touch()
     return sources
 
@@ -91,6 +103,8 @@ ROUTES: dict[str, list[tuple[str, list[str], str | None]]] = {
     ],
     "hf": [("convert", [], "meta"), ("convert", [], "out.gguf"), ("inspect", [], None)],
     "gguf": [("inspect", [], None), ("verify", [], None)],
+    "snap": [("convert", [], "out"), ("inspect", [], None)],
+    "llama4": [("parse", [], None)],
 }
 
 # --- mutations --------------------------------------------------------------------------------------
@@ -479,6 +493,8 @@ MUTATORS: dict[str, dict[str, Callable[[bytes, random.Random], tuple[bytes, str]
         "tokenizer_config.json": mutate_json,
     },
     "gguf": {"model.gguf": mutate_gguf},
+    "snap": {"config.json": mutate_json, "generation_config.json": mutate_json},
+    "llama4": {"params.json": mutate_json},
 }
 KIND_OF = {  # the reader each damaged file exercises: counted per kind in the summary
     "consolidated.00.pth": "torch zip + pickle",
@@ -492,6 +508,9 @@ KIND_OF = {  # the reader each damaged file exercises: counted per kind in the s
     "tokenizer_config.json": "tokenizer_config / generation_config",
     "generation_config.json": "tokenizer_config / generation_config",
     "model.gguf": "gguf",
+    "snap/config.json": "Hub snapshot config.json / generation_config.json",
+    "snap/generation_config.json": "Hub snapshot config.json / generation_config.json",
+    "llama4/params.json": "Llama 4 params.json",
 }
 
 
@@ -523,16 +542,16 @@ def _md5(data: bytes) -> str:
 def plan_case(seed: int, index: int, sources: dict[str, Path]) -> tuple[Case, Path, bytes, bool, bool]:
     """The case ``index`` of campaign ``seed``: which file, its damaged bytes, the command, checksum facts."""
     rng = random.Random(f"{seed}:{index}")
-    source = rng.choice(["meta3", "meta3", "meta2", "hf3", "hf3", "hf2", "gguf"])
+    source = rng.choice(["meta3", "meta3", "meta2", "hf3", "hf3", "hf2", "gguf", "snap", "llama4"])
     file = rng.choice(list(MUTATORS[source]))
     src = sources[source]
     original = (src.parent if source == "gguf" else src).joinpath(file).read_bytes()
     damaged, mutation = MUTATORS[source][file](original, rng)
     rehash = source.startswith("meta") and file != "checklist.chk" and rng.random() < 0.5
-    family = "gguf" if source == "gguf" else source[:-1] if source[-1].isdigit() else source
+    family = {"meta3": "meta", "meta2": "meta", "hf3": "hf", "hf2": "hf"}.get(source, source)
     command, extra, dst = rng.choice(ROUTES[family])
-    verify = command != "inspect" and (source.startswith("meta") and rng.random() < 0.6)
-    case = Case(index, source, file, KIND_OF[file], mutation)
+    verify = command not in ("inspect", "parse") and source in ("meta3", "meta2", "snap") and rng.random() < 0.6
+    case = Case(index, source, file, KIND_OF.get(f"{source}/{file}", KIND_OF[file]), mutation)
     case.argv = [command, extra, dst, verify, rehash]  # resolved to paths by run_case
     return case, src, damaged, rehash, original != damaged
 
@@ -543,10 +562,8 @@ def _prepare(case_dir: Path, source: str, src: Path, file: str, damaged: bytes, 
         (case_dir / file).write_bytes(damaged)
         return case_dir / file
     copy = case_dir / src.name
-    copy.mkdir(parents=True)
-    for entry in src.iterdir():
-        if entry.name != file:
-            os.link(entry, copy / entry.name)  # read only: the sources are never written
+    shutil.copytree(src, copy, copy_function=os.link)  # hard links: the sources are only ever read
+    (copy / file).unlink()
     (copy / file).write_bytes(damaged)
     if rehash and (copy / "checklist.chk").exists():
         lines = (copy / "checklist.chk").read_text().splitlines()
@@ -554,6 +571,27 @@ def _prepare(case_dir: Path, source: str, src: Path, file: str, damaged: bytes, 
         (copy / "checklist.chk").unlink()
         (copy / "checklist.chk").write_text("\n".join(fixed) + "\n")
     return copy
+
+
+def _parse_llama4(folder: Path) -> int:
+    """What ``convert`` does with a Llama 4 params.json before it opens a shard, as the CLI reports it."""
+    from llama_convert.cli import _exit_code
+    from llama_convert.errors import LlamaConvertError
+    from llama_convert.families.llama4.params import is_llama4_params, parse_llama4_params
+    from llama_convert.formats.meta.folder import find_meta_folder
+
+    try:
+        meta = find_meta_folder(folder)
+        if is_llama4_params(meta.raw_params):
+            p = parse_llama4_params(meta.raw_params, meta.params_path)
+            _ = (p.head_dim, p.moe_hidden_dim, p.dense_hidden_dim)
+            _ = [(p.is_moe_layer(i), p.is_nope_layer(i)) for i in range(p.n_layers)]
+            if p.vision is not None:
+                _ = (p.vision.mlp_dim, p.vision.adapter_in_dim, p.vision.n_positions)
+    except LlamaConvertError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return _exit_code(exc)
+    return 0
 
 
 def run_case(seed: int, index: int, sources: dict[str, Path], work: Path) -> Case:
@@ -578,7 +616,7 @@ def run_case(seed: int, index: int, sources: dict[str, Path], work: Path) -> Cas
     try:
         with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
             try:
-                case.code = main(argv)
+                case.code = _parse_llama4(target) if command == "parse" else main(argv)
             finally:
                 gc.collect()  # what a failed run left unclosed is finalized now, inside this case
     except _Timeout:

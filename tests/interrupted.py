@@ -15,9 +15,12 @@ __all__ = ["run_interrupted"]
 
 _CHILD = textwrap.dedent(
     """
-    import os, sys
+    import os, signal, sys
     from llama_convert import resume
     from llama_convert.cli import main
+
+    # Python leaves SIGINT ignored when it started ignored (a background job of a shell): Ctrl-C's handler.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     after, signum = int(os.environ["INTERRUPT_AFTER_ENTRIES"]), int(os.environ["INTERRUPT_SIGNAL"])
     seen = 0

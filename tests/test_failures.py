@@ -217,14 +217,14 @@ def test_disk_filling_up_mid_way(capsys, small_tmpfs, monkeypatch):
 
 @pytest.fixture(scope="module")
 def small_source(tmp_path_factory) -> Path:
-    """~30 MB, written as ~10 files: the child stops itself once the first is complete (tests/interrupted.py)."""
+    """~8 MB, written as ~8 files: the child stops itself once the first is complete (tests/interrupted.py)."""
     root = tmp_path_factory.mktemp("interrupted")
-    spec = tiny("llama3.1-8b", head_dim=16, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    spec = tiny("llama3.1-8b", head_dim=8, n_layers=4, fill="fast", tokenizer="small-tiktoken")
     return synthesize(root / "Llama3.1-8B", spec)
 
 
 def _convert(src: Path, dst: Path) -> list:
-    return ["convert", src, dst, "--quiet", "--no-verify", "--max-shard-size", "3MB"]
+    return ["convert", src, dst, "--quiet", "--no-verify", "--max-shard-size", "1MB"]
 
 
 def test_sigint_mid_conversion_leaves_nothing(tmp_path, small_source):

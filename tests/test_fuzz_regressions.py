@@ -350,3 +350,22 @@ def test_pickle_with_negative_sizes_or_strides(tmp_path, shape, stride, offset):
 def test_config_vocabulary_smaller_than_the_tokenizer_names_config_json(capsys, hf, tmp_path):
     edit_json(hf / "config.json", lambda d: d.update(vocab_size=1))
     refused(capsys, ["convert", hf, tmp_path / "meta", "-q"], 3, "tokenizer.json has", "vocab_size 1 (config.json)")
+
+
+# --- a Hub snapshot's own files -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "fragment"),
+    [
+        ("generation_config.json", lambda d: d.update(eos_token_id=[[[[-2.5]]]]), "'eos_token_id'"),  # unhashable
+        ("config.json", lambda d: d.update(rope_scaling=[]), "'rope_scaling' is []"),
+    ],
+)
+def test_hub_snapshot_file_of_the_wrong_shape(capsys, pristine, tmp_path, name, change, fragment):
+    snapshot = tmp_path / "Llama-3.2-1B-Instruct"
+    shutil.copytree(pristine["meta"], snapshot / "original")
+    for file in ("config.json", "generation_config.json"):
+        shutil.copy(pristine["hf"] / file, snapshot / file)
+    edit_json(snapshot / name, change)
+    refused(capsys, ["convert", snapshot, tmp_path / "out", "-q"], 3, name, fragment)

@@ -18,13 +18,13 @@ import llama_convert
 from llama_convert.errors import DiskFullError
 from llama_convert.testing.synth import synthesize
 
-SHARD = "3MB"  # ~10 output files for the ~30 MB source
+SHARD = "1MB"  # ~8 output files for the ~8 MB source
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume")
-    spec = tiny("llama3.1-8b", head_dim=16, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    spec = tiny("llama3.1-8b", head_dim=8, n_layers=4, fill="fast", tokenizer="small-tiktoken")
     return synthesize(root / "Llama3.1-8B-Instruct", spec)
 
 
@@ -87,7 +87,7 @@ def test_changed_source_or_no_resume_starts_over(source, uninterrupted, tmp_path
 
     other = tmp_path / "other"
     _kill_after(source, other, files=2)
-    result = llama_convert.convert(source, other, max_shard_size="2MB")  # other options: other plan
+    result = llama_convert.convert(source, other, max_shard_size="700KB")  # other options: other plan
     assert result.resumed_bytes == 0
 
 

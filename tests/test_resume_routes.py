@@ -22,7 +22,7 @@ from llama_convert.testing.synth import synthesize
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("resume-routes")
-    spec = tiny("llama3.1-8b", head_dim=16, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    spec = tiny("llama3.1-8b", head_dim=8, n_layers=4, fill="fast", tokenizer="small-tiktoken")
     meta = synthesize(root / "Llama3.1-8B-Instruct", spec)
     hf = root / "hf"
     llama_convert.convert(meta, hf, verify=False)

@@ -10,8 +10,8 @@ from typing import Any
 
 from .errors import InputError
 from .families import FAMILIES, family_of
-from .formats.storage import resolve_source
 from .formats.hf.checks import check_config
+from .formats.storage import resolve_source
 from .plan import ConversionPlan
 from .routes import ROUTES, plan_conversion, source_format
 

@@ -6,15 +6,14 @@ from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
-from ...formats.gguf.encode import OUTTYPES
 from ...errors import UnsupportedError
+from ...formats.gguf.encode import OUTTYPES
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import TensorRecipe
 from ...tokenizer import json_bytes
 from ..base import Capabilities, Hints
-from . import gguf_facts
-from . import guard4
+from . import gguf_facts, guard4
 from .detect import recognise
 from .fp8 import dequantized
 from .hf_config import (

@@ -145,3 +145,22 @@ def test_hf_route_gives_the_same_tensors(llama2_checkpoint: Path, tmp_path: Path
     assert [(t.name, t.tensor_type) for t in a.tensors] == [(t.name, t.tensor_type) for t in b.tensors]
     for x, y in zip(a.tensors, b.tensors, strict=True):
         assert np.array_equal(np.asarray(x.data).view(np.uint8), np.asarray(y.data).view(np.uint8)), x.name
+
+
+def test_cli_dry_run_shows_the_mixture(llama2_checkpoint: Path, tmp_path: Path, capsys) -> None:
+    from llama_convert.cli import main
+
+    assert main(["convert", str(llama2_checkpoint), str(tmp_path / "x.gguf"), "--outtype", "Q4_K_M", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "type mixture of Q4_K_M" in out and "attn_v: 1 Q4_K, 1 Q6_K" in out
+    assert not (tmp_path / "x.gguf").exists()
+
+
+def test_model_facts_from_config() -> None:
+    from llama_convert.routes.gguf_plan import model_facts
+
+    dense = model_facts({"num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8}, "llama")
+    assert dense == ModelFacts(80, 64, 8, 0, "llama") and dense.is_70b and dense.n_gqa == 8
+    text = {"num_hidden_layers": 48, "num_attention_heads": 40, "num_key_value_heads": 8, "num_local_experts": 16}
+    moe = model_facts({"text_config": text}, "llama4")
+    assert moe == ModelFacts(48, 40, 8, 16, "llama4") and not moe.is_70b

@@ -251,4 +251,7 @@ def spec_from_hf(config: dict[str, Any], root: Path, dtype: Any) -> tuple[LlamaS
     from .to_meta import target_spec
 
     target = target_from_hf_config(config, where=str(root / "config.json"))
+    for key in ("max_position_embeddings", "rms_norm_eps"):  # GGUF records them; params.json need not
+        if config.get(key) is None:
+            raise InputError(f"{root / 'config.json'} lacks {key}, which a GGUF file records; save the model again.")
     return target_spec(target, mp=1, dtype=dtype, root=root), tuple(target.notes)

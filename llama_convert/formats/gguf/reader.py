@@ -3,7 +3,8 @@
 Only the header — metadata and tensor infos — is parsed: cheap even for a large model. ``verify`` checks
 the structure — every tensor whole blocks of its type, its offset aligned, its bytes inside the file and not
 overlapping another's — and the keys a loader needs (architecture, block count, a vocabulary as large as
-the model's); it does not read the weights.
+the model's); it does not read the weights. The tensors' types are also counted per class (``attn_v``,
+``ffn_down``, … as llama-quantize classes them), which shows a quantized file's type mixture.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ...errors import InputError, UnsupportedError, VerificationError
+from .mixture import FILE_TYPES, type_table
 
 __all__ = ["GGUFReport", "TensorInfo", "describe_gguf", "read_header", "verify_gguf"]
 
 _SUMMARY_KEYS = ("general.name", "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre")
-_FILE_TYPE_NAMES = {0: "f32", 1: "f16", 7: "q8_0", 32: "bf16"}
+_FILE_TYPE_NAMES = {
+    0: "f32",
+    **{int(ft): name if name in ("bf16", "f16") else name.upper() for name, (ft, _) in FILE_TYPES.items()},
+}
 
 
 @dataclass(frozen=True)
@@ -40,6 +45,14 @@ class GGUFReport:
     file_bytes: int
     types: dict[str, int]  # GGUF tensor type → tensors of that type
     problems: tuple[str, ...] = field(default=())
+    class_types: dict[str, dict[str, int]] = field(default_factory=dict)  # class → type → tensors
+
+    def type_lines(self) -> list[str]:
+        """The type mixture, one line per tensor class: ``attn_v  16 Q4_K, 16 Q6_K``."""
+        return [
+            f"  {cls:<12} " + ", ".join(f"{n} {name}" for name, n in row.items())
+            for cls, row in self.class_types.items()
+        ]
 
     @property
     def summary(self) -> str:
@@ -64,6 +77,7 @@ class GGUFReport:
             "tensor_bytes": self.tensor_bytes,
             "file_bytes": self.file_bytes,
             "types": self.types,
+            "class_types": self.class_types,
             "problems": list(self.problems),
         }
 
@@ -208,6 +222,7 @@ def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
         file_bytes=file_bytes,
         types=dict(Counter(t.qtype.name for t in tensors)),
         problems=tuple(problems),
+        class_types=type_table({t.name: t.qtype for t in tensors}),
     )
 
 

@@ -24,6 +24,7 @@ from gguf import GGUFReader, GGUFValueType
 
 import llama_convert
 from llama_convert.errors import UnsupportedError
+from llama_convert.formats.gguf.reader import verify_gguf
 
 TABLE = json.loads((Path(__file__).parent / "data" / "gguf_llama4_llamacpp.json").read_text())
 NAMING_KEYS = {"general.name", "general.basename", "general.finetune", "general.size_label"}
@@ -91,6 +92,8 @@ def test_meta_to_gguf_equals_llamacpp(tmp_path, sources, case, outtype):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mmproj-model.gguf", "model.gguf"]
     assert_same(out, TABLE[case][outtype]["text"], naming=False)
     assert_same(tmp_path / "mmproj-model.gguf", TABLE[case][outtype]["mmproj"], naming=False)
+    assert verify_gguf(tmp_path / "mmproj-model.gguf").metadata["clip.vision.block_count"] == 3
+    assert verify_gguf(out).arch == "llama4"
 
 
 @pytest.mark.slow

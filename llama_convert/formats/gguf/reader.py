@@ -59,7 +59,7 @@ class GGUFReport:
         name = self.metadata.get("general.name") or self.path.stem
         kind = _FILE_TYPE_NAMES.get(self.metadata.get("general.file_type", -1), "mixed")
         types = ", ".join(f"{n} {t}" for t, n in sorted(self.types.items()))
-        blocks = self.metadata.get(f"{self.arch}.block_count", "?")
+        blocks = self.metadata.get(_BLOCKS.get(self.arch or "", (f"{self.arch}.block_count",))[0], "?")
         vocab = self.metadata.get("tokenizer.ggml.tokens", "?")
         return (
             f"a GGUF file: {name} ({self.arch}, {blocks} blocks, vocabulary {vocab}, {kind}); "
@@ -172,6 +172,10 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, tuple[list[str]
     return metadata, [TensorInfo(n, shape, q, start + off) for n, shape, q, off in infos]
 
 
+# A projector file (``mmproj-*.gguf``, architecture ``clip``) counts its vision tower's blocks, ``v.blk.N``.
+_BLOCKS = {"clip": ("clip.vision.block_count", "v.blk.")}
+
+
 def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
     """Read a GGUF file's header, metadata and tensor infos, and check its structure."""
     path = Path(path)
@@ -199,11 +203,12 @@ def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
     if arch is None:
         problems.append("no general.architecture")
     else:
-        blocks = metadata.get(f"{arch}.block_count")
+        key, prefix = _BLOCKS.get(arch, (f"{arch}.block_count", "blk."))
+        blocks = metadata.get(key)
         if blocks is None:
-            problems.append(f"no {arch}.block_count")
-        elif any(name.startswith("blk.") and int(name.split(".")[1]) >= blocks for _, _, name in spans):
-            problems.append(f"tensors of blocks beyond {arch}.block_count {blocks}")
+            problems.append(f"no {key}")
+        elif any(name.startswith(prefix) and int(name[len(prefix) :].split(".")[0]) >= blocks for _, _, name in spans):
+            problems.append(f"tensors of blocks beyond {key} {blocks}")
         vocab = metadata.get(f"{arch}.vocab_size")
         tokens = metadata.get("tokenizer.ggml.tokens")
         if vocab is not None and tokens is not None and vocab != tokens:

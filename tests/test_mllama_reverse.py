@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zipfile
 from pathlib import Path
 
 import mllama_fixture as fx
@@ -46,6 +47,7 @@ def assert_same_meta(expected: Path, ours: Path, *, tables_whole: bool = False) 
     a_names, b_names = _shards(expected), _shards(ours)
     assert len(a_names) == len(b_names)
     for x, y in zip(a_names, b_names, strict=True):
+        assert zipfile.ZipFile(ours / y).testzip() is None  # every member's CRC-32
         with TorchCheckpoint(expected / x) as a, TorchCheckpoint(ours / y) as b:
             assert set(a.tensors) == set(b.tensors)
             for t in a.tensors:

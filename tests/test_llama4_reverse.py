@@ -132,6 +132,7 @@ def test_finetuned_save_pretrained_back_to_meta_logits(tmp_path, models):
     assert err <= REL * scale, f"max |Δlogit| {err:.3g} > {REL} × {scale:.3g}"
 
 
+@pytest.mark.slow
 def test_a_killed_hf_to_meta_run_resumes_to_the_same_bytes(tmp_path, models):
     """Killed right after its first checkpoint (shards fsync'd, tensors done recorded), the same command
     continues and writes the bytes of an uninterrupted run."""

@@ -81,6 +81,7 @@ def test_11b_hub_single_file_round_trip(tmp_path, model_parallel):
     assert_same_meta(src, tmp_path / "back")
 
 
+@pytest.mark.slow
 def test_90b_mp8_round_trip_and_reshard_to_mp1(tmp_path, model_parallel):
     mp8 = fx.SHAPE_90B_MP8
     model = fx.build_model(mp8)

@@ -207,7 +207,8 @@ def _tokenizer_model(root: Path, tokenizer: bool, params: dict[str, Any]) -> tup
         data = tiktoken_model_from_tokenizer_json(root / "tokenizer.json", vocab_size=params["vocab_size"])
         return {"tokenizer.model": data}, "tokenizer.model rebuilt from tokenizer.json (tiktoken ranks = token ids)"
     raise MissingFileError(
-        f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 4 tokenizer.model into it."
+        f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 4 tokenizer.model into it "
+        "(or pass --no-tokenizer)."
     )
 
 

@@ -196,7 +196,8 @@ def _tokenizer_model(root: Path, vocab: int) -> tuple[bytes, str]:
         data = tiktoken_model_from_tokenizer_json(root / "tokenizer.json", vocab_size=vocab + 1)
         return data, "tokenizer.model rebuilt from tokenizer.json (tiktoken ranks = token ids)"
     raise MissingFileError(
-        f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 3 tokenizer.model there."
+        f"{root} has no tokenizer.model or tokenizer.json; copy Meta's Llama 3 tokenizer.model there "
+        "(or pass --no-tokenizer)."
     )
 
 

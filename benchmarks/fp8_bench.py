@@ -13,7 +13,10 @@ run as root:
 Target (issue 24): conversion ≤ 1.3 × the scaled ``cp`` (dequantization is compute), RSS ≤ 1 GiB. On a shared
 machine the numbers are indicative. Needs torch (to write float8 shards as ``torch.save`` does).
 
-    python benchmarks/fp8_bench.py [--layers 3] [--work DIR] [--out benchmarks/results]
+    python benchmarks/fp8_bench.py [--layers 3] [--shrink 1] [--work DIR] [--out benchmarks/results]
+
+At real sizes three layers are 16 GB of source and 19 GB of output: ``--shrink 2`` halves dim and FFN width
+(every tensor a quarter of its real size, same heads and MP) where the disk cannot hold that.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ PARAMS = {
 MP = 8
 
 
-def synthesize(dst: Path, layers: int) -> int:
+def synthesize(dst: Path, layers: int, shrink: int = 1) -> int:
     """Write the FP8 checkpoint into ``dst``; return its byte size."""
     import torch
 
@@ -52,7 +55,7 @@ def synthesize(dst: Path, layers: int) -> int:
 
     dst.mkdir(parents=True, exist_ok=True)
     vocab = write_small_tiktoken(dst / "tokenizer.model")
-    params = {**PARAMS, "n_layers": layers, "vocab_size": vocab}
+    params = {**PARAMS, "n_layers": layers, "vocab_size": vocab, "dim": PARAMS["dim"] // shrink}
     (dst / "params.json").write_text(json.dumps(params))
     p = parse_params(params, dst / "params.json")
     hd, ffn, kv = p.head_dim, p.intermediate_size, p.n_kv_heads
@@ -116,6 +119,7 @@ def timed(argv: list[str]) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=3)
+    ap.add_argument("--shrink", type=int, default=1, help="divide dim (and so the FFN width) by this")
     ap.add_argument("--work", type=Path, default=Path("/work/tmp/fp8-bench"))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
@@ -124,7 +128,7 @@ def main() -> None:
         shutil.rmtree(path, ignore_errors=True)
     try:
         t0 = time.perf_counter()
-        src_bytes = synthesize(src, args.layers)
+        src_bytes = synthesize(src, args.layers, args.shrink)
         made = time.perf_counter() - t0
         cold = drop_caches()
         cp = timed(["sh", "-c", f"cp -r '{src}' '{copy}' && sync"])
@@ -135,6 +139,7 @@ def main() -> None:
         cp_scaled = cp["wall_s"] * out_bytes / src_bytes
         result = {
             "layers": args.layers,
+            "shrink": args.shrink,
             "mp": MP,
             "source_bytes": src_bytes,
             "output_bytes": out_bytes,
@@ -152,7 +157,8 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fp8_bench.json").write_text(json.dumps(result, indent=2) + "\n")
     print(
-        f"405B-shaped FP8, {args.layers} layers, MP{MP}: {src_bytes / 1e9:.1f} GB → {out_bytes / 1e9:.1f} GB bf16 in "
+        f"405B-shaped FP8 (dim {PARAMS['dim'] // args.shrink}), {args.layers} layers, MP{MP}: "
+        f"{src_bytes / 1e9:.1f} GB → {out_bytes / 1e9:.1f} GB bf16 in "
         f"{ours['wall_s']:.1f} s (cp of as many bytes {cp_scaled:.1f} s: {result['ratio_to_cp']:.2f}×), "
         f"CPU {ours['cpu_s']:.1f} s, peak RSS {ours['peak_rss_bytes'] / GIB:.2f} GiB"
         + ("" if cold else " (page cache not dropped: not root)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,12 +45,14 @@ def block_rows(row_bytes: int, unit: int = 1) -> int:
     return max(unit, (BLOCK_BYTES // max(row_bytes, 1)) // unit * unit)
 
 
-_SCALES: dict[tuple[str, str], np.ndarray] = {}  # (file, key) → float32 scales: small, read once per process
+# (file, its mtime and size, key) → float32 scales: a few KiB each, read once instead of once per row block
+_SCALES: dict[tuple[str, int, int, str], np.ndarray] = {}
 
 
 def scale_values(scale: Scale, rank: int) -> np.ndarray:
-    """The float32 scale tensor of shard ``rank`` (read with the allow-listed reader, kept: a few KiB)."""
-    key = (scale.files[rank], scale.keys[rank])
+    """The float32 scale tensor of shard ``rank`` (read with the allow-listed reader)."""
+    stat = os.stat(scale.files[rank])
+    key = (scale.files[rank], stat.st_mtime_ns, stat.st_size, scale.keys[rank])
     if key not in _SCALES:
         with TorchCheckpoint(scale.files[rank]) as scales:
             _SCALES[key] = scales.read(scale.keys[rank]).astype(np.float32, copy=False)

@@ -66,6 +66,8 @@ def test_config_is_a_llama4_without_experts(guard4):
     assert not any("feed_forward.experts" in k or "router" in k for k in _weight_names(dst))
     spec = llama_convert.plan_conversion(src).spec
     assert spec.name.startswith("Llama Guard 4") and spec.instruct
+    report = llama_convert.inspect(src)
+    assert report.details["experts"] == 0 and report.details["moe_layers"] == []
 
 
 def _weight_names(dst: Path) -> list[str]:

@@ -120,7 +120,7 @@ class Llama4Family:
             "vocab_size": spec.vocab_size,
             "experts": p.moe.num_experts if p.moe else 0,
             "moe_layers": [i for i in range(p.n_layers) if p.is_moe_layer(i)],
-            "moe_intermediate_size": p.moe_hidden_dim,
+            "moe_intermediate_size": p.moe_hidden_dim if p.moe else None,
             "dense_intermediate_size": p.dense_hidden_dim,
             "vision": p.vision is not None,
         }

@@ -57,15 +57,15 @@ def write_adapter(folder: Path, meta: Path, rank: int) -> Path:
     return folder
 
 
-def run(args: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MiB) of one llama-convert process."""
+def run(args: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, peak RSS MiB) of one llama-convert process."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "llama_convert", "convert", *args, "-q"])
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode:
         raise SystemExit(f"llama-convert {' '.join(args)} failed ({proc.returncode})")
-    return time.perf_counter() - start, usage.ru_maxrss / 1024
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def main() -> None:
@@ -83,16 +83,21 @@ def main() -> None:
         for route, dst in (("meta → hf", "hf"), ("meta → gguf", "out.gguf"), ("meta → meta", "meta")):
             extra = ["--to", "meta"] if dst == "meta" else []
             plain = run([str(meta), str(work / f"plain-{dst}"), *extra, *(["--mp", "1"] if extra else [])])
-            merged = run([str(meta), str(work / f"lora-{dst}"), *extra, "--adapter", str(adapter)])
-            rows.append((route, plain, merged))
             shutil.rmtree(work / f"plain-{dst}", ignore_errors=True)
             (work / f"plain-{dst}").unlink(missing_ok=True)
+            merged = run([str(meta), str(work / f"lora-{dst}"), *extra, "--adapter", str(adapter)])
+            rows.append((route, plain, merged))
+            shutil.rmtree(work / f"lora-{dst}", ignore_errors=True)  # the disk holds two model sizes at most
+            (work / f"lora-{dst}").unlink(missing_ok=True)
         size = sum(p.stat().st_size for p in meta.glob("consolidated.*.pth")) / 1e9
         print(f"{opts.preset} ({size:.2f} GB), adapter rank {opts.rank} on every Linear of every layer\n")
-        print("| route | without adapter (wall, peak RSS) | with adapter | time ratio |")
+        print("| route | without adapter (wall, CPU, peak RSS) | with adapter | CPU ratio |")
         print("|---|---|---|---|")
-        for route, (w0, r0), (w1, r1) in rows:
-            print(f"| {route} | {w0:.1f} s, {r0:.0f} MiB | {w1:.1f} s, {r1:.0f} MiB | {w1 / w0:.2f}× |")
+        for route, (w0, c0, r0), (w1, c1, r1) in rows:
+            print(
+                f"| {route} | {w0:.1f} s, {c0:.1f} CPU-s, {r0:.0f} MiB | {w1:.1f} s, {c1:.1f} CPU-s, {r1:.0f} MiB "
+                f"| {c1 / c0:.2f}× |"
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

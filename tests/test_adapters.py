@@ -296,3 +296,15 @@ def test_resume_keeps_the_same_adapter_and_starts_clean_for_a_changed_one(base, 
     other = tmp_path / "other.gguf"
     convert(base["meta"], other, outtype="bf16", adapters=[adapter])
     assert changed.read_bytes() == other.read_bytes() != reference.read_bytes()
+
+
+def test_llama2_mp2_embedding_split_on_dim_1(tmp_path, sentencepiece_model):
+    name = "llama-2-13b"
+    spec = tiny("llama2-13b", tokenizer=sentencepiece_model, vocab_size=512)
+    meta = synthesize(tmp_path / "meta" / name, spec)
+    hf = tmp_path / "hf" / name
+    convert(meta, hf)
+    adapter = make_adapter(hf, tmp_path / "lora", seed=10, target_modules=[*LINEAR, "lm_head"], embedding=False)
+    out = tmp_path / "out"
+    convert(meta, out, adapters=[adapter])
+    assert assert_within_one_ulp(out, peft_merged(hf, [adapter])) == 0

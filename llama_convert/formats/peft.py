@@ -38,7 +38,7 @@ _MAX_CONFIG = 1 << 20
 
 # Config fields whose non-default value changes more than W + s·B·A: (field, what it is, why we refuse).
 _REFUSED_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("use_dora", "DoRA (use_dora) rescales each merged column by a learned magnitude"),
+    ("use_dora", "DoRA (use_dora) rescales each output row of W + s·B·A by a learned magnitude"),
     ("modules_to_save", "modules_to_save replaces whole modules"),
     ("trainable_token_indices", "trainable_token_indices replaces embedding rows"),
     ("lora_bias", "lora_bias adds a bias to the adapted layers"),

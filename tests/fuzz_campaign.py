@@ -718,6 +718,9 @@ def campaign(
             results.append(record)
             index = record["index"] + 1
             current = None
+            if len(results) % 500 == 0:
+                failed = sum(1 for r in results if r.get("problem"))
+                say(f"{len(results)} cases in {time.monotonic() - began:.0f} s, {failed} failures")
             if record["problem"]:
                 say(f"case {record['index']}: {record['problem']} — {record['kind']}: {record['mutation']}")
         proc.wait()

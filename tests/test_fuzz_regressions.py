@@ -369,3 +369,29 @@ def test_hub_snapshot_file_of_the_wrong_shape(capsys, pristine, tmp_path, name, 
         shutil.copy(pristine["hf"] / file, snapshot / file)
     edit_json(snapshot / name, change)
     refused(capsys, ["convert", snapshot, tmp_path / "out", "-q"], 3, name, fragment)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d["pre_tokenizer"].update(pretokenizers=-1),  # was TypeError: 'int' object is not iterable
+        lambda d: d["pre_tokenizer"]["pretokenizers"][0].update(pattern="x"),  # was AttributeError
+    ],
+)
+def test_tokenizer_json_pre_tokenizer_of_the_wrong_shape(capsys, hf, tmp_path, change):
+    edit_json(hf / "tokenizer.json", change)
+    refused(capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 4, "tokenizer.json does not pre-tokenize as Llama 3")
+
+
+def test_safetensors_shapes_that_disagree_with_config_are_refused_before_gguf(capsys, hf, tmp_path):
+    """HF → GGUF wrote a file with the transposed tensor (llama.cpp cannot load it) and exited 0."""
+    name = "model.layers.0.self_attn.k_proj.weight"
+    _edit_header(hf / "model.safetensors", lambda h: h[name].update(shape=h[name]["shape"][::-1]))
+    refused(
+        capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 3, "model.safetensors: " + name, "config.json implies"
+    )
+
+
+def test_config_with_fewer_layers_than_the_weights_is_refused_before_gguf(capsys, hf, tmp_path):
+    edit_json(hf / "config.json", lambda d: d.update(num_hidden_layers=1))
+    refused(capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 3, "model.layers.1.", "beyond the layers config.json")

@@ -64,6 +64,8 @@ def plan_hf_to_gguf(src: Path, dst: Path, opts: ConvertOptions) -> GGUFPlan:
             raise InputError(f"{hf.root}: the safetensors files hold no tensors; save the model again.")
         # The config first: a key it lacks is named as such, not taken for a tensor without a place.
         spec, notes = facts.spec_from_hf(config, hf.root, next(iter(hf.tensors.values())).dtype)
+        if hasattr(facts, "hf_shapes"):  # a family that can say which tensors its config implies
+            _check_shapes(hf, facts.hf_shapes(config))
         adapters = load_adapters(opts.adapters)
         check_family(family, adapters, hf.root)
         shapes = {name: ref.shape for name, ref in hf.tensors.items()}
@@ -126,6 +128,29 @@ def _planned(
                 )
             )
     return out
+
+
+def _check_shapes(hf: HFFolder, expected: dict[str, tuple[int, ...]]) -> None:
+    """The weights hold every tensor config.json implies, each with its shape; tensors beyond them (an extra
+    layer) are refused by the tensor map or here."""
+    for name, shape in expected.items():
+        if name not in hf.tensors:
+            raise InputError(
+                f"{hf.root} lacks {name}, which config.json implies (weights: {', '.join(hf.files)}); "
+                "save the complete model again."
+            )
+        if tuple(hf.tensors[name].shape) != shape:
+            raise InputError(
+                f"{hf.file_of(name).path}: {name} has shape {list(hf.tensors[name].shape)} but config.json implies "
+                f"{list(shape)}; the config and the weights disagree."
+            )
+    layers = [n for n in hf.tensors if n.startswith("model.layers.") and n not in expected]
+    beyond = [n for n in layers if n.split(".")[2].isdigit() and not n.endswith("rotary_emb.inv_freq")]
+    if beyond:
+        raise InputError(
+            f"{hf.file_of(beyond[0]).path} holds {beyond[0]}, beyond the layers config.json describes; "
+            "the config and the weights disagree."
+        )
 
 
 TensorWriter = Callable[[GGUFStreamWriter, GGUFTensor, Callable[[int], None]], None]

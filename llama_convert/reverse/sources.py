@@ -104,14 +104,18 @@ class AdaptedRows:
     def dtype_of(self, name: str) -> DType:
         return DTYPES["float32"] if name in self.deltas else self.source.dtype_of(name)
 
-    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
-        rows = self.source.read_rows(name, start, stop)
+    def read_flat(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``start:stop`` (row-major) of the adapted weight: its whole rows read, merged, then cut."""
         if name not in self.deltas:
-            return rows
+            return self.source.read_flat(name, start, stop)
+        shape = self.source.folder.tensors[self.source.aliases.get(name, name)].shape
+        cols = math.prod(shape[1:])
+        first, last = start // cols, -(-stop // cols)
+        rows = self.source.read_flat(name, first * cols, last * cols).reshape(last - first, cols)
         lora = self._open.get(name)
         if lora is None:
             lora = self._open[name] = DeltaRows(self.deltas[name], meta_order=False)
-        merged = lora.merged(rows, self.source.dtype_of(name), start)
-        if stop >= self.source.folder.tensors[self.source.aliases.get(name, name)].shape[0]:
+        merged = lora.merged(rows, self.source.dtype_of(name), first)
+        if last >= shape[0]:
             del self._open[name]
-        return merged
+        return merged.reshape(-1)[start - first * cols : stop - first * cols]

@@ -68,15 +68,23 @@ def dequantize_rows(raw: np.ndarray, scale: np.ndarray, start: int, group_rows: 
     values = e4m3_to_f32(raw)
     n = raw.shape[0]
     if group_rows == 0:
-        out = values.reshape(n, -1) * scale[start : start + n, None]
+        rows = values.reshape(n, -1)
+        np.multiply(rows, scale[start : start + n, None], out=rows)
     else:
         cols = scale.shape[-1]
         flat = values.reshape(-1, cols)
         per_row = flat.shape[0] // n if n else 0
-        first = start * per_row
-        groups = (first + np.arange(flat.shape[0])) // group_rows
-        out = flat * scale[groups]
-    return f32_to_bf16(out.reshape(raw.shape))
+        groups = (start * per_row + np.arange(flat.shape[0])) // group_rows
+        np.multiply(flat, scale[groups], out=flat)
+    if np.isnan(scale).any() or ((raw & 0x7F) == 0x7F).any():
+        return f32_to_bf16(values)  # NaN: torch's canonical 0x7FC0
+    bits = values.view(np.uint32)  # round to nearest even in place (no NaN here; inf stays inf)
+    lsb = bits >> 16
+    lsb &= 1
+    bits += lsb
+    bits += 0x7FFF
+    bits >>= 16
+    return bits.astype(np.uint16)
 
 
 FP8_MAX = np.float32(448.0)

@@ -66,6 +66,13 @@ def test_dequantization_is_q_times_scale_rounded_once():
     ours = dequantize_rows(q.view(torch.uint8).numpy(), scale.numpy(), 0)
     assert np.array_equal(ours, (q.float() * scale[:, None]).to(torch.bfloat16).view(torch.uint16).numpy())
     assert np.array_equal(dequantize_rows(q.view(torch.uint8).numpy()[8:20], scale.numpy(), 8), ours[8:20])
+    nan = q.clone().view(torch.uint8)
+    nan[3, 5], nan[4, 6] = 0x7F, 0xFF  # e4m3's NaN codes stay NaN (the NaN bit pattern is not compared)
+    out = dequantize_rows(nan.numpy(), scale.numpy(), 0)
+    assert (out[3, 5] & 0x7FFF) > 0x7F80 and (out[4, 6] & 0x7FFF) > 0x7F80
+    keep = np.ones(out.shape, bool)
+    keep[3, 5] = keep[4, 6] = False
+    assert np.array_equal(out[keep], ours[keep])
 
 
 def test_fp8_is_recognised_from_content(fp8_pair):

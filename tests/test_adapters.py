@@ -335,3 +335,19 @@ def test_dora_on_every_route(base, tmp_path):
         assert np.abs(got[name] - want[name]).max() <= 1, name
         differing += int((got[name] != want[name]).sum())
     assert differing <= 200  # 60 of ~6.5 million here: the row norms are summed in another order than torch
+
+
+def test_rank_and_alpha_patterns_match_as_peft_matches_them():
+    from peft.utils.other import get_pattern_key
+
+    from llama_convert.formats.peft import _pattern
+
+    patterns = {"q_proj": 1, r"layers\.1\.mlp\.down_proj": 2, "model.layers.0.self_attn.k_proj": 3, "up": 4}
+    modules = [
+        f"model.layers.{i}.{m}"
+        for i in range(3)
+        for m in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj", "mlp.up_proj")
+    ]
+    for module in modules:
+        found = get_pattern_key(list(patterns), module)
+        assert _pattern(patterns, module) == (found if found in patterns else None), module

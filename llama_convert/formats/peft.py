@@ -139,10 +139,17 @@ def _weights(root: Path) -> Path:
     raise MissingFileError(f"{root} has no {' or '.join(WEIGHT_NAMES)}; save the adapter again with PEFT.")
 
 
+_FLOATS = ("bfloat16", "float16", "float32")
+
+
 def _shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, after checking that all are floating point (safetensors' reader checks that)."""
     if weights.suffix == ".safetensors":
         return {name: ref.shape for name, ref in SafetensorsFile(weights).tensors.items()}
     with TorchCheckpoint(weights) as ckpt:
+        for name, ref in ckpt.tensors.items():
+            if ref.dtype.torch_name not in _FLOATS:
+                raise UnsupportedError(f"{weights}: {name} has dtype {ref.dtype}; only floating-point adapters merge.")
         return {name: ref.shape for name, ref in ckpt.tensors.items()}
 
 
@@ -228,7 +235,8 @@ def read_adapter(root: str | os.PathLike[str]) -> Adapter:
 
 
 def read_lora_matrix(weights: str | os.PathLike[str], key: str) -> np.ndarray:
-    """One A or B matrix, whole (they are small: r rows or columns), as float32."""
+    """One A or B matrix (or DoRA magnitude), whole — they are small: r rows or columns — as float32 (the
+    dtypes were checked by ``read_adapter``)."""
     path = Path(weights)
     if path.suffix == ".safetensors":
         f = SafetensorsFile(path)
@@ -241,6 +249,4 @@ def read_lora_matrix(weights: str | os.PathLike[str], key: str) -> np.ndarray:
         with TorchCheckpoint(path) as ckpt:
             ref = ckpt.tensors[key]  # type: ignore[assignment]
             data = ckpt.read(key)
-    if ref.dtype not in (DTYPES["bfloat16"], DTYPES["float16"], DTYPES["float32"]):
-        raise UnsupportedError(f"{path}: {key} has dtype {ref.dtype}; only floating-point adapters merge.")
     return cast(data, ref.dtype, DTYPES["float32"]).astype(np.float32, copy=False)

@@ -101,18 +101,33 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     conv = sub.add_parser("convert", help="convert a Meta checkpoint into a Hugging Face folder or GGUF, and back")
-    conv.add_argument("src", type=Path, help="Meta folder (consolidated.NN.pth, params.json, …) or Hugging Face folder")
+    conv.add_argument(
+        "src", help="Meta or Hugging Face folder, Hub repository id (org/name[@rev]) or s3:// gs:// hf:// https:// URL"
+    )
     conv.add_argument("dst", type=Path, help="output folder or .gguf file (must not exist or be empty unless --force)")
     _add_common(conv)
     conv.add_argument("--force", action="store_true", help="replace an existing destination")
     conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
+    conv.add_argument(
+        "--keep-fp8", action="store_true", help="FP8 release → an fbgemm_fp8 Hugging Face folder (default: bf16)"
+    )
     conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
     conv.add_argument(
         "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
     )
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
+    conv.add_argument(
+        "--outtype",
+        type=str.lower,
+        choices=tuple(OUTTYPES),
+        metavar="OUTTYPE",
+        help=f"GGUF type, any case: {', '.join(OUTTYPES)} (default: as stored)",
+    )
+    conv.add_argument(
+        "--no-mmproj", dest="mmproj", action="store_false", help="GGUF: do not write the vision projector file"
+    )
     conv.add_argument(
         "--adapter",
         dest="adapters",
@@ -122,20 +137,19 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PEFT_DIR",
         help="merge this PEFT LoRA adapter while converting (repeatable)",
     )
-    conv.add_argument("--outtype", choices=tuple(OUTTYPES), help="GGUF tensor type (default: as stored)")
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
     conv.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
     insp = sub.add_parser("inspect", help="describe a folder and what converting it would write")
-    insp.add_argument("src", type=Path)
+    insp.add_argument("src", help="folder, Hub repository id or remote URL")
     _add_common(insp)
     insp.add_argument("--json", action="store_true", help="machine-readable output")
     insp.add_argument("--plan", action="store_true", help="also print every output tensor: sources, steps, file")
 
     ver = sub.add_parser("verify", help="check a Meta folder against its checklist.chk, or a GGUF file's structure")
-    ver.add_argument("src", type=Path)
+    ver.add_argument("src", help="Meta folder (local, Hub repository id or remote URL) or .gguf file")
     ver.add_argument("-q", "--quiet", action="store_true")
     ver.add_argument("--json", action="store_true")
 
@@ -163,7 +177,9 @@ def _convert(args: argparse.Namespace) -> int:
         resume=args.resume,
         mp=args.mp,
         outtype=args.outtype,
+        mmproj=args.mmproj,
         tokenizer=args.tokenizer,
+        keep_fp8=args.keep_fp8,
         adapters=tuple(args.adapters),
     )
     if args.dry_run:
@@ -232,6 +248,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     print(f"{report.path}: {report.summary}")
+    if report.kind == "gguf":
+        print("  tensor types by class:")
+        for cls, row in report.details.get("class_types", {}).items():
+            print(f"  {cls:<12} " + ", ".join(f"{n} {name}" for name, n in row.items()))
     if report.kind != "meta":
         return 0
     d = report.details
@@ -260,13 +280,16 @@ def _verify_gguf(args: argparse.Namespace) -> int:
         return 0 if not report.problems else 5
     report = verify_gguf(args.src)
     _say(args, f"{args.src}: structure OK — {report.summary}.")
+    for line in report.type_lines():
+        _say(args, line)
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from .formats.storage import resolve_source
     from .verify import expected_checksums, raise_for_report, verify_checksums
 
-    src = Path(args.src)
+    src = resolve_source(args.src)
     if src.suffix == ".gguf" and src.is_file():
         return _verify_gguf(args)
     listed = [src / name for name in expected_checksums(src)]
@@ -274,7 +297,7 @@ def _verify(args: argparse.Namespace) -> int:
     bar = _Bar(not args.quiet and not args.json and sys.stderr.isatty())
     bar.start(total, f"Verifying {args.src}")
     try:
-        report = verify_checksums(args.src, progress=bar.advance)
+        report = verify_checksums(src, progress=bar.advance)
     finally:
         bar.finish()
     if args.json:
@@ -293,7 +316,7 @@ def _verify(args: argparse.Namespace) -> int:
             )
         )
         return 0 if report.ok else 5
-    raise_for_report(report, Path(args.src))
+    raise_for_report(report, src)
     rate = report.bytes_hashed / max(report.seconds, 1e-9) / 1e6
     _say(
         args,
@@ -330,6 +353,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _debug() -> bool:
+    """``LLAMA_CONVERT_DEBUG`` asks for tracebacks; the usual false spellings (0, false, no, off, empty) do not."""
+    return os.environ.get("LLAMA_CONVERT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _exit_code(exc: BaseException) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
 
@@ -347,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except LlamaConvertError as exc:
-        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+        if _debug():
             raise
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code(exc)
@@ -361,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except OSError as exc:  # the machine said no (permissions, I/O error): say it plainly
-        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+        if _debug():
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; nothing was written.", file=sys.stderr)

@@ -10,6 +10,8 @@ from typing import Any
 
 from .errors import InputError
 from .families import FAMILIES, family_of
+from .formats.hf.checks import check_config
+from .formats.storage import resolve_source
 from .plan import ConversionPlan
 from .routes import ROUTES, plan_conversion, source_format
 
@@ -34,8 +36,8 @@ class FolderReport:
 
 def _huggingface_report(path: Path) -> FolderReport:
     try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = check_config(json.loads((path / "config.json").read_text()), path / "config.json")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path / 'config.json'} is unreadable ({exc}).") from None
     arch = ", ".join(config.get("architectures") or [config.get("model_type", "unknown")])
     weights = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))
@@ -70,7 +72,7 @@ def inspect(src: str | os.PathLike[str], **options: Any) -> FolderReport:
     ``options`` are those of ``plan_conversion`` (dtype, max_shard_size, llama_version, instruct).
     """
 
-    path = Path(src)
+    path = resolve_source(src)  # a local path, a Hub repository id or a remote URL
     if source_format(path) == "gguf":
         from .formats.gguf.reader import describe_gguf
 

@@ -32,6 +32,8 @@ class ConvertOptions:
     resume: bool = True
     mp: int | None = None  # model-parallel degree of Meta output
     outtype: str | None = None  # GGUF tensor type: bf16, f16, q8_0
+    mmproj: bool = True  # GGUF of a vision model: also write its projector as mmproj-<stem>.gguf beside it
+    keep_fp8: bool = False  # FP8 source → HF: an fbgemm_fp8 folder instead of the dequantized bf16 model
     adapters: tuple[str | os.PathLike[str], ...] = ()  # PEFT LoRA folders merged while converting, in order
 
     def __post_init__(self) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ChecksumError, InputError, MissingFileError
+from .formats.storage import as_source_path
 
 __all__ = [
     "BackgroundVerify",
@@ -72,7 +73,7 @@ def find_checklists(src: Path) -> list[Path]:
     ``tokenizer_checklist.chk`` of its parent when ``src`` has no ``tokenizer.model`` of its own
     (the layout where one tokenizer next to the model folders serves them all).
     """
-    src = Path(src)
+    src = as_source_path(src)
     if not src.is_dir():
         raise MissingFileError(f"{src} is not a folder; pass the folder holding checklist.chk and the shards.")
     found = sorted(
@@ -90,7 +91,7 @@ def read_checklist(path: Path) -> list[ChecklistEntry]:
 
     Blank lines, CRLF and a BOM are fine; any other line raises ``InputError`` naming file and line.
     """
-    path = Path(path)
+    path = as_source_path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -120,14 +121,18 @@ def _parse_line(line: str) -> ChecklistEntry | None:
         name, md5 = parts[0].strip(), parts[1]
     while name.startswith("./"):
         name = name[2:]
-    return ChecklistEntry(name=name, md5=md5.lower()) if name else None
+    parts = name.split("/")
+    # A file of the folder: no absolute path, no way out of it, names the filesystem can hold.
+    if not name or name.startswith("/") or ".." in parts or "\0" in name or max(len(p.encode()) for p in parts) > 255:
+        return None
+    return ChecklistEntry(name=name, md5=md5.lower())
 
 
 def expected_checksums(src: Path) -> dict[str, str]:
     """Map every file listed for ``src`` (named relative to ``src``, e.g. ``../tokenizer.model``)
     to its expected md5; raises :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
-    src = Path(src)
+    src = as_source_path(src)
     checklists = find_checklists(src)
     if not checklists:
         raise MissingFileError(f"{src} has no checklist.chk to verify the download against; {_NO_VERIFY}.")
@@ -159,8 +164,9 @@ def hash_file(
     digest = hashlib.md5(usedforsecurity=False)
     buffer = bytearray(chunk_size)
     view = memoryview(buffer)
-    with open(path, "rb", buffering=0) as f:
-        fd = f.fileno()
+    local = isinstance(path, (str, os.PathLike))
+    with open(path, "rb", buffering=0) if local else path.open("rb") as f:  # a remote file: range reads
+        fd = f.fileno() if local else -1
         _advise(fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
         offset = 0
         while n := f.readinto(buffer):
@@ -175,7 +181,7 @@ def hash_file(
 
 def _advise(fd: int, offset: int, length: int, advice: str) -> None:
     # posix_fadvise is a hint: absent on macOS and Windows, refused by some filesystems.
-    if hasattr(os, "posix_fadvise"):
+    if hasattr(os, "posix_fadvise") and fd >= 0:
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, offset, length, getattr(os, advice))
 
@@ -201,7 +207,7 @@ def verify_checksums(
     :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
     start = time.perf_counter()
-    src = Path(src)
+    src = as_source_path(src)
     expected = expected_checksums(src)
     present = {name: src / name for name in expected if (src / name).is_file()}
     missing = sorted(name for name in expected if name not in present)
@@ -258,7 +264,7 @@ def raise_for_report(report: VerifyReport, src: Path) -> None:
     if report.ok:
         return
     problems = [f"{name} has md5 {actual}, expected {expected}" for name, expected, actual in report.mismatched]
-    problems += [f"{name} is missing" for name in report.missing]
+    problems += [f"{name} is missing (the checklist lists it)" for name in report.missing]
     names = [name for name, _, _ in report.mismatched] + list(report.missing)
     listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     raise ChecksumError(

@@ -25,6 +25,7 @@ LAYERS: dict[str, int] = {
     "output": 1,
     "resume": 1,
     "verify": 1,
+    "verify_remote": 1,
     "spec": 2,
     "plan": 2,
     "options": 2,

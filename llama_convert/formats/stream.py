@@ -10,14 +10,17 @@ import ctypes.util
 import errno
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["WRITEBACK_WINDOW", "AppendingFile", "Writeback"]
+__all__ = ["COPY_CHUNK", "WRITEBACK_WINDOW", "AppendingFile", "Writeback"]
 
 WRITEBACK_WINDOW = 64 << 20  # bytes; see Writeback
+COPY_CHUNK = 32 << 20  # bytes of a remote source fetched per read while copying a verbatim range
 
 
 class Writeback:
@@ -120,3 +123,29 @@ class AppendingFile:
             self.counted(n)
             advance(n)
             offset += n
+
+    def copy_range(
+        self, source: Any, offset: int, nbytes: int, advance: Callable[[int], None] = lambda n: None
+    ) -> None:
+        """Append ``nbytes`` of ``source`` (a ``formats.storage.ByteSource``) from ``offset``: in the kernel
+        for a local file, else fetched in chunks with the next one read ahead while this one is written."""
+        fd = source.fileno()
+        if fd is not None:
+            self.copy_from(fd, offset, nbytes, advance)
+            return
+        spans = [(o, min(o + COPY_CHUNK, offset + nbytes)) for o in range(offset, offset + nbytes, COPY_CHUNK)]
+
+        def fetch(span: tuple[int, int]) -> bytearray:
+            data = bytearray(span[1] - span[0])
+            source.read_into(span[0], memoryview(data))
+            return data
+
+        with ThreadPoolExecutor(1, thread_name_prefix="llama-convert-fetch") as pool:
+            pending = pool.submit(fetch, spans[0]) if spans else None
+            for i in range(len(spans)):
+                assert pending is not None
+                data = pending.result()
+                pending = pool.submit(fetch, spans[i + 1]) if i + 1 < len(spans) else None
+                self._write_all(data)
+                self.counted(len(data))
+                advance(len(data))

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..detect import detect
+from ..errors import UnsupportedError
+from ..formats.storage import resolve_source
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..output import check_destination, check_file_destination
 from ..plan import ConversionPlan
@@ -45,8 +47,16 @@ def plan(
 ) -> RoutePlan:
     """What converting ``src`` into ``dst`` would write, without writing anything; ``options`` are the
     fields of ``ConvertOptions``."""
-    src_path, dst_path = Path(src), Path(dst)
-    return route_for(src_path, dst_path, to).plan(src_path, dst_path, ConvertOptions(**options))
+    src_path, dst_path = resolve_source(src), Path(dst)
+    route = route_for(src_path, dst_path, to)
+    opts = ConvertOptions(**options)
+    _check_keep_fp8(route, opts)
+    return route.plan(src_path, dst_path, opts)
+
+
+def _check_keep_fp8(route: Route, opts: ConvertOptions) -> None:
+    if opts.keep_fp8 and route.source != "meta":
+        raise UnsupportedError("--keep-fp8 applies to Meta's FP8 releases; this source is not a Meta checkpoint.")
 
 
 def convert(
@@ -58,7 +68,8 @@ def convert(
     on_plan: Callable[[RoutePlan], None] | None = None,
     **options: Any,
 ) -> ConversionResult:
-    """Convert ``src`` into ``dst``: a Meta checkpoint folder into a Hugging Face folder (default), a
+    """Convert ``src`` into ``dst``: a Meta checkpoint folder (local, a Hub repository id ``org/name[@rev]``
+    or a remote ``s3://``, ``gs://``, ``hf://`` or ``https://`` folder) into a Hugging Face folder (default), a
     ``.gguf`` file (``to="gguf"``) or Meta shards (``to="meta"``, ``mp=N``); a Hugging Face folder into
     Meta's format or GGUF. ``options`` are the fields of ``ConvertOptions``.
 
@@ -66,8 +77,9 @@ def convert(
     against checklist.chk) succeeded.
     """
     opts = ConvertOptions(**options)
-    src_path, dst_path = Path(src), Path(dst)
+    src_path, dst_path = resolve_source(src), Path(dst)
     route = route_for(src_path, dst_path, to)
+    _check_keep_fp8(route, opts)
     check = check_file_destination if route.target == "gguf" else check_destination
     check(dst_path.absolute(), force=opts.force)
     planned = route.plan(src_path, dst_path, opts)

@@ -67,15 +67,23 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
     with_tokenizer = opts.tokenizer or opts.tokenizer_only
     checks = [] if opts.tokenizer_only else family.deferred_checks(spec)
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    sources += sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
     key = fingerprint(
         sources, __version__, "hf", (opts.tokenizer_only, with_tokenizer), plan.to_json(), spec.name, spec.instruct
     )
+
+    changes: dict[str, float] = {}  # requantized tensors (--keep-fp8) → largest relative change
 
     def body(stage: Stage) -> tuple[str, ...]:
         names: list[str] = []
         if not opts.tokenizer_only:
             names += write_weights(
-                plan, stage.path, advance=stage.advance, skip=frozenset(stage.resumed), on_file_done=stage.record
+                plan,
+                stage.path,
+                advance=stage.advance,
+                skip=frozenset(stage.resumed),
+                on_file_done=stage.record,
+                observe=changes.__setitem__,
             )
         metadata = stage.beside.results()[0]
         assert isinstance(metadata, dict)
@@ -85,7 +93,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
             (stage.path / name).write_bytes(data)
         return (*names, *metadata)
 
-    return run_planned(
+    result = run_planned(
         plan,
         [dst],
         opts,
@@ -99,6 +107,14 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
         planned_files=len(plan.files),
         total=0 if opts.tokenizer_only else plan.total_size,
     )
+    if changes:
+        name = max(changes, key=changes.__getitem__)
+        note = (
+            f"{len(changes)} row-parallel FP8 weight(s) requantized per full row (fbgemm's rule); largest relative "
+            f"change {changes[name]:.3g} of the row's max (in {name})"
+        )
+        result = dataclasses.replace(result, notes=(*result.notes, note))
+    return result
 
 
 ROUTE = Route("meta", "hf", "Meta checkpoint → Hugging Face folder", plan_meta_to_hf, run_meta_to_hf)  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import InputError
+from ..formats.storage import as_source_path
 
 TokenizerKind = Literal["tiktoken", "sentencepiece"]
 
@@ -24,7 +25,7 @@ def json_bytes(value: object) -> bytes:
 
 def detect_tokenizer_kind(path: Path) -> TokenizerKind:
     """Tell a tiktoken BPE file from a SentencePiece model by its first bytes."""
-    with open(path, "rb") as f:
+    with as_source_path(path).open("rb") as f:  # a local or a remote file
         head = f.read(256)
     if not head:
         raise InputError(f"{path} is empty; download tokenizer.model again.")

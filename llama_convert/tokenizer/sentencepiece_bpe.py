@@ -30,6 +30,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, proc
 from tokenizers.models import BPE
 
 from ..errors import InputError, UnsupportedError
+from ..formats.storage import as_source_path
 from . import json_bytes
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ _SPACE = "▁"  # U+2581: SentencePiece's escaped space
 def spm_tokenizer_files(tokenizer_model: Path, *, chat_template: str | None, context_length: int) -> dict[str, bytes]:
     """Return ``tokenizer.json``, ``tokenizer.model``, ``tokenizer_config.json`` and
     ``special_tokens_map.json`` (name → content) for a SentencePiece BPE ``tokenizer.model``."""
-    data = Path(tokenizer_model).read_bytes()
+    data = as_source_path(tokenizer_model).read_bytes()
     proto = _parse_model(data, tokenizer_model)
     _check_model(proto, tokenizer_model)
     pieces, spec = proto.pieces, proto.trainer_spec
@@ -112,6 +113,9 @@ def _check_model(proto: ModelProto, path: Path) -> None:
     ):
         if not 0 <= index < len(pieces) or pieces[index].type != kind:
             raise InputError(f"{path} has no {role} piece at {role}_id={index}; download tokenizer.model again.")
+    bos = pieces[spec.bos_id].piece
+    if not bos or any(c in ":$" or c.isspace() for c in bos):  # it goes into a TemplateProcessing template
+        raise InputError(f"{path} has a bos piece {bos!r} that is not a token name; download tokenizer.model again.")
     if spec.byte_fallback and any(f"<0x{b:02X}>" not in names for b in range(256)):
         raise InputError(
             f"{path} enables byte fallback but lacks some of the 256 byte pieces; download tokenizer.model again."

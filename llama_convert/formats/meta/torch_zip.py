@@ -27,6 +27,8 @@ import numpy as np
 
 from ...dtypes import DTYPES, DType
 from ...errors import InputError, UnsafePickleError, UnsupportedError
+from ..storage import ByteSource, SourcePath, as_source_path, open_bytes
+from ..storage.bytes import open_file
 
 __all__ = ["StorageRef", "TensorRef", "TorchCheckpoint"]
 
@@ -41,6 +43,7 @@ _STORAGE_CLASSES: dict[str, DType] = {
     "CharStorage": DTYPES["int8"],
     "ByteStorage": DTYPES["uint8"],
     "BoolStorage": DTYPES["bool"],
+    "Float8_e4m3fnStorage": DTYPES["float8_e4m3fn"],
 }
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_HEADER_MAGIC = 0x04034B50
@@ -179,7 +182,6 @@ _KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
     **{
         ("torch", kind): kind
         for kind in (
-            "float8_e4m3fn",
             "float8_e5m2",
             "float8_e4m3fnuz",
             "float8_e5m2fnuz",
@@ -196,7 +198,6 @@ _KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
             "qint32",
         )
     },
-    ("torch", "Float8_e4m3fnStorage"): "float8_e4m3fn",
     ("torch", "Float8_e5m2Storage"): "float8_e5m2",
     ("torch", "ComplexFloatStorage"): "complex64",
     ("torch", "ComplexDoubleStorage"): "complex128",
@@ -254,32 +255,39 @@ class _SafeUnpickler(pickle.Unpickler):
 class TorchCheckpoint:
     """A ``torch.save`` zip file opened for lazy, row-wise reading of its tensors."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
-        self.file_size = self.path.stat().st_size
-        members, pickle_bytes = self._index_archive()
-        self.tensors: dict[str, TensorRef] = self._unpickle(pickle_bytes, members)
-        self._fd: int | None = None
+    def __init__(self, path: str | os.PathLike[str] | SourcePath) -> None:
+        self.path = as_source_path(path)
+        self.source: ByteSource = open_bytes(self.path)  # local pread or remote range reads
+        self.file_size = self.source.size
+        try:
+            members, pickle_bytes = self._index_archive()
+            self.tensors: dict[str, TensorRef] = self._unpickle(pickle_bytes, members)
+        except BaseException:
+            self.source.close()
+            raise
 
     # -- opening -----------------------------------------------------------------------
     def _damaged(self, why: str) -> InputError:
         return InputError(f"{self.path} is {why}; download it again (or check the disk it is on).")
 
     def _index_archive(self) -> tuple[dict[str, tuple[int, int]], bytes]:
+        raw = open_file(self.source)
         try:
-            archive = zipfile.ZipFile(self.path)
+            archive = zipfile.ZipFile(raw)
         except zipfile.BadZipFile:
-            with open(self.path, "rb") as f:
-                magic = f.read(4)
+            raw.close()
+            magic = self.source.read_ranges([(0, min(4, self.file_size))])[0]
             if magic[:2] == b"\x80\x02" or not magic:
                 raise UnsupportedError(
                     f"{self.path} is a legacy (pre-zip) PyTorch file or empty; re-save it with torch.save."
                 ) from None
             raise self._damaged("truncated or not a PyTorch checkpoint") from None
-        with archive, open(self.path, "rb") as raw:
+        with archive, raw:
             members: dict[str, tuple[int, int]] = {}
             pickle_bytes = None
-            for info in archive.infolist():
+            infos = archive.infolist()
+            data_offsets = self._data_offsets([i for i in infos if len(i.filename.split("/")) == 3])
+            for info in infos:
                 parts = info.filename.split("/")
                 if parts[-1] == "data.pkl" and len(parts) == 2:
                     try:
@@ -289,7 +297,7 @@ class TorchCheckpoint:
                 elif len(parts) == 3 and parts[1] == "data":
                     if info.compress_type != zipfile.ZIP_STORED:
                         raise UnsupportedError(f"{self.path} has compressed tensor data; re-save it uncompressed.")
-                    members[parts[2]] = (self._data_offset(raw, info), info.file_size)
+                    members[parts[2]] = (data_offsets[info.filename], info.file_size)
                 elif parts[-1] == "byteorder" and archive.read(info).strip() not in (b"", b"little"):
                     raise UnsupportedError(f"{self.path} was saved on a big-endian machine; not supported.")
             if pickle_bytes is None:
@@ -299,16 +307,20 @@ class TorchCheckpoint:
                 raise self._damaged(f"truncated (storage {key} ends past the end of the file)")
         return members, pickle_bytes
 
-    def _data_offset(self, raw, info: zipfile.ZipInfo) -> int:
-        raw.seek(info.header_offset)
-        header = raw.read(_LOCAL_HEADER.size)
-        if len(header) < _LOCAL_HEADER.size:
-            raise self._damaged("truncated")
-        fields = _LOCAL_HEADER.unpack(header)
-        if fields[0] != _LOCAL_HEADER_MAGIC:
-            raise self._damaged("damaged (bad zip member header)")
-        name_len, extra_len = fields[9], fields[10]
-        return info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+    def _data_offsets(self, infos: list[zipfile.ZipInfo]) -> dict[str, int]:
+        """Where each member's data starts, after its local header (all headers read in one batch of
+        ranges: one round trip for a remote file rather than one per tensor)."""
+        ranges = [(i.header_offset, min(i.header_offset + _LOCAL_HEADER.size, self.file_size)) for i in infos]
+        offsets = {}
+        for info, header in zip(infos, self.source.read_ranges(ranges), strict=True):
+            if len(header) < _LOCAL_HEADER.size:
+                raise self._damaged("truncated")
+            fields = _LOCAL_HEADER.unpack(header)
+            if fields[0] != _LOCAL_HEADER_MAGIC:
+                raise self._damaged("damaged (bad zip member header)")
+            name_len, extra_len = fields[9], fields[10]
+            offsets[info.filename] = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
+        return offsets
 
     def _unpickle(self, data: bytes, members: dict[str, tuple[int, int]]) -> dict[str, TensorRef]:
         import io
@@ -330,6 +342,11 @@ class TorchCheckpoint:
             if not isinstance(value, _Rebuilt):
                 continue  # non-tensor entries (none in Meta's files) are ignored
             ref = TensorRef(str(name), value.storage, value.storage_offset, value.shape, value.stride)
+            if min((ref.storage_offset, *ref.shape, *ref.stride)) < 0 or len(ref.shape) != len(ref.stride):
+                raise InputError(
+                    f"{self.path}: tensor {name} has a negative size, stride or offset, or not as many strides as "
+                    "sizes; the file is damaged — download it again."
+                )
             if ref.storage_offset + ref.span() > ref.storage.numel:
                 raise InputError(
                     f"{self.path}: tensor {name} reaches past the end of its storage; "
@@ -346,32 +363,18 @@ class TorchCheckpoint:
         self.close()
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.source.close()
 
-    def fileno(self) -> int:
-        """The open file descriptor (opened on first use)."""
-        return self._file()
-
-    def _file(self) -> int:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
-        return self._fd
+    def fileno(self) -> int | None:
+        """The open file descriptor of a local file (opened on first use); None for a remote one."""
+        return self.source.fileno()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.tensors)
 
     def read_bytes_into(self, offset: int, out: memoryview) -> None:
-        """Fill ``out`` with the file's bytes at ``offset`` (pread, no intermediate copy)."""
-        fd = self._file()
-        done = 0
-        total = len(out)
-        while done < total:
-            n = os.preadv(fd, [out[done:]], offset + done)
-            if n == 0:
-                raise self._damaged("truncated (read past the end)")
-            done += n
+        """Fill ``out`` with the file's bytes at ``offset`` (pread, no intermediate copy, when local)."""
+        self.source.read_into(offset, out)
 
     def read_rows(
         self, name: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None

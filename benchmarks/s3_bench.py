@@ -1,0 +1,184 @@
+"""S3 → Hugging Face for a full-size 1B-shaped checkpoint, against the same conversion from the local folder.
+
+Synthesizes Llama 3.2 1B's shapes (random weights, Meta's layout, checklist.chk), uploads them to moto's
+S3 server on 127.0.0.1 and runs, each as a whole process under ``/usr/bin/time``:
+
+- ``ours local``      ``llama-convert SRC DST`` (checksums verified beside the stream)
+- ``ours S3``         ``llama-convert s3://bench/Llama3.2-1B DST`` (range reads, checksums on the bytes read)
+- ``S3 read limit``   every object fetched once with the same client (s3fs, 8 MiB parts, 4 at a time) and
+                      discarded: what the server can deliver, the floor of any S3 conversion
+
+moto's server reads a whole object for every range request (O(object), not O(range)), which would
+measure moto rather than us; the server process here serves ``Range: bytes=a-b`` from the object's
+spool file instead (``--serve``, a patch of the benchmark's server only). Peak RSS is of the converter
+process. The machine is shared: numbers are indicative.
+
+    PYTHONPATH=. python benchmarks/s3_bench.py [--work /work/tmp/s3bench] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MIB = 1 << 20
+TIME_BIN = "/usr/bin/time"
+
+
+def serve(port: int) -> None:
+    """moto's S3 server with range GETs served from the object's spool file (see the module docstring)."""
+    from moto.s3.responses import S3Response
+    from moto.server import main
+
+    whole = S3Response.get_object
+
+    def get_object(self):  # type: ignore[no-untyped-def]
+        match = re.fullmatch(r"bytes=(\d+)-(\d+)", self.headers.get("range") or "")
+        if match is None:
+            return whole(self)
+        key, not_modified = self._get_key()
+        begin, end = int(match[1]), min(int(match[2]), key.size - 1)
+        if not_modified or begin > end:
+            return whole(self)
+        with key.lock:
+            key._value_buffer.seek(begin)
+            body = key._value_buffer.read(end - begin + 1)
+        headers = {
+            "content-range": f"bytes {begin}-{end}/{key.size}",
+            "etag": key.etag,
+            "last-modified": key.last_modified_RFC1123,
+            "accept-ranges": "bytes",
+            "content-type": "binary/octet-stream",
+        }
+        return 206, headers, body
+
+    S3Response.get_object = get_object
+    main(["-H", "127.0.0.1", "-p", str(port)])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def aws_env(endpoint: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Wall seconds and peak RSS (MiB) of ``cmd`` as a whole process."""
+    start = time.perf_counter()
+    out = subprocess.run([TIME_BIN, "-f", "RSS %M", *cmd], env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
+    rss = int(re.findall(r"RSS (\d+)", out.stderr)[-1]) / 1024
+    return {"seconds": wall, "rss_mib": rss}
+
+
+READ_LIMIT = """
+import sys, s3fs
+fs = s3fs.S3FileSystem()
+for key in fs.find(sys.argv[1]):
+    size = fs.info(key)["size"]
+    step = 8 << 20
+    for first in range(0, size, 4 * step):
+        starts = list(range(first, min(size, first + 4 * step), step))
+        fs.cat_ranges([key] * len(starts), starts, [min(size, s + step) for s in starts])
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, default=Path("/work/tmp/s3bench"))
+    parser.add_argument("--keep", action="store_true", help="keep the synthesized checkpoint and the outputs")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    from llama_convert.testing.synth import PRESETS, synthesize
+
+    work = args.work
+    src = work / "Llama3.2-1B"
+    if not (src / "checklist.chk").is_file():
+        shutil.rmtree(src, ignore_errors=True)
+        synthesize(src, PRESETS["llama3.2-1b"])
+    size = sum(p.stat().st_size for p in src.iterdir())
+    port = free_port()
+    (work / "moto-tmp").mkdir(parents=True, exist_ok=True)
+    server = subprocess.Popen(
+        [sys.executable, __file__, "--serve", str(port)],
+        env={**os.environ, "TMPDIR": str(work / "moto-tmp")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    rows: dict[str, dict[str, float]] = {}
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        env = aws_env(endpoint)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.2)
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            aws_access_key_id="bench",
+            aws_secret_access_key="bench",
+            region_name="us-east-1",
+        )
+        client.create_bucket(Bucket="bench")
+        started = time.perf_counter()
+        for path in sorted(src.iterdir()):
+            client.upload_file(str(path), "bench", f"Llama3.2-1B/{path.name}")
+        upload = time.perf_counter() - started
+        py = [sys.executable, "-m", "llama_convert"]
+        for name, source in (("ours local", str(src)), ("ours S3", "s3://bench/Llama3.2-1B")):
+            dst = work / f"out-{name.split()[-1].lower()}"
+            shutil.rmtree(dst, ignore_errors=True)
+            rows[name] = timed([*py, source, str(dst), "-q"], env)
+        rows["S3 read limit"] = timed([sys.executable, "-c", READ_LIMIT, "bench/Llama3.2-1B"], env)
+        same = subprocess.run(["diff", "-r", str(work / "out-local"), str(work / "out-s3")]).returncode == 0
+    finally:
+        server.terminate()
+        server.wait(30)
+    local = rows["ours local"]["seconds"]
+    print(f"Llama 3.2 1B shapes, {size / 1e9:.2f} GB source; upload to moto {upload:.0f} s; outputs identical: {same}")
+    print("| run | wall s | × local | MB/s | peak RSS MiB |")
+    print("|---|---:|---:|---:|---:|")
+    for name, row in rows.items():
+        mbps = size / row["seconds"] / 1e6
+        print(f"| {name} | {row['seconds']:.1f} | {row['seconds'] / local:.2f} | {mbps:.0f} | {row['rss_mib']:.0f} |")
+    results = work / "s3_bench.json"
+    results.write_text(
+        json.dumps({"source_bytes": size, "upload_seconds": upload, "same": same, "rows": rows}, indent=2)
+    )
+    if not args.keep:
+        for path in (src, work / "out-local", work / "out-s3", work / "moto-tmp"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,338 @@
+"""A remote folder read through fsspec: a path object with the small part of ``pathlib.Path`` our readers
+use, and files read by byte ranges (no local copy), retried on transient errors.
+
+Every path of one source shares one :class:`RemoteStore`: its filesystem, its retry policy and the files
+whose checksums a running conversion computes from the bytes it reads (``watch``).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import io
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+from ...errors import InputError
+from .backends import Backend, backend_for, filesystem, is_transient, translate
+from .bytes import open_file
+
+__all__ = ["RemoteBytes", "RemotePath", "RemoteStat", "RemoteStore", "Watcher"]
+
+T = TypeVar("T")
+PART_BYTES = 8 << 20  # a large read is fetched as concurrent ranges of this size
+BLOCK_BYTES = 1 << 20  # small reads (headers, norms, sampled rows) are served from cached blocks of this size
+CACHED_BLOCKS = 32  # at most this many blocks are kept, per store
+AHEAD_BYTES = 32 << 20  # reading a file in order, the next this many bytes are fetched while the last are used
+SEQUENTIAL_SLACK = 1 << 20  # a read starting this close after the previous one continues a sequential pass
+ATTEMPTS = 5
+
+
+class Watcher(Protocol):
+    """Told of every verified read of one file (``offset``, the bytes), e.g. to hash them."""
+
+    def feed(self, offset: int, data: memoryview) -> None: ...
+
+
+class RemoteStore:
+    """One remote store: the fsspec filesystem, retries with back-off, error sentences, watched files."""
+
+    def __init__(self, backend: Backend, fs: Any, *, attempts: int = ATTEMPTS, backoff: float = 0.25) -> None:
+        self.backend = backend
+        self.fs = fs
+        self.attempts = attempts
+        self.backoff = backoff
+        self.watchers: dict[str, Watcher] = {}
+        self.lock = threading.Lock()
+        self.requests = 0  # range and metadata requests made (for tests and benchmarks)
+        self._infos: dict[str, dict[str, Any] | None] = {}
+        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    @classmethod
+    def for_url(cls, url: str) -> RemoteStore:
+        backend = backend_for(url)
+        return cls(backend, filesystem(backend))
+
+    def url(self, key: str) -> str:
+        return f"{self.backend.scheme}://{key}"
+
+    def call(self, key: str, fn: Callable[..., T], *args: Any, missing_ok: bool = False, **kwargs: Any) -> T | None:
+        """``fn(*args)``, tried again after transient failures; refusals become one sentence (``None`` for
+        a missing file when ``missing_ok``)."""
+        for attempt in range(self.attempts):
+            try:
+                self.requests += 1
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if missing_ok and isinstance(exc, FileNotFoundError):
+                    return None
+                if attempt + 1 == self.attempts or not is_transient(exc):
+                    raise translate(exc, self.url(key), self.backend) from None
+                time.sleep(self.backoff * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def watch(self, key: str, watcher: Watcher) -> None:
+        with self.lock:
+            self.watchers[key] = watcher
+
+    def unwatch(self, key: str) -> None:
+        with self.lock:
+            self.watchers.pop(key, None)
+
+    def fetch(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        """The bytes of ``ranges`` of ``key`` (fetched concurrently by async stores), each checked complete."""
+        starts, ends = [s for s, _ in ranges], [e for _, e in ranges]
+
+        def get() -> list[bytes]:
+            if len(ranges) == 1:
+                parts = [self.fs.cat_file(key, start=starts[0], end=ends[0])]
+            else:
+                parts = self.fs.cat_ranges([key] * len(ranges), starts, ends, on_error="raise")
+            for (start, end), data in zip(ranges, parts, strict=True):
+                if len(data) != end - start:
+                    raise ConnectionError(f"short read at {start}: {len(data)} of {end - start} bytes")
+            return parts
+
+        return self.call(key, get)
+
+    def info(self, key: str) -> dict[str, Any] | None:
+        """fsspec's ``info`` of ``key`` (None when missing), asked once per store: a run reads a snapshot."""
+        with self.lock:
+            if key in self._infos:
+                return self._infos[key]
+        info = self.call(key, self.fs.info, key, missing_ok=True)
+        with self.lock:
+            self._infos[key] = info
+        return info
+
+    def block(self, key: str, index: int, size: int) -> bytes:
+        """Block ``index`` of ``key`` (a file of ``size`` bytes), from the cache or fetched into it."""
+        with self.lock:
+            data = self._blocks.get((key, index))
+            if data is not None:
+                self._blocks.move_to_end((key, index))
+                return data
+        start = index * BLOCK_BYTES
+        (data,) = self.fetch(key, [(start, min(size, start + BLOCK_BYTES))])
+        with self.lock:
+            self._blocks[(key, index)] = data
+            while len(self._blocks) > CACHED_BLOCKS:
+                self._blocks.popitem(last=False)
+        return data
+
+
+@dataclass(frozen=True)
+class RemoteStat:
+    st_size: int
+    st_mtime_ns: int
+
+
+class RemotePath:
+    """A file or folder in a remote store (``s3://bucket/prefix``), path-like enough for our readers."""
+
+    __slots__ = ("key", "store")
+
+    def __init__(self, store: RemoteStore, key: str) -> None:
+        self.store = store
+        self.key = key.strip("/")
+
+    @classmethod
+    def from_url(cls, url: str) -> RemotePath:
+        return cls(RemoteStore.for_url(url), url.split("://", 1)[1])
+
+    # -- names -----------------------------------------------------------------------------------
+    def __str__(self) -> str:
+        return self.store.url(self.key)
+
+    def __repr__(self) -> str:
+        return f"RemotePath({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RemotePath) and (self.store.backend.scheme, self.key) == (
+            other.store.backend.scheme,
+            other.key,
+        )
+
+    def __lt__(self, other: RemotePath) -> bool:
+        return (self.store.backend.scheme, self.key) < (other.store.backend.scheme, other.key)
+
+    def __hash__(self) -> int:
+        return hash((self.store.backend.scheme, self.key))
+
+    def __truediv__(self, name: str) -> RemotePath:
+        path = self
+        for part in str(name).split("/"):
+            if part == "..":
+                path = path.parent
+            elif part not in ("", "."):
+                path = RemotePath(self.store, f"{path.key}/{part}")
+        return path
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+    @property
+    def suffix(self) -> str:
+        name = self.name
+        return name[name.rfind(".") :] if "." in name.lstrip(".") else ""
+
+    @property
+    def stem(self) -> str:
+        return self.name[: len(self.name) - len(self.suffix)] if self.suffix else self.name
+
+    @property
+    def parent(self) -> RemotePath:
+        return RemotePath(self.store, self.key.rsplit("/", 1)[0]) if "/" in self.key else self
+
+    @property
+    def parents(self) -> tuple[RemotePath, ...]:
+        out, path = [], self
+        while "/" in path.key:
+            path = path.parent
+            out.append(path)
+        return tuple(out)
+
+    def resolve(self) -> RemotePath:
+        return self
+
+    def absolute(self) -> RemotePath:
+        return self
+
+    def relative_to(self, other: RemotePath) -> str:
+        if not self.key.startswith(other.key + "/"):
+            raise ValueError(f"{self} is not inside {other}")
+        return self.key[len(other.key) + 1 :]
+
+    # -- queries ---------------------------------------------------------------------------------
+    def _info(self) -> dict[str, Any] | None:
+        return self.store.info(self.key)
+
+    def exists(self) -> bool:
+        return self._info() is not None
+
+    def is_file(self) -> bool:
+        info = self._info()
+        return info is not None and info.get("type") == "file"
+
+    def is_dir(self) -> bool:
+        info = self._info()
+        return info is not None and info.get("type") == "directory"
+
+    def stat(self) -> RemoteStat:
+        info = self.store.info(self.key)
+        if info is None:
+            raise FileNotFoundError(f"{self} does not exist")
+        modified = info.get("LastModified") or info.get("mtime") or info.get("last_modified")
+        stamp = getattr(modified, "timestamp", None)
+        return RemoteStat(int(info.get("size") or 0), int(stamp() * 1e9) if stamp else 0)
+
+    def iterdir(self) -> Iterator[RemotePath]:
+        names = self.store.call(self.key, self.store.fs.ls, self.key, detail=False)
+        for name in sorted(names):
+            name = str(name).strip("/")
+            if name != self.key:
+                yield RemotePath(self.store, name)
+
+    def glob(self, pattern: str) -> Iterator[RemotePath]:
+        return (p for p in self.iterdir() if fnmatch.fnmatchcase(p.name, pattern))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def read_bytes(self) -> bytes:
+        data = self.store.call(self.key, self.store.fs.cat_file, self.key)
+        watcher = self.store.watchers.get(self.key)
+        if watcher is not None:
+            watcher.feed(0, memoryview(data))
+        return data
+
+    def read_text(self, encoding: str = "utf-8") -> str:
+        return self.read_bytes().decode(encoding)
+
+    def open_bytes(self) -> RemoteBytes:
+        return RemoteBytes(self)
+
+    def open(self, mode: str = "rb") -> io.BufferedReader:
+        if mode != "rb":
+            raise ValueError(f"{self} is read-only")
+        return open_file(self.open_bytes(), 1 << 20)
+
+
+class RemoteBytes:
+    """One remote file read by ranges: large reads as concurrent parts, small ones from cached blocks, and a
+    read-ahead window while the file is read in order (the network keeps busy while the bytes are used)."""
+
+    def __init__(self, path: RemotePath) -> None:
+        self.path = path
+        self.name = str(path)
+        self.size = path.stat().st_size
+        self._lock = threading.Lock()
+        self._last_end = -1  # end of the previous large read
+        self._ahead: tuple[int, int, Future[list[bytes]]] | None = None  # (start, end, the fetch)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def fileno(self) -> None:
+        return None
+
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
+        return self.path.store.fetch(self.path.key, list(ranges)) if ranges else []
+
+    def _parts(self, start: int, end: int) -> list[tuple[int, int]]:
+        return [(s, min(s + PART_BYTES, end)) for s in range(start, end, PART_BYTES)]
+
+    def read_into(self, offset: int, out: memoryview, *, verify: bool = True) -> None:
+        total = len(out)
+        if offset + total > self.size:
+            raise InputError(f"{self.name} is truncated (read past the end); upload it again.")
+        if total < BLOCK_BYTES // 2:
+            self._read_cached(offset, out)
+        elif total:
+            with self._lock:
+                self._read_large(offset, out)
+        watcher = self.path.store.watchers.get(self.path.key) if verify else None
+        if watcher is not None:
+            watcher.feed(offset, out)
+
+    def _read_large(self, offset: int, out: memoryview) -> None:
+        end, done = offset + len(out), 0
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            a0, a1, future = ahead
+            if a0 <= offset < a1:
+                data = b"".join(future.result())
+                done = min(len(out), a1 - offset)
+                out[:done] = data[offset - a0 : offset - a0 + done]
+            else:
+                future.cancel()
+        if done < len(out):
+            for data in self.read_ranges(self._parts(offset + done, end)):
+                out[done : done + len(data)] = data
+                done += len(data)
+        sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
+        self._last_end = end
+        if sequential and end < self.size:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="llama-convert-ahead")
+            stop = min(self.size, end + AHEAD_BYTES)
+            self._ahead = (end, stop, self._pool.submit(self.read_ranges, self._parts(end, stop)))
+
+    def _read_cached(self, offset: int, out: memoryview) -> None:
+        done, store, key = 0, self.path.store, self.path.key
+        while done < len(out):
+            index, start = divmod(offset + done, BLOCK_BYTES)
+            block = store.block(key, index, self.size)
+            n = min(len(out) - done, len(block) - start)
+            out[done : done + n] = block[start : start + n]
+            done += n
+
+    def close(self) -> None:
+        with self._lock:
+            if self._ahead is not None:
+                self._ahead[2].cancel()
+                self._ahead = None
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None

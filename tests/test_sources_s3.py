@@ -1,0 +1,251 @@
+"""Remote sources against a real S3 endpoint on 127.0.0.1 (moto's server, started and stopped here):
+streamed by range reads into the same bytes as the local conversion, checksums computed on the bytes
+read, and one sentence for a missing bucket, a missing prefix or refused credentials."""
+
+from __future__ import annotations
+
+import filecmp
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import make_checkpoint, tiny
+
+from llama_convert import convert
+from llama_convert.cli import main as cli_main
+from llama_convert.errors import ChecksumError, InputError, MissingFileError
+
+boto3 = pytest.importorskip("boto3")
+pytest.importorskip("s3fs")
+pytest.importorskip("moto")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_moto(tmp: Path, **env: str) -> tuple[subprocess.Popen, str]:
+    """moto's S3 server in its own process (its spool files in ``tmp``); returns it and its endpoint."""
+    port = _free_port()
+    tmp.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        env={**os.environ, "TMPDIR": str(tmp), **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, f"http://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("moto's server did not start")
+
+
+def stop_moto(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def aws_env(endpoint: str, key: str = "testing") -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": key,
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+    }
+
+
+def upload(client, folder: Path, bucket: str, prefix: str) -> None:
+    for path in sorted(folder.iterdir()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory) -> Iterator[str]:
+    proc, endpoint = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
+        yield endpoint
+    finally:
+        stop_moto(proc)
+
+
+@pytest.fixture
+def aws(s3, monkeypatch):
+    for name, value in aws_env(s3).items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("s3", endpoint_url=s3)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    # Small objects: moto's server reads a whole object for every range request.
+    synth = tiny("llama3.2-1b", tokenizer="small-tiktoken", head_dim=16)
+    return make_checkpoint(tmp_path_factory.mktemp("src"), "Llama-3.2-1B-Instruct", synth)
+
+
+@pytest.fixture
+def small_reads(monkeypatch):
+    """Parts, blocks and copy chunks of a few KiB, so that a small checkpoint takes every path of a big one
+    (concurrent parts, cached blocks, chunked copies with read-ahead, gaps hashed in order)."""
+    from llama_convert.formats import stream
+    from llama_convert.formats.storage import remote
+
+    monkeypatch.setattr(remote, "PART_BYTES", 1 << 20)
+    monkeypatch.setattr(remote, "BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr(remote, "AHEAD_BYTES", 1536 << 10)
+    monkeypatch.setattr(stream, "COPY_CHUNK", 3 << 20)
+
+
+def _same_tree(a: Path, b: Path) -> None:
+    names = sorted(p.name for p in a.iterdir())
+    assert names == sorted(p.name for p in b.iterdir())
+    _, mismatch, errors = filecmp.cmpfiles(a, b, names, shallow=False)
+    assert not mismatch and not errors, (mismatch, errors)
+
+
+def _written_bytes() -> int:
+    """Bytes this process passed to write(2) so far (/proc/self/io ``wchar``: any file, any filesystem)."""
+    for line in Path("/proc/self/io").read_text().splitlines():
+        if line.startswith("wchar:"):
+            return int(line.split()[1])
+    raise AssertionError("no wchar in /proc/self/io")
+
+
+def test_s3_prefix_converts_to_the_same_bytes_as_the_local_folder(aws, checkpoint, tmp_path, small_reads):
+    aws.create_bucket(Bucket="models")
+    upload(aws, checkpoint, "models", "meta/Llama-3.2-1B-Instruct")
+    local = convert(checkpoint, tmp_path / "local")
+    before = _written_bytes()
+    remote = convert("s3://models/meta/Llama-3.2-1B-Instruct", tmp_path / "remote")
+    written = _written_bytes() - before
+    _same_tree(tmp_path / "local", tmp_path / "remote")
+    assert remote.verified and local.verified
+    assert remote.spec.instruct  # the prefix's name is naming evidence, as a folder's is
+    output = sum(p.stat().st_size for p in (tmp_path / "remote").iterdir())
+    assert written - output < 4 << 20  # no hidden download cache: only the output (and the journal) is written
+    assert cli_main(["verify", "s3://models/meta/Llama-3.2-1B-Instruct", "-q"]) == 0
+
+
+def test_s3_prefix_to_gguf_is_the_local_file(aws, checkpoint, tmp_path):
+    aws.create_bucket(Bucket="gguf")
+    upload(aws, checkpoint, "gguf", "Llama-3.2-1B-Instruct")
+    convert(checkpoint, tmp_path / "local.gguf")
+    convert("s3://gguf/Llama-3.2-1B-Instruct", tmp_path / "remote.gguf")
+    assert filecmp.cmp(tmp_path / "local.gguf", tmp_path / "remote.gguf", shallow=False)
+
+
+def test_a_flipped_byte_in_the_bucket_is_caught_by_the_checksum(aws, checkpoint, tmp_path, small_reads):
+    aws.create_bucket(Bucket="flipped")
+    upload(aws, checkpoint, "flipped", "m")
+    data = bytearray((checkpoint / "consolidated.00.pth").read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside a weight: the file still parses
+    aws.put_object(Bucket="flipped", Key="m/consolidated.00.pth", Body=bytes(data))
+    with pytest.raises(ChecksumError, match=r"consolidated\.00\.pth has md5 .*download consolidated\.00\.pth again"):
+        convert("s3://flipped/m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert cli_main(["s3://flipped/m", str(tmp_path / "out2"), "-q"]) == 5
+    assert not (tmp_path / "out2").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no staging folder left either
+    assert cli_main(["verify", "s3://flipped/m", "-q"]) == 5
+
+
+def test_a_missing_bucket_or_prefix_is_one_sentence(aws, tmp_path, capsys):
+    with pytest.raises(MissingFileError, match=r"^s3://no-such-bucket/m does not exist"):
+        convert("s3://no-such-bucket/m", tmp_path / "out")
+    aws.create_bucket(Bucket="empty")
+    assert cli_main(["s3://empty/nothing/here", str(tmp_path / "out")]) == 3
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("error: s3://empty/nothing/here does not exist") and message.count("\n") == 0
+
+
+def test_refused_credentials_are_one_sentence(tmp_path, monkeypatch, capsys):
+    # A second server that checks credentials: every request signed with an unknown key is refused.
+    proc, endpoint = start_moto(tmp_path / "moto", INITIAL_NO_AUTH_ACTION_COUNT="0")
+    try:
+        for name, value in aws_env(endpoint, key="AKIAUNKNOWNKEY000000").items():
+            monkeypatch.setenv(name, value)
+        with pytest.raises(InputError, match=r"^s3://models/m could not be read: access was refused .*AWS_PROFILE"):
+            convert("s3://models/m", tmp_path / "out")
+        assert cli_main(["s3://models/m", str(tmp_path / "out")]) == 3
+        assert "access was refused" in capsys.readouterr().err
+    finally:
+        stop_moto(proc)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_missing_backend_is_named_with_its_extra(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_gcsfs(name, *args, **kwargs):
+        if name == "gcsfs":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_gcsfs)
+    from llama_convert.errors import UnsupportedError
+
+    with pytest.raises(UnsupportedError, match=r"gs:// sources need the gcsfs package; .*llama-convert\[gcs\]"):
+        convert("gs://bucket/model", tmp_path / "out")
+
+
+def test_an_hf_folder_on_s3_converts_like_the_local_folder(aws, checkpoint, tmp_path):
+    hf = tmp_path / "Llama-3.2-1B-Instruct-hf"  # the name is evidence (GGUF's general.finetune): the same
+    convert(checkpoint, hf)
+    aws.create_bucket(Bucket="hf-models")
+    upload(aws, hf, "hf-models", "Llama-3.2-1B-Instruct-hf")
+    convert(hf, tmp_path / "local.gguf")
+    convert("s3://hf-models/Llama-3.2-1B-Instruct-hf", tmp_path / "remote.gguf")
+    assert filecmp.cmp(tmp_path / "local.gguf", tmp_path / "remote.gguf", shallow=False)
+
+
+class _Flaky:
+    """A real fsspec filesystem whose first reads fail the way a dropped connection does."""
+
+    def __init__(self, fs, failures: int) -> None:
+        self.fs, self.failures, self.calls = fs, failures, 0
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+    def cat_file(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise ConnectionResetError("connection reset by peer")
+        return self.fs.cat_file(*args, **kwargs)
+
+
+def test_transient_errors_are_retried_and_refusals_are_not():
+    import fsspec
+
+    from llama_convert.formats.storage import RemotePath, RemoteStore
+    from llama_convert.formats.storage.backends import BACKENDS
+
+    memory = fsspec.filesystem("memory", skip_instance_cache=True)
+    memory.pipe("/bucket/m/params.json", b"{}")
+    flaky = _Flaky(memory, failures=2)
+    path = RemotePath(RemoteStore(BACKENDS["s3"], flaky, backoff=0.01), "bucket/m/params.json")
+    assert path.read_bytes() == b"{}" and flaky.calls == 3
+    gone = RemotePath(RemoteStore(BACKENDS["s3"], _Flaky(memory, 0), backoff=0.01), "bucket/m/nothing")
+    with pytest.raises(MissingFileError, match=r"^s3://bucket/m/nothing does not exist"):
+        gone.read_bytes()
+    always = RemotePath(RemoteStore(BACKENDS["s3"], _Flaky(memory, 99), attempts=3, backoff=0.01), "bucket/m/x")
+    with pytest.raises(InputError, match=r"^s3://bucket/m/x could not be read \(ConnectionResetError"):
+        always.read_bytes()

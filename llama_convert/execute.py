@@ -213,17 +213,20 @@ class DeltaRows:
     """The sum of a tensor's LoRA deltas, added row block by row block in float32.
 
     A and B are read when the tensor starts (they are small: r rows or columns); each block's delta is
-    ``(B[rows] @ A) · scale``, as PEFT computes it. With ``meta_order`` the rows are wanted in Meta's
-    rotary order, so B's rows of q/k deltas are moved from halves back to pairs first.
+    ``(B[rows] @ A) · scale``, as PEFT computes it (with DoRA each row is then rescaled to its magnitude;
+    rows are whole, so the norm is local to the block). With ``meta_order`` the rows are wanted in Meta's
+    rotary order, so B's (and the magnitudes') rows of q/k deltas are moved from halves back to pairs first.
     """
 
     def __init__(self, deltas: Sequence[LoraDelta], *, meta_order: bool) -> None:
-        self.terms: list[tuple[np.ndarray, np.ndarray, np.float32]] = []
+        self.terms: list[tuple[np.ndarray, np.ndarray, np.float32, np.ndarray | None]] = []
         for d in deltas:
             a, b = read_lora_matrix(d.weights, d.a_key), read_lora_matrix(d.weights, d.b_key)
+            m = read_lora_matrix(d.weights, d.magnitude_key).reshape(-1, 1) if d.magnitude_key else None
             if meta_order and d.head_dim:
                 b = rotary_to_pairs(b, d.head_dim)
-            self.terms.append((a, b, np.float32(d.scale)))
+                m = None if m is None else rotary_to_pairs(m, d.head_dim)
+            self.terms.append((a, b, np.float32(d.scale), m))
 
     def merged(self, block: np.ndarray, dtype: object, start: int) -> np.ndarray:
         """``block`` (rows ``start:…`` of the weight, held as ``dtype``) plus the deltas, as float32."""
@@ -231,10 +234,14 @@ class DeltaRows:
         if out is block or not out.flags.writeable or not out.flags.c_contiguous:
             out = np.array(out, dtype=np.float32, order="C")
         flat = out.reshape(out.shape[0], -1)
-        for a, b, scale in self.terms:
-            delta = b[start : start + flat.shape[0]] @ a
+        for a, b, scale, magnitude in self.terms:
+            rows = slice(start, start + flat.shape[0])
+            delta = b[rows] @ a
             delta *= scale
             flat += delta
+            if magnitude is not None:  # DoRA, as PEFT merges it: (m / ‖W + ΔW‖ per row) · (W + ΔW)
+                norm = np.sqrt(np.einsum("ij,ij->i", flat, flat, dtype=np.float64)).astype(np.float32)
+                flat *= magnitude[rows] / norm[:, None]
         return out
 
 

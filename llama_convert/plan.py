@@ -107,12 +107,14 @@ class LoraDelta:
     rank: int
     head_dim: int = 0
     digest: str = ""  # sha256 of the adapter's files: part of the plan, hence of a resumed run's identity
+    magnitude_key: str = ""  # DoRA: rows of W + delta are rescaled to these norms (one per output row)
 
     def describe(self, meta_order: bool = False) -> str:
         """The step as text; ``meta_order``: added to rows in Meta's rotary order (B's rows moved back)."""
         where = Path(self.weights).parent.name + (f" {self.digest[:12]}" if self.digest else "")
         moved = ", B's rows halves → pairs" if meta_order and self.head_dim else ""
-        return f"+ {self.scale:g}·B·A in float32 (LoRA rank {self.rank}{moved}, {where})"
+        dora = ", rows rescaled to DoRA magnitudes" if self.magnitude_key else ""
+        return f"+ {self.scale:g}·B·A in float32 (LoRA rank {self.rank}{moved}{dora}, {where})"
 
 
 @dataclass(frozen=True)

@@ -201,8 +201,6 @@ def _refused(capsys, src: Path, dst: Path, adapter: Path, *extra: str) -> str:
 def test_bad_adapters_are_refused_in_one_sentence(base, tmp_path, capsys):
     hf = base["hf"]
     dst = tmp_path / "out"
-    dora = make_adapter(hf, tmp_path / "dora", use_dora=True)
-    assert "DoRA (use_dora)" in _refused(capsys, base["meta"], dst, dora)
     saved = make_adapter(hf, tmp_path / "saved", modules_to_save=["lm_head"])
     assert "modules_to_save" in _refused(capsys, base["meta"], dst, saved)
     biased = make_adapter(hf, tmp_path / "biased", bias="all")
@@ -308,3 +306,48 @@ def test_llama2_mp2_embedding_split_on_dim_1(tmp_path, sentencepiece_model):
     out = tmp_path / "out"
     convert(meta, out, adapters=[adapter])
     assert assert_within_one_ulp(out, peft_merged(hf, [adapter])) == 0
+
+
+def test_dora_on_every_route(base, tmp_path):
+    """DoRA rescales each merged row to a learned norm: rows are whole in every route's blocks, and the
+    magnitudes of q/k follow their rows into Meta's rotary order."""
+    adapter = make_adapter(
+        base["hf"], tmp_path / "dora", seed=11, use_dora=True, target_modules=[*LINEAR, "lm_head"], embedding=False
+    )
+    merged = peft_merged(base["hf"], [adapter])
+    hf = tmp_path / "hf"
+    convert(base["meta"], hf, adapters=[adapter])
+    differing = assert_within_one_ulp(hf, merged)
+    meta = tmp_path / "meta" / NAME
+    convert(base["hf"], meta, to="meta", mp=2, adapters=[adapter])
+    back = tmp_path / "back"
+    convert(meta, back)
+    differing += assert_within_one_ulp(back, merged)
+    merged_dir = tmp_path / "merged" / NAME
+    merged.to(torch.bfloat16).save_pretrained(merged_dir)
+    for f in base["hf"].iterdir():
+        if not (merged_dir / f.name).exists():
+            (merged_dir / f.name).write_bytes(f.read_bytes())
+    convert(merged_dir, tmp_path / "reference.gguf", outtype="bf16")
+    convert(base["meta"], tmp_path / "ours.gguf", outtype="bf16", adapters=[adapter])
+    want, got = gguf_tensors(tmp_path / "reference.gguf"), gguf_tensors(tmp_path / "ours.gguf")
+    for name in want:
+        assert np.abs(got[name] - want[name]).max() <= 1, name
+        differing += int((got[name] != want[name]).sum())
+    assert differing <= 200  # 60 of ~6.5 million here: the row norms are summed in another order than torch
+
+
+def test_rank_and_alpha_patterns_match_as_peft_matches_them():
+    from peft.utils.other import get_pattern_key
+
+    from llama_convert.formats.peft import _pattern
+
+    patterns = {"q_proj": 1, r"layers\.1\.mlp\.down_proj": 2, "model.layers.0.self_attn.k_proj": 3, "up": 4}
+    modules = [
+        f"model.layers.{i}.{m}"
+        for i in range(3)
+        for m in ("self_attn.q_proj", "self_attn.k_proj", "mlp.down_proj", "mlp.up_proj")
+    ]
+    for module in modules:
+        found = get_pattern_key(list(patterns), module)
+        assert _pattern(patterns, module) == (found if found in patterns else None), module

@@ -5,8 +5,9 @@ PEFT saves ``adapter_config.json`` beside ``adapter_model.safetensors`` (or ``ad
 Linear ``<module>`` of the base model has ``base_model.model.<module>.lora_A.weight`` ([r, in]) and
 ``….lora_B.weight`` ([out, r]); its merged weight is ``W + s · B @ A`` with ``s = lora_alpha / r``
 (``lora_alpha / √r`` with ``use_rslora``; ``rank_pattern``/``alpha_pattern`` override r and alpha per
-module, matched as PEFT's ``get_pattern_key`` matches them). What changes more than such a delta (DoRA,
-``modules_to_save``, biases, embedding adapters, trainable tokens) is refused by name. Nothing here knows
+module, matched as PEFT's ``get_pattern_key`` matches them); with DoRA (``use_dora``) each merged row is
+then rescaled to its learned ``lora_magnitude_vector`` norm. What changes more than that (``modules_to_save``,
+biases, embedding adapters, trainable tokens) is refused by name. Nothing here knows
 a model family: module paths are handed out as PEFT names them.
 """
 
@@ -33,12 +34,13 @@ __all__ = ["CONFIG_NAME", "Adapter", "LoraModule", "read_adapter", "read_lora_ma
 CONFIG_NAME = "adapter_config.json"
 WEIGHT_NAMES = ("adapter_model.safetensors", "adapter_model.bin")
 _PREFIX = "base_model.model."
-_KEY = re.compile(r"^base_model\.model\.(?P<module>.+)\.(?P<which>lora_A|lora_B)\.weight$")
+_KEY = re.compile(
+    r"^base_model\.model\.(?P<module>.+)\.(?:(?P<which>lora_A|lora_B)\.weight|(?P<dora>lora_magnitude_vector))$"
+)
 _MAX_CONFIG = 1 << 20
 
 # Config fields whose non-default value changes more than W + s·B·A: (field, what it is, why we refuse).
 _REFUSED_SETTINGS: tuple[tuple[str, str], ...] = (
-    ("use_dora", "DoRA (use_dora) rescales each output row of W + s·B·A by a learned magnitude"),
     ("modules_to_save", "modules_to_save replaces whole modules"),
     ("trainable_token_indices", "trainable_token_indices replaces embedding rows"),
     ("lora_bias", "lora_bias adds a bias to the adapted layers"),
@@ -65,6 +67,7 @@ class LoraModule:
     scale: float  # lora_alpha / r, or lora_alpha / √r with rslora
     in_features: int
     out_features: int
+    magnitude_key: str | None = None  # DoRA: each merged row is rescaled to this learned norm
 
     @property
     def weight(self) -> str:
@@ -136,10 +139,17 @@ def _weights(root: Path) -> Path:
     raise MissingFileError(f"{root} has no {' or '.join(WEIGHT_NAMES)}; save the adapter again with PEFT.")
 
 
+_FLOATS = ("bfloat16", "float16", "float32")
+
+
 def _shapes(weights: Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor's shape, after checking that all are floating point (safetensors' reader checks that)."""
     if weights.suffix == ".safetensors":
         return {name: ref.shape for name, ref in SafetensorsFile(weights).tensors.items()}
     with TorchCheckpoint(weights) as ckpt:
+        for name, ref in ckpt.tensors.items():
+            if ref.dtype.torch_name not in _FLOATS:
+                raise UnsupportedError(f"{weights}: {name} has dtype {ref.dtype}; only floating-point adapters merge.")
         return {name: ref.shape for name, ref in ckpt.tensors.items()}
 
 
@@ -154,7 +164,6 @@ def _digest(paths: tuple[Path, ...]) -> str:
 
 _FOREIGN = (  # (what a key holds, how to tell), the most telling first
     ("an embedding adapter", lambda k: "lora_embedding_" in k),
-    ("DoRA magnitudes", lambda k: "lora_magnitude_vector" in k),
     ("a bias", lambda k: k.endswith(".bias")),
     ("a whole weight", lambda k: k.endswith(".weight") and "lora_" not in k),
     ("a tensor that is not a LoRA A or B matrix", lambda k: True),
@@ -190,16 +199,19 @@ def read_adapter(root: str | os.PathLike[str]) -> Adapter:
     for key in shapes:
         match = _KEY.match(key)
         assert match is not None
-        pairs.setdefault(match["module"], {})[match["which"]] = key
+        pairs.setdefault(match["module"], {})[match["which"] or "magnitude"] = key
     if not pairs:
         raise InputError(f"{weights} holds no LoRA matrices; save the adapter again with PEFT.")
     r, alpha = _number(config, "r", path), _number(config, "lora_alpha", path)
     rank_pattern, alpha_pattern = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
     modules = []
     for module, keys in sorted(pairs.items()):
-        if set(keys) != {"lora_A", "lora_B"}:
-            missing = ({"lora_A", "lora_B"} - set(keys)).pop()
-            raise InputError(f"{weights} has no {_PREFIX}{module}.{missing}.weight; save the adapter again.")
+        wanted = {"lora_A", "lora_B", *(["magnitude"] if config.get("use_dora") else [])}
+        if set(keys) != wanted:
+            missing = sorted(wanted - set(keys)) or sorted(set(keys) - wanted)
+            what = {"lora_A": "lora_A.weight", "lora_B": "lora_B.weight", "magnitude": "lora_magnitude_vector"}
+            has = "has no" if wanted - set(keys) else "holds DoRA magnitudes without use_dora, e.g."
+            raise InputError(f"{weights} {has} {_PREFIX}{module}.{what[missing[0]]}; save the adapter again.")
         a, b = shapes[keys["lora_A"]], shapes[keys["lora_B"]]
         rank_key, alpha_key = _pattern(rank_pattern, module), _pattern(alpha_pattern, module)
         rank = int(rank_pattern[rank_key]) if rank_key is not None else int(r)
@@ -210,14 +222,21 @@ def read_adapter(root: str | os.PathLike[str]) -> Adapter:
             )
         module_alpha = float(alpha_pattern[alpha_key]) if alpha_key is not None else alpha
         scale = module_alpha / (math.sqrt(rank) if config.get("use_rslora") else rank)
-        modules.append(LoraModule(module, keys["lora_A"], keys["lora_B"], rank, scale, a[1], b[0]))
+        magnitude = keys.get("magnitude")
+        if magnitude is not None and shapes[magnitude] != (b[0],):
+            raise ShapeMismatchError(
+                f"{weights}: {module} has a DoRA magnitude of shape {list(shapes[magnitude])} for {b[0]} output rows; "
+                "the files do not belong together."
+            )
+        modules.append(LoraModule(module, keys["lora_A"], keys["lora_B"], rank, scale, a[1], b[0], magnitude))
     base = config.get("base_model_name_or_path")
     files = (path, weights)
     return Adapter(root, weights, base if isinstance(base, str) and base else None, tuple(modules), _digest(files))
 
 
 def read_lora_matrix(weights: str | os.PathLike[str], key: str) -> np.ndarray:
-    """One A or B matrix, whole (they are small: r rows or columns), as float32."""
+    """One A or B matrix (or DoRA magnitude), whole — they are small: r rows or columns — as float32 (the
+    dtypes were checked by ``read_adapter``)."""
     path = Path(weights)
     if path.suffix == ".safetensors":
         f = SafetensorsFile(path)
@@ -230,6 +249,4 @@ def read_lora_matrix(weights: str | os.PathLike[str], key: str) -> np.ndarray:
         with TorchCheckpoint(path) as ckpt:
             ref = ckpt.tensors[key]  # type: ignore[assignment]
             data = ckpt.read(key)
-    if ref.dtype not in (DTYPES["bfloat16"], DTYPES["float16"], DTYPES["float32"]):
-        raise UnsupportedError(f"{path}: {key} has dtype {ref.dtype}; only floating-point adapters merge.")
     return cast(data, ref.dtype, DTYPES["float32"]).astype(np.float32, copy=False)

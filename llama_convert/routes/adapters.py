@@ -104,7 +104,14 @@ def hf_deltas(
                     f"{m.weight} has shape {list(shapes[m.weight])}; pass the adapter made for this model."
                 )
             delta = LoraDelta(
-                str(adapter.weights), m.a_key, m.b_key, m.scale, m.rank, head_dims.get(m.weight, 0), adapter.digest
+                str(adapter.weights),
+                m.a_key,
+                m.b_key,
+                m.scale,
+                m.rank,
+                head_dims.get(m.weight, 0),
+                adapter.digest,
+                m.magnitude_key or "",
             )
             out.setdefault(m.weight, []).append(delta)
     return {name: tuple(ds) for name, ds in out.items()}

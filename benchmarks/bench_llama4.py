@@ -58,8 +58,9 @@ def _chunks(numel: int, salt: int):
         done += n
 
 
-def synthesize(folder: Path, layers: int) -> dict:
-    params = {**SCOUT_PARAMS, "n_layers": layers, "vision_args": {**SCOUT_PARAMS["vision_args"], "n_layers": 2}}
+def synthesize(folder: Path, layers: int, vision_layers: int = 2) -> dict:
+    vision = {**SCOUT_PARAMS["vision_args"], "n_layers": vision_layers}
+    params = {**SCOUT_PARAMS, "n_layers": layers, "vision_args": vision}
     p = parse_llama4_params(params, Path("params.json"))
     shapes = shard_shapes(tensor_table(p, MP, p.vocab_size or 0))
     folder.mkdir(parents=True, exist_ok=True)

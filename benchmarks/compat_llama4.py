@@ -141,6 +141,31 @@ def compare(ours: Path, theirs: Path) -> dict[str, Any]:
     }
 
 
+def back_to_meta(official: Path, original: Path, dst: Path) -> dict[str, Any]:
+    """The official converter's folder back to Meta's format (MP 8): every tensor Meta's loader uses against the
+    original shards, and the params.json keys that differ (the official config's rope values for Scout are Llama
+    3.1's, so params.json states them instead of relying on Meta's defaults)."""
+    from llama_convert.families.llama4.layout import DROPPED
+    from llama_convert.formats.meta.torch_zip import TorchCheckpoint
+
+    llama_convert.convert(official, dst, to="meta", mp=MP, tokenizer=False)
+    same = total = 0
+    for rank in range(MP):
+        name = f"consolidated.{rank:02d}.pth"
+        with TorchCheckpoint(original / name) as a, TorchCheckpoint(dst / name) as b:
+            used = [n for n in a.tensors if not DROPPED.match(n)]
+            total += len(used)
+            same += sum(
+                1
+                for n in used
+                if n in b.tensors and a.tensors[n].shape == b.tensors[n].shape and (a.read(n) == b.read(n)).all()
+            )
+    theirs = json.loads((original / "params.json").read_text())
+    ours = json.loads((dst / "params.json").read_text())
+    keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    return {"tensors": total, "identical": same, "params_differ": {k: [theirs.get(k), ours.get(k)] for k in keys}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--baseline", type=Path, required=True, help="convert_llama4_weights_to_hf.py (pinned)")
@@ -163,6 +188,7 @@ def main() -> int:
             theirs_s = run_baseline(args.baseline, params, src, work / "baseline")
             result = compare(work / "ours", work / "baseline")
             result.update(ours_seconds=round(ours_s, 2), baseline_seconds=round(theirs_s, 2))
+            result["back_to_meta"] = back_to_meta(work / "baseline", src, work / "back")
             results[key] = result
             ok = not (result["only_ours"] or result["only_baseline"] or result["differ"])
             print(
@@ -177,13 +203,16 @@ def main() -> int:
         finally:
             shutil.rmtree(work, ignore_errors=True)
     table = [
-        "| checkpoint | tensors | bit-identical | differ | only ours | only baseline |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| checkpoint | tensors | bit-identical | differ | only ours | only baseline | baseline's folder → Meta |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for key, r in results.items():
+        back = r["back_to_meta"]
+        differ = ", ".join(f"{k}: {a} → {b}" for k, (a, b) in back["params_differ"].items()) or "none"
         table.append(
             f"| {key} | {r['tensors']} | {r['identical']} | {len(r['differ'])} | {len(r['only_ours'])} | "
-            f"{len(r['only_baseline'])} |"
+            f"{len(r['only_baseline'])} | {back['identical']}/{back['tensors']} tensors bit-identical to the "
+            f"original shards; params.json differs in: {differ} |"
         )
     print("\n".join(table))
     if args.out:
@@ -192,7 +221,8 @@ def main() -> int:
         preface = (
             f"Tensors written by llama-convert vs transformers' convert_llama4_weights_to_hf.py (sha256 {digest}),\n"
             "its release-width literals replaced by the checkpoints' widths (see compat_llama4.py); tiny\n"
-            "checkpoints made with Meta's reference model, 8 shards, bf16.\n\n"
+            "checkpoints made with Meta's reference model, 8 shards, bf16. Last column: the baseline's folder\n"
+            "converted back with `--to meta --mp 8`, against the original checkpoint.\n\n"
         )
         (args.out / "compat_llama4.md").write_text(preface + "\n".join(table) + "\n")
     return 0 if all(not (r["only_ours"] or r["only_baseline"] or r["differ"]) for r in results.values()) else 1

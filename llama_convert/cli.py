@@ -110,12 +110,33 @@ def _parser() -> argparse.ArgumentParser:
     conv.add_argument("--no-verify", dest="verify", action="store_false", help="skip checklist.chk verification")
     conv.add_argument("--tokenizer-only", action="store_true", help="write only the tokenizer files")
     conv.add_argument("--keep-kv-heads", action="store_true", help="do not fold duplicated KV heads (MP16)")
+    conv.add_argument(
+        "--keep-fp8", action="store_true", help="FP8 release → an fbgemm_fp8 Hugging Face folder (default: bf16)"
+    )
     conv.add_argument("--no-resume", dest="resume", action="store_false", help="discard an interrupted run's files")
     conv.add_argument(
         "--to", choices=("hf", "meta", "gguf"), help="target format (default: gguf for a .gguf DST, else the other)"
     )
     conv.add_argument("--mp", type=int, help="model-parallel degree of Meta output (--to meta)")
-    conv.add_argument("--outtype", choices=tuple(OUTTYPES), help="GGUF tensor type (default: as stored)")
+    conv.add_argument(
+        "--outtype",
+        type=str.lower,
+        choices=tuple(OUTTYPES),
+        metavar="OUTTYPE",
+        help=f"GGUF type, any case: {', '.join(OUTTYPES)} (default: as stored)",
+    )
+    conv.add_argument(
+        "--no-mmproj", dest="mmproj", action="store_false", help="GGUF: do not write the vision projector file"
+    )
+    conv.add_argument(
+        "--adapter",
+        dest="adapters",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="PEFT_DIR",
+        help="merge this PEFT LoRA adapter while converting (repeatable)",
+    )
     conv.add_argument("--no-tokenizer", dest="tokenizer", action="store_false", help="write no tokenizer files")
     conv.add_argument("--dry-run", action="store_true", help="print the plan and exit without writing")
     conv.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
@@ -156,7 +177,10 @@ def _convert(args: argparse.Namespace) -> int:
         resume=args.resume,
         mp=args.mp,
         outtype=args.outtype,
+        mmproj=args.mmproj,
         tokenizer=args.tokenizer,
+        keep_fp8=args.keep_fp8,
+        adapters=tuple(args.adapters),
     )
     if args.dry_run:
         planned = plan(args.src, args.dst, to=args.to, **options)
@@ -224,6 +248,10 @@ def _inspect(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return 0
     print(f"{report.path}: {report.summary}")
+    if report.kind == "gguf":
+        print("  tensor types by class:")
+        for cls, row in report.details.get("class_types", {}).items():
+            print(f"  {cls:<12} " + ", ".join(f"{n} {name}" for name, n in row.items()))
     if report.kind != "meta":
         return 0
     d = report.details
@@ -252,6 +280,8 @@ def _verify_gguf(args: argparse.Namespace) -> int:
         return 0 if not report.problems else 5
     report = verify_gguf(args.src)
     _say(args, f"{args.src}: structure OK — {report.summary}.")
+    for line in report.type_lines():
+        _say(args, line)
     return 0
 
 
@@ -323,6 +353,11 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _debug() -> bool:
+    """``LLAMA_CONVERT_DEBUG`` asks for tracebacks; the usual false spellings (0, false, no, off, empty) do not."""
+    return os.environ.get("LLAMA_CONVERT_DEBUG", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _exit_code(exc: BaseException) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(exc, cls))
 
@@ -340,7 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except LlamaConvertError as exc:
-        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+        if _debug():
             raise
         print(f"error: {exc}", file=sys.stderr)
         return _exit_code(exc)
@@ -354,7 +389,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         return 1
     except OSError as exc:  # the machine said no (permissions, I/O error): say it plainly
-        if os.environ.get("LLAMA_CONVERT_DEBUG"):
+        if _debug():
             raise
         where = f"{exc.filename}: " if exc.filename else ""
         print(f"error: {where}{exc.strerror or exc}; nothing was written.", file=sys.stderr)

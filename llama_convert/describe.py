@@ -10,6 +10,7 @@ from typing import Any
 
 from .errors import InputError
 from .families import FAMILIES, family_of
+from .formats.hf.checks import check_config
 from .formats.storage import resolve_source
 from .plan import ConversionPlan
 from .routes import ROUTES, plan_conversion, source_format
@@ -35,8 +36,8 @@ class FolderReport:
 
 def _huggingface_report(path: Path) -> FolderReport:
     try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        config = check_config(json.loads((path / "config.json").read_text()), path / "config.json")
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path / 'config.json'} is unreadable ({exc}).") from None
     arch = ", ".join(config.get("architectures") or [config.get("model_type", "unknown")])
     weights = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".bin"))

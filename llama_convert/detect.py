@@ -9,6 +9,7 @@ from typing import Any
 
 from .errors import InputError
 from .families import Hints, ModelSpec, recognise
+from .formats.hf.checks import check_config, check_generation_config, check_tokenizer_config
 from .formats.meta.folder import MetaFolder, find_meta_folder, hub_repo, is_generic_dir_name
 from .formats.meta.torch_zip import TorchCheckpoint
 from .formats.storage import SourcePath, resolve_source
@@ -18,12 +19,19 @@ __all__ = ["detect", "hints_for"]
 _NAME_DEPTH = 3  # the folder and two parents: Llama-3.1-405B-Instruct/original/mp16
 
 
+_SNAPSHOT_FILES = {  # what a Hub snapshot's own files say, checked before the families read them
+    "config.json": check_config,
+    "generation_config.json": check_generation_config,
+    "tokenizer_config.json": check_tokenizer_config,
+}
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); restore it or delete it.") from None
     return value if isinstance(value, dict) else None
 
@@ -43,8 +51,9 @@ def hints_for(
     repo_root, repo_name = hub_repo(folder.root)
     hf: dict[str, dict[str, Any] | None] = {}
     if repo_root is not None:
-        for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
-            hf[name] = _read_json(repo_root / name)
+        for name, check in _SNAPSHOT_FILES.items():
+            value = _read_json(repo_root / name)
+            hf[name] = None if value is None else check(value, repo_root / name)
     return Hints(
         names=tuple(names),
         repo_name=repo_name,

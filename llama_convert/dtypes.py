@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DTYPES", "DType", "cast", "dtype_by_name"]
+__all__ = ["DTYPES", "F8_E4M3", "DType", "cast", "dtype_by_name", "e4m3_to_f32", "f32_to_bf16", "f32_to_e4m3"]
 
 
 @dataclass(frozen=True)
@@ -39,8 +39,11 @@ I16 = DType("I16", "int16", np.dtype("<i2"))
 I8 = DType("I8", "int8", np.dtype("i1"))
 U8 = DType("U8", "uint8", np.dtype("u1"))
 BOOL = DType("BOOL", "bool", np.dtype("?"))
+# float8 e4m3 "fn" (no infinities, 0x7F/0xFF NaN, max 448): stored by the FP8 releases; held as raw bytes
+# and only ever dequantized (``e4m3_to_f32``) or produced by ``f32_to_e4m3``, never cast.
+F8_E4M3 = DType("F8_E4M3", "float8_e4m3fn", np.dtype("u1"))
 
-DTYPES: dict[str, DType] = {d.torch_name: d for d in (BF16, F16, F32, F64, I64, I32, I16, I8, U8, BOOL)}
+DTYPES: dict[str, DType] = {d.torch_name: d for d in (BF16, F16, F32, F64, I64, I32, I16, I8, U8, BOOL, F8_E4M3)}
 _ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32"}
 _FLOATS = {BF16, F16, F32, F64}
 
@@ -58,9 +61,56 @@ def _bf16_to_f32(raw: np.ndarray) -> np.ndarray:
 
 
 def _f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """Round to nearest even, as torch does; NaN → 0x7FC0. In place on one scratch array (half the passes)."""
     bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-    return np.where(np.isnan(x), np.uint16(0x7FC0), rounded)
+    scratch = bits >> 16
+    scratch &= 1
+    scratch += 0x7FFF
+    scratch += bits
+    scratch >>= 16
+    rounded = scratch.astype(np.uint16)
+    nan = np.isnan(bits.view(np.float32))
+    if nan.any():
+        rounded[nan] = 0x7FC0
+    return rounded
+
+
+def f32_to_bf16(x: np.ndarray) -> np.ndarray:
+    """float32 → bf16 bits (``uint16``), round-to-nearest-even as torch."""
+    return _f32_to_bf16(x)
+
+
+def _e4m3_table() -> np.ndarray:
+    codes = np.arange(256, dtype=np.uint32)
+    sign = np.where(codes & 0x80, -1.0, 1.0)
+    exp = (codes >> 3) & 0xF
+    man = (codes & 0x7).astype(np.float64)
+    value = np.where(exp == 0, man / 8 * 2.0**-6, (1 + man / 8) * 2.0 ** (exp.astype(np.float64) - 7))
+    value = np.where((codes & 0x7F) == 0x7F, np.nan, sign * value)
+    return value.astype(np.float32)
+
+
+_E4M3 = _e4m3_table()
+_E4M3_POSITIVE = _E4M3[:127]  # codes 0x00..0x7E: 0 … 448, increasing
+
+
+def e4m3_to_f32(raw: np.ndarray) -> np.ndarray:
+    """float8_e4m3fn bytes → float32 values (exact: every e4m3 value is a float32)."""
+    return _E4M3[raw]
+
+
+def f32_to_e4m3(x: np.ndarray) -> np.ndarray:
+    """float32 → float8_e4m3fn bytes, round-to-nearest-even and saturating at ±448 as torch's
+    ``.to(torch.float8_e4m3fn)`` does for values already clamped to the range (NaN → 0x7F)."""
+    x = np.asarray(x, dtype=np.float32)
+    mag = np.minimum(np.abs(x), np.float32(448.0))
+    hi = np.clip(np.searchsorted(_E4M3_POSITIVE, mag, side="left"), 0, 126)
+    lo = np.maximum(hi - 1, 0)
+    d_lo, d_hi = mag - _E4M3_POSITIVE[lo], _E4M3_POSITIVE[hi] - mag
+    pick_hi = (d_hi < d_lo) | ((d_hi == d_lo) & (hi % 2 == 0))
+    code = np.where(pick_hi, hi, lo).astype(np.uint8)
+    code = np.where(np.signbit(x), code | 0x80, code)
+    return np.where(np.isnan(x), np.uint8(0x7F), code).astype(np.uint8)
 
 
 def cast(data: np.ndarray, src: DType, dst: DType) -> np.ndarray:

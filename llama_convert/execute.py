@@ -9,19 +9,32 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .dtypes import cast
+from .dtypes import BF16, F32, cast, e4m3_to_f32, f32_to_bf16, f32_to_e4m3
 from .errors import ConversionError
 from .formats.hf.safetensors_writer import SafetensorsWriter
 from .formats.meta.torch_zip import TorchCheckpoint
-from .plan import ConversionPlan, Part, TensorRecipe, assembled_shape, merged_shape, piece_shape
+from .formats.peft import read_lora_matrix
+from .plan import ConversionPlan, LoraDelta, Part, Scale, TensorRecipe, assembled_shape, merged_shape, piece_shape
 
-__all__ = ["BLOCK_BYTES", "FileSpan", "block_rows", "produce_blocks", "produce_pieces", "write_weights"]
+__all__ = [
+    "BLOCK_BYTES",
+    "DeltaRows",
+    "FileSpan",
+    "block_rows",
+    "dequantize_rows",
+    "produce_blocks",
+    "produce_pieces",
+    "requantize_rows",
+    "scale_values",
+    "write_weights",
+]
 
 BLOCK_BYTES = 32 << 20  # per block of output rows; bounds memory together with the read buffers
 MAX_TRANSPOSED_BYTES = 256 << 20  # a transposed tensor is assembled whole: routers and such, never a big matrix
@@ -32,8 +45,90 @@ def block_rows(row_bytes: int, unit: int = 1) -> int:
     return max(unit, (BLOCK_BYTES // max(row_bytes, 1)) // unit * unit)
 
 
-def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int) -> np.ndarray:
-    """Rows ``start:stop`` of one shard's viewed-and-taken tensor."""
+# (file, its mtime and size, key) → float32 scales: a few KiB each, read once instead of once per row block
+_SCALES: dict[tuple[str, int, int, str], np.ndarray] = {}
+
+
+def scale_values(scale: Scale, rank: int) -> np.ndarray:
+    """The float32 scale tensor of shard ``rank`` (read with the allow-listed reader)."""
+    stat = os.stat(scale.files[rank])
+    key = (scale.files[rank], stat.st_mtime_ns, stat.st_size, scale.keys[rank])
+    if key not in _SCALES:
+        with TorchCheckpoint(scale.files[rank]) as scales:
+            _SCALES[key] = scales.read(scale.keys[rank]).astype(np.float32, copy=False)
+        if len(_SCALES) > 4096:
+            _SCALES.pop(next(iter(_SCALES)))
+    return _SCALES[key]
+
+
+def dequantize_rows(raw: np.ndarray, scale: np.ndarray, start: int, group_rows: int = 0) -> np.ndarray:
+    """float8 rows ``start:…`` of a stored tensor → bf16 bits: ``q.float() * scale`` in float32, rounded once.
+
+    ``group_rows`` as in ``plan.Scale``; ``raw`` holds whole rows of the (viewed) tensor."""
+    values = e4m3_to_f32(raw)
+    n = raw.shape[0]
+    if group_rows == 0:
+        out = values.reshape(n, -1) * scale[start : start + n, None]
+    else:
+        cols = scale.shape[-1]
+        flat = values.reshape(-1, cols)
+        per_row = flat.shape[0] // n if n else 0
+        first = start * per_row
+        groups = (first + np.arange(flat.shape[0])) // group_rows
+        out = flat * scale[groups]
+    return f32_to_bf16(out.reshape(raw.shape))
+
+
+FP8_MAX = np.float32(448.0)
+
+
+def requantize_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """float32 rows → (e4m3 bytes, float32 scale per row, largest relative change): fbgemm's row-wise rule
+    (``quantize_fp8_per_row``: ``inv = 448 / max(rowmax|x|, 1e-12)``, ``q = e4m3(clamp(x · inv, ±448))``
+    rounded to nearest even, scale ``1 / inv``), every operation an IEEE float32 one (a GPU kernel may round
+    its division differently; the stored scale is what dequantization uses). The change is
+    ``max |q · scale − x| / rowmax|x|``."""
+    rows = x.reshape(x.shape[0], -1)
+    amax = np.maximum(np.abs(rows).max(axis=1), np.float32(1e-12)).astype(np.float32)
+    inv = (FP8_MAX / amax).astype(np.float32)
+    q = f32_to_e4m3(np.clip(rows * inv[:, None], -FP8_MAX, FP8_MAX))
+    scale = (np.float32(1.0) / inv).astype(np.float32)
+    change = np.abs(e4m3_to_f32(q) * scale[:, None] - rows).max(axis=1) / amax
+    return q.reshape(x.shape), scale, float(change.max()) if change.size else 0.0
+
+
+def _fp8_blocks(
+    recipe: TensorRecipe, shards: Sequence[TorchCheckpoint], observe: Callable[[str, float], None]
+) -> Iterator[np.ndarray]:
+    """The FP8 outputs of ``--keep-fp8`` (``TensorRecipe.fp8``)."""
+    if recipe.fp8 == "scales":
+        (part,) = recipe.parts
+        assert part.scale is not None
+        ranks = range(len(shards)) if part.mp_axis is not None else range(1)
+        yield np.concatenate([scale_values(part.scale, r).reshape(-1) for r in ranks]).reshape(recipe.shape)
+        return
+    import dataclasses
+
+    base = dataclasses.replace(recipe, fp8=None, dtype=BF16, source_dtype=BF16, shape=assembled_shape(recipe, shards))
+    worst = 0.0
+    for block in produce_blocks(base, shards):
+        q, scale, change = requantize_rows(cast(block, BF16, F32))
+        worst = max(worst, change)
+        yield q if recipe.fp8 == "requantized" else scale.reshape(-1, 1)
+    if recipe.fp8 == "requantized":
+        observe(recipe.name, worst)
+
+
+def _piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int, rank: int = 0) -> np.ndarray:
+    """Rows ``start:stop`` of one shard's viewed-and-taken tensor (dequantized when the part is scaled)."""
+    rows = _stored_piece_rows(part, shard, start, stop)
+    if part.scale is None:
+        return rows
+    first = (part.take[0] if part.take else 0) + start
+    return dequantize_rows(rows, scale_values(part.scale, rank), first, part.scale.group_rows)
+
+
+def _stored_piece_rows(part: Part, shard: TorchCheckpoint, start: int, stop: int) -> np.ndarray:
     ref = shard.tensors[part.source]
     view = part.view or ref.shape or (1,)
     if part.zeros:
@@ -60,10 +155,11 @@ def _merged_rows(part: Part, shards: Sequence[TorchCheckpoint], start: int, stop
         while row < stop:
             index, local = divmod(row, per)
             take = min(stop - row, per - local)
-            pieces.append(_piece_rows(part, shards[index], local, local + take))
+            pieces.append(_piece_rows(part, shards[index], local, local + take, index))
             row += take
         return pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
-    return np.concatenate([_piece_rows(part, s, start, stop) for s in shards], axis=part.mp_axis)
+    pieces = [_piece_rows(part, s, start, stop, rank) for rank, s in enumerate(shards)]
+    return np.concatenate(pieces, axis=part.mp_axis)
 
 
 def _assembled_rows(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint], start: int, stop: int) -> np.ndarray:
@@ -105,6 +201,35 @@ def rotary_to_pairs(block: np.ndarray, head_dim: int) -> np.ndarray:
     return block.reshape(-1, 2, head_dim // 2, cols).transpose(0, 2, 1, 3).reshape(-1, cols)
 
 
+class DeltaRows:
+    """The sum of a tensor's LoRA deltas, added row block by row block in float32.
+
+    A and B are read when the tensor starts (they are small: r rows or columns); each block's delta is
+    ``(B[rows] @ A) · scale``, as PEFT computes it. With ``meta_order`` the rows are wanted in Meta's
+    rotary order, so B's rows of q/k deltas are moved from halves back to pairs first.
+    """
+
+    def __init__(self, deltas: Sequence[LoraDelta], *, meta_order: bool) -> None:
+        self.terms: list[tuple[np.ndarray, np.ndarray, np.float32]] = []
+        for d in deltas:
+            a, b = read_lora_matrix(d.weights, d.a_key), read_lora_matrix(d.weights, d.b_key)
+            if meta_order and d.head_dim:
+                b = rotary_to_pairs(b, d.head_dim)
+            self.terms.append((a, b, np.float32(d.scale)))
+
+    def merged(self, block: np.ndarray, dtype: object, start: int) -> np.ndarray:
+        """``block`` (rows ``start:…`` of the weight, held as ``dtype``) plus the deltas, as float32."""
+        out = cast(block, dtype, F32)  # type: ignore[arg-type]
+        if out is block or not out.flags.writeable or not out.flags.c_contiguous:
+            out = np.array(out, dtype=np.float32, order="C")
+        flat = out.reshape(out.shape[0], -1)
+        for a, b, scale in self.terms:
+            delta = b[start : start + flat.shape[0]] @ a
+            delta *= scale
+            flat += delta
+        return out
+
+
 @dataclass(frozen=True)
 class FileSpan:
     """Output bytes that are a verbatim byte range of a source file: copied in the kernel."""
@@ -119,7 +244,9 @@ def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> 
     stacked on dim 0; contiguous shards merged on dim 0 or taken from one), the byte ranges; else None."""
     if recipe.rotary_heads or recipe.kv_fold > 1 or recipe.transpose or recipe.dtype != recipe.source_dtype:
         return None
-    if (len(recipe.parts) > 1 and recipe.cat_axis != 0) or any(part.zeros for part in recipe.parts):
+    if recipe.fp8 is not None or recipe.deltas:
+        return None
+    if (len(recipe.parts) > 1 and recipe.cat_axis != 0) or any(p.zeros or p.scale for p in recipe.parts):
         return None
     spans = []
     for part in recipe.parts:
@@ -137,11 +264,18 @@ def _verbatim_spans(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> 
     return spans
 
 
-def produce_pieces(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> Iterator[np.ndarray | FileSpan]:
-    """The output tensor's bytes, in order: verbatim file spans where possible, else row blocks."""
+def produce_pieces(
+    recipe: TensorRecipe,
+    shards: Sequence[TorchCheckpoint],
+    observe: Callable[[str, float], None] = lambda name, change: None,
+) -> Iterator[np.ndarray | FileSpan]:
+    """The output tensor's bytes, in order: verbatim file spans where possible, else row blocks.
+    ``observe`` hears the largest relative change of each requantized tensor."""
     spans = _verbatim_spans(recipe, shards)
     if spans is not None:
         yield from spans
+    elif recipe.fp8 is not None:
+        yield from _fp8_blocks(recipe, shards, observe)
     else:
         yield from produce_blocks(recipe, shards)
 
@@ -154,8 +288,11 @@ def produce_blocks(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> I
             f"{recipe.source}: the sources assemble to {list(shape)}, which does not make {recipe.name} "
             f"of shape {list(recipe.shape)}; the checkpoint does not match its params.json."
         )
-    itemsize = max(recipe.dtype.itemsize, recipe.source_dtype.itemsize)
+    itemsize = max(recipe.dtype.itemsize, recipe.source_dtype.itemsize, 4 if recipe.deltas else 1)
+    lora = DeltaRows(recipe.deltas, meta_order=not recipe.rotary_heads) if recipe.deltas else None
     if recipe.transpose:
+        if lora is not None:
+            raise ConversionError(f"{recipe.name}: a LoRA delta cannot be added to a transposed tensor.")
         if len(shape) != 2 or math.prod(shape) * itemsize > MAX_TRANSPOSED_BYTES:
             raise ConversionError(f"{recipe.name}: only small 2-D tensors are transposed, not {list(shape)}.")
         whole = np.ascontiguousarray(_assembled_rows(recipe, shards, 0, shape[0]).T)
@@ -179,6 +316,9 @@ def produce_blocks(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> I
             block = _fold_heads(block, recipe)
         if recipe.rotary_heads:
             block = rotary_to_halves(block, recipe.head_dim)
+        if lora is not None:  # in float32, rounded once to the output dtype
+            yield cast(lora.merged(block, recipe.source_dtype, start // recipe.kv_fold), F32, recipe.dtype)
+            continue
         yield cast(np.ascontiguousarray(block), recipe.source_dtype, recipe.dtype)
 
 
@@ -190,6 +330,7 @@ def write_weights(
     sync: bool = True,
     skip: frozenset[str] = frozenset(),
     on_file_done: Callable[[str], None] = lambda name: None,
+    observe: Callable[[str, float], None] = lambda name, change: None,
 ) -> list[str]:
     """Write every safetensors file of the plan (and the index when there are several) into ``out_dir``.
 
@@ -206,7 +347,7 @@ def write_weights(
             writer = SafetensorsWriter(out_dir / out_file.name, entries, {"format": "pt"})
             try:
                 for recipe in out_file.tensors:
-                    for piece in produce_pieces(recipe, shards):
+                    for piece in produce_pieces(recipe, shards, observe):
                         if isinstance(piece, FileSpan):
                             writer.copy_range(piece.shard.source, piece.offset, piece.nbytes, advance)
                         else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +32,15 @@ class ConvertOptions:
     resume: bool = True
     mp: int | None = None  # model-parallel degree of Meta output
     outtype: str | None = None  # GGUF tensor type: bf16, f16, q8_0
+    mmproj: bool = True  # GGUF of a vision model: also write its projector as mmproj-<stem>.gguf beside it
+    keep_fp8: bool = False  # FP8 source → HF: an fbgemm_fp8 folder instead of the dequantized bf16 model
+    adapters: tuple[str | os.PathLike[str], ...] = ()  # PEFT LoRA folders merged while converting, in order
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adapters, (str, os.PathLike)):
+            object.__setattr__(self, "adapters", (self.adapters,))
+        else:
+            object.__setattr__(self, "adapters", tuple(self.adapters))
 
 
 class Progress:

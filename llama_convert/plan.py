@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,9 +23,12 @@ from .spec import ModelSpec
 
 __all__ = [
     "ConversionPlan",
+    "LoraDelta",
     "MetaLayout",
     "OutputFile",
     "Part",
+    "Scale",
+    "StackedRecipe",
     "TensorRecipe",
     "assembled_shape",
     "build_plan",
@@ -33,6 +37,25 @@ __all__ = [
     "piece_shape",
     "split_into_files",
 ]
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The FP8 scales of a quantized part: each shard's float32 scale tensor, ``keys[rank]`` in
+    ``files[rank]`` (a ``torch.save`` dict beside the shard). The shard's stored float8 values are
+    dequantized as ``q.float() * scale`` and rounded once to bf16 before anything else happens.
+
+    ``group_rows == 0``: one scale per stored row (Llama 3: ``scale[:, None]``). ``group_rows > 0``: the
+    scale tensor is ``[groups, C]`` with C the stored tensor's last dim; the stored tensor seen as rows of C
+    values is ``group_rows`` such rows per group (Llama 4 experts: per (expert, output column)).
+    """
+
+    files: tuple[str, ...]
+    keys: tuple[str, ...]
+    group_rows: int = 0
+
+    def describe(self) -> str:
+        return f"× fp8 scale {self.keys[0]}" + ("" if len(self.keys) == 1 else f" (… {self.keys[-1]})")
 
 
 @dataclass(frozen=True)
@@ -51,6 +74,7 @@ class Part:
     view: tuple[int, ...] | None = None
     take: tuple[int, int] | None = None
     zeros: bool = False
+    scale: Scale | None = None  # float8 storage: dequantized per shard, as bf16 from then on
 
     def describe(self) -> str:
         if self.zeros:
@@ -61,7 +85,34 @@ class Part:
             text += f" as {list(self.view)}"
         if self.take is not None:
             text += f" rows {self.take[0]}:{self.take[1]}"
+        if self.scale is not None:
+            text += f" {self.scale.describe()}"
         return text + (" (replicated)" if self.mp_axis is None else f" ⊕ shards on dim {self.mp_axis}")
+
+
+@dataclass(frozen=True)
+class LoraDelta:
+    """A low-rank delta added to a recipe's output: ``scale · B @ A`` from an adapter file, in float32.
+
+    ``B`` ([out, r]) and ``A`` ([r, in]) are read from ``weights`` under ``b_key`` and ``a_key``. The delta
+    is in Hugging Face's basis; with ``head_dim`` (q/k projections) Hugging Face's rows are Meta's rows
+    with each head's rotary pairs moved to halves, so a recipe whose output keeps Meta's order (GGUF,
+    Meta shards) gets ``B``'s rows moved back (the inverse of the recipe's rotary step).
+    """
+
+    weights: str
+    a_key: str
+    b_key: str
+    scale: float
+    rank: int
+    head_dim: int = 0
+    digest: str = ""  # sha256 of the adapter's files: part of the plan, hence of a resumed run's identity
+
+    def describe(self, meta_order: bool = False) -> str:
+        """The step as text; ``meta_order``: added to rows in Meta's rotary order (B's rows moved back)."""
+        where = Path(self.weights).parent.name + (f" {self.digest[:12]}" if self.digest else "")
+        moved = ", B's rows halves → pairs" if meta_order and self.head_dim else ""
+        return f"+ {self.scale:g}·B·A in float32 (LoRA rank {self.rank}{moved}, {where})"
 
 
 @dataclass(frozen=True)
@@ -85,6 +136,11 @@ class TensorRecipe:
     rotary_heads: int | None = None
     kv_fold: int = 1
     head_dim: int = 0
+    # FP8 outputs (--keep-fp8): "scales": the parts' stored FP8 scales as [rows, 1] float32;
+    # "requantized" / "requantized_scales": the assembled (dequantized) rows requantized with fbgemm's
+    # row-wise rule, the float8 bytes / their [rows, 1] scales.
+    fp8: Literal["scales", "requantized", "requantized_scales"] | None = None
+    deltas: tuple[LoraDelta, ...] = ()  # LoRA deltas added in float32 before the cast (rounded once)
 
     @property
     def nbytes(self) -> int:
@@ -111,9 +167,34 @@ class TensorRecipe:
             steps.append(f"keep every {self.kv_fold}th KV head (copies checked)")
         if self.rotary_heads:
             steps.append(f"rotary pairs → halves ({self.rotary_heads} heads of {self.head_dim})")
-        if self.dtype != self.source_dtype:
+        steps += [d.describe(meta_order=not self.rotary_heads) for d in self.deltas]
+        if self.fp8 == "scales":
+            steps.append("their fp8 scales as [rows, 1]")
+        elif self.fp8:
+            steps.append(
+                "requantized per full row (fbgemm: rowmax/448, e4m3 RNE)" + (", scales" if "scales" in self.fp8 else "")
+            )
+        elif self.dtype != self.source_dtype:
             steps.append(f"cast {self.source_dtype} → {self.dtype}")
         return steps
+
+
+@dataclass(frozen=True)
+class StackedRecipe:
+    """One tensor made of several recipes' outputs one after another, stacked on a new leading axis (GGUF's
+    3-D expert tensors: one 2-D recipe per expert)."""
+
+    name: str
+    shape: tuple[int, ...]
+    recipes: tuple[TensorRecipe, ...]
+
+    @property
+    def source(self) -> str:
+        return self.recipes[0].source
+
+    @property
+    def source_dtype(self) -> DType:
+        return self.recipes[0].source_dtype
 
 
 @dataclass(frozen=True)
@@ -271,7 +352,8 @@ class MetaLayout:
     every Meta tensor and the Hugging Face tensor it comes from. ``aliases`` name a stored tensor under a
     recipe's name (a tied ``lm_head.weight`` is the embedding); ``constants`` are tensors Meta ships that no
     Hugging Face tensor holds (float32, replicated); ``ignored_suffixes`` are stored tensors that are dropped
-    with a note. ``order`` sorts Meta tensors as Meta's shards store them.
+    with a note. ``order`` sorts Meta tensors as Meta's shards store them; ``shard_shapes`` gives the stored
+    per-shard shape of tensors read through views or as one of several parts.
     """
 
     spec: Any  # the family's ModelSpec of the written checkpoint
@@ -283,3 +365,5 @@ class MetaLayout:
     ignored_suffixes: tuple[str, ...] = ()
     order: Callable[[str], int] = lambda name: 0
     notes: tuple[str, ...] = ()
+    shard_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # stored shape per shard, where a
+    # recipe alone does not imply it (views, fused or concatenated parts)

@@ -121,7 +121,11 @@ def _parse_line(line: str) -> ChecklistEntry | None:
         name, md5 = parts[0].strip(), parts[1]
     while name.startswith("./"):
         name = name[2:]
-    return ChecklistEntry(name=name, md5=md5.lower()) if name else None
+    parts = name.split("/")
+    # A file of the folder: no absolute path, no way out of it, names the filesystem can hold.
+    if not name or name.startswith("/") or ".." in parts or "\0" in name or max(len(p.encode()) for p in parts) > 255:
+        return None
+    return ChecklistEntry(name=name, md5=md5.lower())
 
 
 def expected_checksums(src: Path) -> dict[str, str]:
@@ -260,7 +264,7 @@ def raise_for_report(report: VerifyReport, src: Path) -> None:
     if report.ok:
         return
     problems = [f"{name} has md5 {actual}, expected {expected}" for name, expected, actual in report.mismatched]
-    problems += [f"{name} is missing" for name in report.missing]
+    problems += [f"{name} is missing (the checklist lists it)" for name in report.missing]
     names = [name for name, _, _ in report.mismatched] + list(report.missing)
     listing = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
     raise ChecksumError(

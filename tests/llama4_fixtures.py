@@ -278,9 +278,33 @@ def write_checkpoint(
     return folder
 
 
-def make_checkpoint(folder: Path, kind: str, *, mp: int, seed: int = 0, **options: Any) -> Path:
-    """A tiny ``kind`` ("scout" or "maverick") checkpoint with ``mp`` shards in ``folder``."""
+# The fixed-seed checkpoints llama.cpp's GGUF files were captured from (benchmarks/compat_llama4_gguf.py →
+# tests/data/gguf_llama4_llamacpp.json): case → (kind, MP, seed, Meta folder name).
+GGUF_CASES = {
+    "scout": ("scout", 1, 40, "Llama-4-Scout-17B-16E-Instruct"),
+    "maverick": ("maverick", 2, 41, "Llama-4-Maverick-17B-128E-Instruct"),
+}
+
+
+def make_gguf_case(case: str, root: Path) -> Path:
+    """The Meta checkpoint of GGUF case ``case`` in ``root``."""
+    kind, mp, seed, folder = GGUF_CASES[case]
+    return make_checkpoint(root / folder, kind, mp=mp, seed=seed, params=gguf_params(kind))
+
+
+def gguf_params(kind: str) -> dict[str, Any]:
+    """``PARAMS[kind]`` with 3 vision layers: llama.cpp's converter names the vision adapter's fc1/fc2 through
+    its block-number template, so it cannot convert a vision tower of fewer than 3 layers."""
     params = PARAMS[kind]
+    return {**params, "vision_args": {**params["vision_args"], "n_layers": 3}}
+
+
+def make_checkpoint(
+    folder: Path, kind: str, *, mp: int, seed: int = 0, params: dict[str, Any] | None = None, **options: Any
+) -> Path:
+    """A tiny ``kind`` ("scout" or "maverick") checkpoint with ``mp`` shards in ``folder`` (``params``:
+    other model arguments than ``PARAMS[kind]``)."""
+    params = params or PARAMS[kind]
     model = build_reference(params)
     randomize(model, seed)
     return write_checkpoint(folder, params, shipped_shards(model, params, mp), **options)

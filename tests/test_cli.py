@@ -130,3 +130,19 @@ def test_demo_converts_loads_and_generates(capsys, tmp_path):
 def test_destination_inside_folders_that_do_not_exist_yet(capsys, llama31, tmp_path):
     assert main(["convert", str(llama31), str(tmp_path / "a" / "b" / "out"), "-q"]) == 0
     assert (tmp_path / "a" / "b" / "out" / "config.json").exists()
+
+
+@pytest.mark.parametrize("value", ["0", "false", "No", "off", "", " 0 "])
+def test_debug_variable_false_values_keep_the_sentence(value, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("LLAMA_CONVERT_DEBUG", value)
+    assert main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out"), "-q"]) == 3
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("value", ["1", "true", "yes", "on"])
+def test_debug_variable_true_values_raise(value, monkeypatch, tmp_path):
+    from llama_convert.errors import MissingFileError
+
+    monkeypatch.setenv("LLAMA_CONVERT_DEBUG", value)
+    with pytest.raises(MissingFileError):
+        main(["convert", str(tmp_path / "nowhere"), str(tmp_path / "out"), "-q"])

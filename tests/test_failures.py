@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from conftest import tiny
+from interrupted import run_interrupted
 
 from llama_convert.cli import main
 from llama_convert.testing.synth import synthesize
@@ -216,51 +216,34 @@ def test_disk_filling_up_mid_way(capsys, small_tmpfs, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def slow_source(tmp_path_factory) -> Path:
-    """Big enough (~430 MB) that a signal lands while the weights are being written."""
-    root = tmp_path_factory.mktemp("slow")
-    spec = tiny("llama3.1-8b", head_dim=64, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+def small_source(tmp_path_factory) -> Path:
+    """~8 MB, written as ~8 files: the child stops itself once the first is complete (tests/interrupted.py)."""
+    root = tmp_path_factory.mktemp("interrupted")
+    spec = tiny("llama3.1-8b", head_dim=8, n_layers=4, fill="fast", tokenizer="small-tiktoken")
     return synthesize(root / "Llama3.1-8B", spec)
 
 
-def _start(src: Path, dst: Path) -> tuple[subprocess.Popen, Path]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_convert", "convert", str(src), str(dst), "--quiet", "--no-verify"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        temps = [p for p in dst.parent.glob(f".{dst.name}.llama-convert-partial") if any(p.glob("*.safetensors"))]
-        if temps:
-            return proc, temps[0]
-        if proc.poll() is not None:
-            break
-        time.sleep(0.005)
-    proc.kill()
-    pytest.fail("the conversion never started writing (or finished before it could be interrupted)")
+def _convert(src: Path, dst: Path) -> list:
+    return ["convert", src, dst, "--quiet", "--no-verify", "--max-shard-size", "1MB"]
 
 
-def test_sigint_mid_conversion_leaves_nothing(tmp_path, slow_source):
+def test_sigint_mid_conversion_leaves_nothing(tmp_path, small_source):
     dst = tmp_path / "out"
-    proc, _ = _start(slow_source, dst)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    proc = run_interrupted(_convert(small_source, dst), after=1, signum=signal.SIGINT)
+    assert proc.returncode == 130, proc.stderr
+    assert "interrupted" in proc.stderr and "Traceback" not in proc.stderr
     assert_nothing_written(dst)
 
 
-def test_sigkill_mid_conversion_then_rerun_succeeds(tmp_path, slow_source):
+def test_sigkill_mid_conversion_then_rerun_succeeds(tmp_path, small_source):
     dst = tmp_path / "out"
-    proc, temp = _start(slow_source, dst)
-    proc.kill()
-    proc.wait(timeout=60)
+    proc = run_interrupted(_convert(small_source, dst), after=1)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not dst.exists()
-    assert temp.exists()  # a hidden temporary, never the destination name
+    temp = tmp_path / ".out.llama-convert-partial"
+    assert temp.is_dir()  # a hidden temporary, never the destination name
     rerun = subprocess.run(
-        [sys.executable, "-m", "llama_convert", "convert", str(slow_source), str(dst), "--quiet", "--no-verify"],
+        [sys.executable, "-m", "llama_convert", *map(str, _convert(small_source, dst))],
         capture_output=True,
         text=True,
         timeout=300,

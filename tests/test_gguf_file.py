@@ -178,11 +178,15 @@ def test_hf_folder_to_gguf_equals_meta_to_gguf(small, tmp_path, outtype):
         assert np.array_equal(data_a, np.fromfile(via_hf, np.uint8, b.nbytes, offset=b.offset)), a.name
 
 
-def test_llama4_checkpoint_is_refused_with_a_clear_sentence(tmp_path, tmp_path_factory):
+def test_a_dense_llama4_checkpoint_is_refused_with_a_clear_sentence(tmp_path, tmp_path_factory):
+    """Llama 4 converts to GGUF (tests/test_gguf_llama4.py); without expert layers (Llama Guard 4's shape) it
+    would not load in llama.cpp's llama4, so it is refused before anything is written."""
     llama4_fixtures = pytest.importorskip("llama4_fixtures")
     pytest.importorskip("llama_models")
     llama4_fixtures.init_model_parallel(tmp_path_factory.mktemp("gloo"))
-    src = llama4_fixtures.make_checkpoint(tmp_path / "Llama-4-Scout-17B-16E-Instruct", "scout", mp=1)
-    with pytest.raises(UnsupportedError, match=r"Llama 4 \(Scout, Maverick\) cannot go from Meta's format to GGUF: "):
-        llama_convert.convert(src, tmp_path / "scout.gguf")
-    assert not (tmp_path / "scout.gguf").exists()
+    params = llama4_fixtures.PARAMS["scout"]
+    dense = {**params, "moe_args": {**params["moe_args"], "interleave_moe_layer_step": params["n_layers"] + 1}}
+    src = llama4_fixtures.make_checkpoint(tmp_path / "Llama-4-Dense", "scout", mp=1, params=dense)
+    with pytest.raises(UnsupportedError, match=r"dense Llama 4 .* llama\.cpp's llama4 architecture does not load"):
+        llama_convert.convert(src, tmp_path / "dense.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Llama-4-Dense"]

@@ -5,30 +5,35 @@ from __future__ import annotations
 import errno
 import filecmp
 import os
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import tiny
+from interrupted import run_interrupted
 
 import llama_convert
 from llama_convert.errors import DiskFullError
 from llama_convert.testing.synth import synthesize
 
-SHARD = "40MB"  # ~11 output files for the ~430 MB source
+SHARD = "1MB"  # ~8 output files for the ~8 MB source
 
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("resume")
-    spec = tiny("llama3.1-8b", head_dim=64, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    spec = tiny("llama3.1-8b", head_dim=8, n_layers=4, fill="fast", tokenizer="small-tiktoken")
     return synthesize(root / "Llama3.1-8B-Instruct", spec)
 
 
+def _args(src: Path, dst: Path, *extra: str) -> list[str]:
+    return ["convert", str(src), str(dst), "--max-shard-size", SHARD, *extra]
+
+
 def _cli(src: Path, dst: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "llama_convert", "convert", str(src), str(dst), "--max-shard-size", SHARD, *extra]
+    return [sys.executable, "-m", "llama_convert", *_args(src, dst, *extra)]
 
 
 def _journal_entries(dst: Path) -> int:
@@ -39,15 +44,12 @@ def _journal_entries(dst: Path) -> int:
         return 0
 
 
-def _kill_after(dst: Path, proc: subprocess.Popen, files: int) -> None:
-    deadline = time.monotonic() + 120
-    while _journal_entries(dst) < files:
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"the conversion ended before {files} files were complete")
-        time.sleep(0.005)
-    proc.kill()  # SIGKILL: nothing runs, the staging folder and its journal stay
-    proc.wait(timeout=60)
+def _kill_after(src: Path, dst: Path, files: int) -> None:
+    """SIGKILL right after the ``files``-th output file is recorded: nothing runs, the staging folder and its
+    journal stay."""
+    proc = run_interrupted(_args(src, dst), after=files)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert _journal_entries(dst) == files
 
 
 def _same_tree(a: Path, b: Path) -> None:
@@ -66,7 +68,7 @@ def uninterrupted(source, tmp_path_factory) -> Path:
 
 def test_kill_9_then_the_same_command_resumes(source, uninterrupted, tmp_path):
     dst = tmp_path / "out"
-    _kill_after(dst, subprocess.Popen(_cli(source, dst), stderr=subprocess.PIPE), files=3)
+    _kill_after(source, dst, files=3)
     assert not dst.exists()
     kept = _journal_entries(dst)
     rerun = subprocess.run(_cli(source, dst), capture_output=True, text=True, timeout=300)
@@ -78,14 +80,14 @@ def test_kill_9_then_the_same_command_resumes(source, uninterrupted, tmp_path):
 
 def test_changed_source_or_no_resume_starts_over(source, uninterrupted, tmp_path):
     dst = tmp_path / "out"
-    _kill_after(dst, subprocess.Popen(_cli(source, dst), stderr=subprocess.PIPE), files=2)
+    _kill_after(source, dst, files=2)
     result = llama_convert.convert(source, dst, max_shard_size=SHARD, resume=False)
     assert result.resumed_bytes == 0 and not any("resumed" in n for n in result.notes)
     _same_tree(dst, uninterrupted)
 
     other = tmp_path / "other"
-    _kill_after(other, subprocess.Popen(_cli(source, other), stderr=subprocess.PIPE), files=2)
-    result = llama_convert.convert(source, other, max_shard_size="30MB")  # other options: other plan
+    _kill_after(source, other, files=2)
+    result = llama_convert.convert(source, other, max_shard_size="700KB")  # other options: other plan
     assert result.resumed_bytes == 0
 
 

@@ -5,57 +5,34 @@ point, not a race — and the same command then continues from it, producing the
 from __future__ import annotations
 
 import filecmp
-import os
+import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 from conftest import tiny
+from interrupted import run_interrupted
 
 import llama_convert
 from llama_convert.cli import main
 from llama_convert.testing.synth import synthesize
 
-# Run the CLI in a child whose journal kills the process once the N-th checkpoint line is fsync'd.
-_CHILD = textwrap.dedent(
-    """
-    import os, signal, sys
-    from llama_convert import resume
-    from llama_convert.cli import main
-
-    after = int(os.environ["KILL_AFTER_CHECKPOINTS"])
-    original = resume.Journal.checkpoint
-    seen = 0
-
-    def checkpoint(self, key, files, position):
-        global seen
-        original(self, key, files, position)
-        seen += 1
-        if seen >= after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    resume.Journal.checkpoint = checkpoint
-    sys.exit(main(sys.argv[1:]))
-    """
-)
-
 
 @pytest.fixture(scope="module")
 def sources(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("resume-routes")
-    spec = tiny("llama3.1-8b", head_dim=64, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    spec = tiny("llama3.1-8b", head_dim=8, n_layers=4, fill="fast", tokenizer="small-tiktoken")
     meta = synthesize(root / "Llama3.1-8B-Instruct", spec)
     hf = root / "hf"
     llama_convert.convert(meta, hf, verify=False)
-    return {"meta": meta, "hf": hf}
+    narrow = tiny("llama3.1-8b", head_dim=16, n_layers=4, fill="fast", tokenizer="small-tiktoken")
+    return {"meta": meta, "hf": hf, "meta-narrow": synthesize(root / "Llama3.1-8B", narrow)}
 
 
 def _killed(args: list[str], after: int) -> None:
-    env = {**os.environ, "KILL_AFTER_CHECKPOINTS": str(after)}
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *args], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -9, proc.stderr
+    proc = run_interrupted(args, after=after)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
 
 
 def _same(a: Path, b: Path) -> None:
@@ -71,6 +48,7 @@ def _same(a: Path, b: Path) -> None:
 CASES = {
     "meta-gguf": ("meta", "out.gguf", []),
     "hf-gguf": ("hf", "out.gguf", []),
+    "meta-gguf-q4_k_m": ("meta-narrow", "out.gguf", ["--outtype", "Q4_K_M"]),  # llama-quantize's type mixture
     "hf-meta": ("hf", "meta", ["--mp", "2"]),
     "meta-meta": ("meta", "meta", ["--to", "meta", "--mp", "1"]),
 }

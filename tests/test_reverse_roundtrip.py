@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ def assert_same_meta(a: Path, b: Path) -> None:
     shards = sorted(p.name for p in a.glob("consolidated.*.pth"))
     assert sorted(p.name for p in b.glob("consolidated.*.pth")) == shards
     for name in shards:
+        assert zipfile.ZipFile(b / name).testzip() is None  # every member's CRC-32
         with TorchCheckpoint(a / name) as x, TorchCheckpoint(b / name) as y:
             assert sorted(x.tensors) == sorted(y.tensors)
             for t in x.tensors:

@@ -182,10 +182,15 @@ def test_not_a_checkpoint(tmp_path):
         TorchCheckpoint(tmp_path / "legacy.pth")
 
 
-def test_fp8_checkpoints_are_unsupported_not_unsafe(tmp_path):
-    torch.save({"w": torch.zeros(4).to(torch.float8_e4m3fn)}, tmp_path / "fp8.pth")
-    with pytest.raises(UnsupportedError, match="float8_e4m3fn tensors"):
-        TorchCheckpoint(tmp_path / "fp8.pth")
+def test_float8_e4m3fn_is_read_and_other_float8_kinds_are_unsupported_not_unsafe(tmp_path):
+    values = torch.tensor([0.5, -448.0, 3.0, 0.0]).to(torch.float8_e4m3fn)
+    torch.save({"w": values}, tmp_path / "fp8.pth")
+    ckpt = TorchCheckpoint(tmp_path / "fp8.pth")
+    assert ckpt.tensors["w"].dtype.torch_name == "float8_e4m3fn"
+    np.testing.assert_array_equal(ckpt.read("w"), values.view(torch.uint8).numpy())
+    torch.save({"w": torch.zeros(4).to(torch.float8_e5m2)}, tmp_path / "e5m2.pth")
+    with pytest.raises(UnsupportedError, match="float8_e5m2 tensors"):
+        TorchCheckpoint(tmp_path / "e5m2.pth")
 
 
 def test_untyped_storage_with_a_separate_dtype(tmp_path):

@@ -288,7 +288,7 @@ def test_raise_for_report_mismatches_and_missing(tmp_path: Path) -> None:
         f"Checksum verification failed in {model}: "
         f"consolidated.00.pth has md5 {bad0}, expected {md5(FILES['consolidated.00.pth'])}; "
         f"consolidated.01.pth has md5 {bad1}, expected {md5(FILES['consolidated.01.pth'])}; "
-        "params.json is missing; "
+        "params.json is missing (the checklist lists it); "
         "download consolidated.00.pth, consolidated.01.pth and params.json again, "
         "or pass --no-verify to skip checksum verification."
     )

@@ -31,13 +31,15 @@ class Capabilities:
     route of the table is supported, and the family then provides that route's members: ``gguf`` (its GGUF
     facts: names, metadata; a module or object) for the two GGUF routes, ``meta_layout_from_hf`` for
     Hugging Face → Meta and ``reshard_layout`` for Meta → Meta. ``hf_architectures`` are the
-    ``config.json`` architectures of its Hugging Face folders; ``gguf_outtypes`` the GGUF types it writes.
+    ``config.json`` architectures of its Hugging Face folders; ``gguf_outtypes`` the GGUF types it writes;
+    ``adapters`` whether LoRA adapters named by Hugging Face module paths merge into its tensors.
     """
 
     hf_architectures: tuple[str, ...]
     refused: Mapping[RouteKey, str] = field(default_factory=dict)
     gguf: Any = None
     gguf_outtypes: tuple[str, ...] = ()
+    adapters: bool = False  # merges PEFT LoRA adapters (--adapter) on the routes it does
 
     def why_not(self, route: RouteKey) -> str | None:
         """``None`` when ``route`` is supported, else the reason it is not."""

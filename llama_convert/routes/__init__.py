@@ -8,15 +8,17 @@ returns the same plan without writing anything (``--dry-run``, ``inspect --plan`
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..detect import detect
+from ..errors import UnsupportedError
 from ..formats.storage import resolve_source
 from ..options import ConversionResult, ConvertOptions, Progress
 from ..output import check_destination, check_file_destination
 from ..plan import ConversionPlan
+from .adapters import load_adapters
 from .common import Route, RoutePlan
 from .matrix import support_matrix
 from .meta_hf import plan_for
@@ -46,7 +48,15 @@ def plan(
     """What converting ``src`` into ``dst`` would write, without writing anything; ``options`` are the
     fields of ``ConvertOptions``."""
     src_path, dst_path = resolve_source(src), Path(dst)
-    return route_for(src_path, dst_path, to).plan(src_path, dst_path, ConvertOptions(**options))
+    route = route_for(src_path, dst_path, to)
+    opts = ConvertOptions(**options)
+    _check_keep_fp8(route, opts)
+    return route.plan(src_path, dst_path, opts)
+
+
+def _check_keep_fp8(route: Route, opts: ConvertOptions) -> None:
+    if opts.keep_fp8 and route.source != "meta":
+        raise UnsupportedError("--keep-fp8 applies to Meta's FP8 releases; this source is not a Meta checkpoint.")
 
 
 def convert(
@@ -69,6 +79,7 @@ def convert(
     opts = ConvertOptions(**options)
     src_path, dst_path = resolve_source(src), Path(dst)
     route = route_for(src_path, dst_path, to)
+    _check_keep_fp8(route, opts)
     check = check_file_destination if route.target == "gguf" else check_destination
     check(dst_path.absolute(), force=opts.force)
     planned = route.plan(src_path, dst_path, opts)
@@ -85,7 +96,9 @@ def plan_conversion(
     llama_version: str | None = None,
     instruct: bool | None = None,
     fold_kv_heads: bool = True,
+    adapters: Sequence[str | os.PathLike[str]] = (),
 ) -> ConversionPlan:
-    """Recognise the model in ``src`` and plan its conversion to Hugging Face without writing anything."""
+    """Recognise the model in ``src`` and plan its conversion to Hugging Face without writing anything
+    (``adapters``: PEFT LoRA folders merged on the way)."""
     spec = detect(src, llama_version=llama_version, instruct=instruct, fold_kv_heads=fold_kv_heads)
-    return plan_for(spec, dtype=dtype, max_shard_size=max_shard_size)
+    return plan_for(spec, dtype=dtype, max_shard_size=max_shard_size, adapters=load_adapters(adapters))

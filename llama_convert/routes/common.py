@@ -92,8 +92,27 @@ _FORMAT_NAMES = {"meta": "Meta's format", "hf": "Hugging Face", "gguf": "GGUF"}
 def detect_spec(src: Path, opts: ConvertOptions, key: tuple[str, str]) -> ModelSpec:
     """Recognise the Meta checkpoint in ``src`` and check that its family does route ``key``."""
     spec = detect(src, llama_version=opts.llama_version, instruct=opts.instruct, fold_kv_heads=opts.fold_kv_heads)
-    refuse_unless(family_of(spec), key, spec.folder.root)
-    return spec
+    family = family_of(spec)
+    refused_for = getattr(family, "refused_for", None)  # a family's refusals for one kind of checkpoint
+    reason = refused_for(spec).get(key) if refused_for is not None else None
+    if reason:
+        raise UnsupportedError(f"{spec.folder.root}: {reason}.")
+    refuse_unless(family, key, spec.folder.root)
+    return keep_fp8(spec, key) if opts.keep_fp8 else spec
+
+
+def keep_fp8(spec: ModelSpec, key: tuple[str, str]) -> ModelSpec:
+    """``--keep-fp8``: the family's fbgemm_fp8 plan of an FP8 checkpoint (Hugging Face targets only)."""
+    if key != ("meta", "hf"):
+        raise UnsupportedError(
+            "--keep-fp8 writes a Hugging Face folder (fbgemm_fp8); GGUF has no e4m3 type and Meta's format is "
+            "written in bf16 — drop --keep-fp8 to convert the exactly dequantized model."
+        )
+    family = family_of(spec)
+    keep = getattr(family, "keep_fp8", None)
+    if keep is None:
+        raise UnsupportedError(f"{spec.folder.root}: {family.title} checkpoints have no FP8 weights to keep.")
+    return keep(spec)
 
 
 def family_for_hf(config: dict[str, Any], where: Path, key: tuple[str, str]) -> Family:
@@ -196,6 +215,12 @@ def _staging(
             yield tmps, None
 
 
+def _cancel(beside: Beside, verifier: BackgroundVerify | None) -> None:
+    beside.cancel()
+    if verifier is not None:
+        verifier.cancel()
+
+
 def run_planned(
     plan: RoutePlan,
     dsts: list[Path],
@@ -224,29 +249,31 @@ def run_planned(
     resumed = 0
     try:
         with _staging(staging, dsts, opts, fingerprint) as (paths, st):
-            if verify_root is not None and opts.verify:
-                skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
-                # A remote source is hashed from the bytes the conversion reads, not read a second time.
-                verify = StreamVerify if is_remote(verify_root) else BackgroundVerify
-                verifier = verify(verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified)
-            stage = Stage(paths, checked_advance(progress, verifier, beside), beside)
-            if st is not None:
-                stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)
-            if stage.resumed or stage.checkpoints:
-                resumed = sum(stage.resumed.values()) + sum(c.nbytes for c in stage.checkpoints.values())
-                done = f"kept {len(stage.resumed)} of {planned_files} weight file(s)"
-                part = f", {len(stage.checkpoints)} written part way" if stage.checkpoints else ""
-                notes.append(f"resumed an interrupted run: {done}{part}, {resumed / 1e9:.2f} GB.")
-            progress.start(total, label)
             try:
-                files = body(stage)
-            finally:
-                progress.finish()
-            verified = verifier.result() if verifier is not None else False
+                if verify_root is not None and opts.verify:
+                    skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
+                    # A remote source is hashed from the bytes the conversion reads, not read a second time.
+                    verify = StreamVerify if is_remote(verify_root) else BackgroundVerify
+                    verifier = verify(verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified)
+                stage = Stage(paths, checked_advance(progress, verifier, beside), beside)
+                if st is not None:
+                    stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)
+                if stage.resumed or stage.checkpoints:
+                    resumed = sum(stage.resumed.values()) + sum(c.nbytes for c in stage.checkpoints.values())
+                    done = f"kept {len(stage.resumed)} of {planned_files} weight file(s)"
+                    part = f", {len(stage.checkpoints)} written part way" if stage.checkpoints else ""
+                    notes.append(f"resumed an interrupted run: {done}{part}, {resumed / 1e9:.2f} GB.")
+                progress.start(total, label)
+                try:
+                    files = body(stage)
+                finally:
+                    progress.finish()
+                verified = verifier.result() if verifier is not None else False
+            except BaseException:
+                _cancel(beside, verifier)  # before the staging is removed: nothing writes into it afterwards
+                raise
     except BaseException:
-        beside.cancel()
-        if verifier is not None:
-            verifier.cancel()
+        _cancel(beside, verifier)
         raise
     beside.results()
     if verifier is not None and not verified:

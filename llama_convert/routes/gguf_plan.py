@@ -1,8 +1,14 @@
 """The plan of a GGUF file, whichever the source (every tensor's entry, where its values come from, the type
-mixture), and the resumable loop that writes it."""
+mixture), and the resumable loop that writes it.
+
+For llama-quantize's file types (Q4_K_M, Q6_K, …) the plan starts from the converter's bf16 tensors and
+``apply_mixture`` gives each tensor llama-quantize's type (``formats/gguf/mixture.py``) and puts the tensors
+in the order llama-quantize writes them; ``quantize_metadata`` moves the two keys llama-quantize sets to the
+end of the metadata, where it writes them."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from collections.abc import Callable
@@ -13,14 +19,24 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from gguf import GGUFWriter
 
+from ..formats.gguf.encode import file_type, quantized_outtype, read_dtype, tensor_nbytes
+from ..formats.gguf.mixture import ModelFacts, choose_types, quantize_order, type_table
 from ..formats.gguf.writer import GGUFStreamWriter, TensorEntry
-from ..plan import TensorRecipe
+from ..plan import LoraDelta, TensorRecipe
 from ..spec import ModelSpec
 
 if TYPE_CHECKING:
     from .common import Stage
 
-__all__ = ["METADATA_ALLOWANCE", "GGUFPlan", "GGUFTensor", "write_planned_gguf"]
+__all__ = [
+    "METADATA_ALLOWANCE",
+    "GGUFPlan",
+    "GGUFTensor",
+    "apply_mixture",
+    "model_facts",
+    "quantize_metadata",
+    "write_planned_gguf",
+]
 
 METADATA_ALLOWANCE = 64 << 20  # header, vocabulary and merges, for the free-space check
 CHECKPOINT_BYTES = 512 << 20  # at most this much tensor data is redone after a crash (smaller models: 1/16)
@@ -28,25 +44,37 @@ CHECKPOINT_BYTES = 512 << 20  # at most this much tensor data is redone after a 
 
 @dataclass(frozen=True)
 class GGUFTensor:
-    """One tensor of the GGUF file and where its values come from: a recipe over Meta's shards, a Hugging
-    Face tensor (``hf_name``, rows un-permuted over ``rotary_heads`` heads when set) or computed ``values``."""
+    """One tensor of the GGUF file and where its values come from: recipes over Meta's shards (several for a
+    stacked tensor such as an expert tensor, one per expert, written one after another), a Hugging Face
+    tensor (``hf_name``: rows un-permuted over ``rotary_heads`` heads when set; ``hf_columns`` a range of its
+    last axis and ``hf_transpose`` its last two axes swapped, per index of its first axis) or computed
+    ``values``."""
 
     entry: TensorEntry
-    recipe: TensorRecipe | None = None
+    recipes: tuple[TensorRecipe, ...] = ()
     values: np.ndarray | None = None
     hf_name: str | None = None
     rotary_heads: int | None = None
+    hf_columns: tuple[int, int] | None = None
+    hf_transpose: bool = False
+    deltas: tuple[LoraDelta, ...] = ()  # LoRA deltas added to the Hugging Face rows (before un-permuting)
 
     def sources(self) -> list[str]:
-        if self.recipe is not None:
-            return [p.source for p in self.recipe.parts]
+        if self.recipes:
+            return list(dict.fromkeys(p.source for r in self.recipes for p in r.parts))
         return [self.hf_name] if self.hf_name else []
 
     def steps(self) -> list[str]:
-        if self.recipe is not None:
-            return self.recipe.steps()
+        if len(self.recipes) > 1:
+            return [f"stack of {len(self.recipes)}: " + "; ".join(self.recipes[0].steps()) + "; …"]
+        if self.recipes:
+            return self.recipes[0].steps()
         if self.hf_name is not None:
-            return [self.hf_name + (" (halves → pairs)" if self.rotary_heads else "")]
+            extra = " (halves → pairs)" if self.rotary_heads else ""
+            if self.hf_columns:
+                extra += f" columns {self.hf_columns[0]}:{self.hf_columns[1]}"
+            deltas = [d.describe() for d in self.deltas]
+            return [self.hf_name + extra + (" (last two axes swapped)" if self.hf_transpose else ""), *deltas]
         return ["computed"]
 
 
@@ -63,10 +91,24 @@ class GGUFPlan:
     config: dict[str, Any] = field(default_factory=dict)
     head_dim: int = 0
     extra_notes: tuple[str, ...] = ()
+    # Files written beside this one (a vision projector's ``mmproj-<stem>.gguf``): each names its file by
+    # ``prefix`` + the main file's name and writes its header with ``add_metadata(writer, files)``.
+    companions: tuple[GGUFPlan, ...] = ()
+    prefix: str = ""
+    add_metadata: Callable[..., None] | None = field(default=None, compare=False)
+
+    @property
+    def file_size(self) -> int:
+        """Tensor bytes of this file alone."""
+        return sum(t.entry.nbytes for t in self.tensors)
 
     @property
     def total_size(self) -> int:
-        return sum(t.entry.nbytes for t in self.tensors)
+        return self.file_size + sum(c.total_size for c in self.companions)
+
+    def paths(self, dst: Path) -> list[Path]:
+        """The files this plan writes for destination ``dst``: ``dst`` and its companions beside it."""
+        return [dst, *(dst.with_name(c.prefix + dst.name) for c in self.companions)]
 
     @property
     def parameter_count(self) -> int:
@@ -80,21 +122,35 @@ class GGUFPlan:
         """How many tensors of each GGUF type the file holds (the type mixture)."""
         return dict(Counter(t.entry.qtype.name for t in self.tensors))
 
+    def class_types(self) -> dict[str, dict[str, int]]:
+        """Tensors per type per class (``attn_v``: Q6_K 12, Q4_K 20; …): llama-quantize's mixture."""
+        return type_table({t.entry.name: t.entry.qtype for t in self.tensors})
+
     @property
     def headline(self) -> str:
         mixture = ", ".join(f"{n} {name}" for name, n in sorted(self.type_counts().items()))
         return (
             f"{self.spec.name} as GGUF {self.outtype} ({self.arch}), {len(self.tensors)} tensors ({mixture}), "
             f"{self.total_size / 1e9:.2f} GB"
+            + "".join(f"; plus {c.prefix}* ({c.arch}, {len(c.tensors)} tensors)" for c in self.companions)
         )
 
     def lines(self) -> list[str]:
         """The plan as text for ``--dry-run``: every GGUF tensor with its type, shape and sources."""
-        out = [f"GGUF file ({self.total_size / 1e9:.2f} GB of tensor data)"]
+        what = f"{self.prefix}* file" if self.prefix else "GGUF file"
+        out = [f"{what} ({self.arch}, {self.file_size / 1e9:.2f} GB of tensor data)"]
+        if quantized_outtype(self.outtype):
+            out.append(f"  type mixture of {self.outtype.upper()} (tensors per type, by class):")
+            out += [
+                f"    {cls}: " + ", ".join(f"{n} {name}" for name, n in row.items())
+                for cls, row in self.class_types().items()
+            ]
         out += [
             f"  {t.entry.name} {list(t.entry.shape)} {t.entry.qtype.name} ← {'; '.join(t.steps())}"
             for t in self.tensors
         ]
+        for companion in self.companions:
+            out += companion.lines()
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -106,6 +162,7 @@ class GGUFPlan:
             "outtype": self.outtype,
             "total_bytes": self.total_size,
             "types": self.type_counts(),
+            "class_types": self.class_types(),
             "tensors": [
                 {
                     "name": t.entry.name,
@@ -117,7 +174,54 @@ class GGUFPlan:
                 }
                 for t in self.tensors
             ],
+            **(
+                {"companions": [{"prefix": c.prefix, **c.to_json()} for c in self.companions]}
+                if self.companions
+                else {}
+            ),
         }
+
+
+def model_facts(config: dict[str, Any], arch: str) -> ModelFacts:
+    """The facts llama-quantize's mixture reads (layers, heads, experts) from a config.json (a multimodal
+    config's ``text_config``)."""
+    text = config.get("text_config") or config
+    heads = text["num_attention_heads"]
+    return ModelFacts(
+        n_layer=text["num_hidden_layers"],
+        n_head=heads,
+        n_head_kv=text.get("num_key_value_heads") or heads,
+        n_expert=text.get("num_local_experts") or 0,
+        arch=arch,
+    )
+
+
+def apply_mixture(tensors: list[GGUFTensor], outtype: str, facts: ModelFacts) -> list[GGUFTensor]:
+    """``tensors`` (typed as the converter's bf16 file) with llama-quantize's type for ``outtype`` and in its
+    order; unchanged for the converter's own types."""
+    if not quantized_outtype(outtype):
+        return tensors
+    types = choose_types([(t.entry.name, t.entry.shape, t.entry.qtype) for t in tensors], outtype, facts)
+    by_name = {t.entry.name: t for t in tensors}
+    out = []
+    for name in quantize_order(list(by_name)):
+        t, qtype = by_name[name], types[name]
+        entry = TensorEntry(name, t.entry.shape, qtype, tensor_nbytes(t.entry.shape, qtype))
+        recipes = tuple(dataclasses.replace(r, dtype=read_dtype(qtype, r.source_dtype)) for r in t.recipes)
+        out.append(dataclasses.replace(t, entry=entry, recipes=recipes))
+    return out
+
+
+def quantize_metadata(writer: GGUFWriter, outtype: str) -> None:
+    """For a llama-quantize file type: ``general.quantization_version`` then ``general.file_type`` last, as
+    llama-quantize sets them on a copy of its input's keys."""
+    if not quantized_outtype(outtype):
+        return
+    kv = writer.kv_data[0]
+    version = kv.pop("general.quantization_version", None)
+    kv.pop("general.file_type", None)
+    writer.add_quantization_version(version.value if version is not None else 2)
+    writer.add_file_type(file_type(outtype))
 
 
 def write_planned_gguf(
@@ -125,17 +229,19 @@ def write_planned_gguf(
     stage: Stage,
     writer: GGUFWriter,
     write_tensor: Callable[[GGUFStreamWriter, GGUFTensor, Callable[[int], None]], None],
+    path: Path | None = None,
 ) -> None:
-    """Write ``plan``'s GGUF file at ``stage.path``: the header from ``writer``, then each tensor through
-    ``write_tensor``. Every ``CHECKPOINT_BYTES`` the file is fsync'd and the stage records how far it got,
-    so a rerun after a crash continues from there (the header is compared byte for byte first)."""
-    name = stage.path.name
+    """Write ``plan``'s GGUF file at ``path`` (default ``stage.path``): the header from ``writer``, then each
+    tensor through ``write_tensor``. Every ``CHECKPOINT_BYTES`` the file is fsync'd and the stage records how
+    far it got, so a rerun after a crash continues from there (the header is compared byte for byte first)."""
+    path = path or stage.path
+    name = path.name
     kept = stage.checkpoints.get(name)
     resume = (kept.position, kept.sizes[name]) if kept is not None and isinstance(kept.position, int) else None
-    stream = GGUFStreamWriter(stage.path, writer, [t.entry for t in plan.tensors], resume=resume)
+    stream = GGUFStreamWriter(path, writer, [t.entry for t in plan.tensors], resume=resume)
     start = stream.index
     stage.advance(sum(t.entry.nbytes for t in plan.tensors[:start]))
-    every = min(CHECKPOINT_BYTES, max(1, plan.total_size // 16))
+    every = min(CHECKPOINT_BYTES, max(1, plan.file_size // 16))
     since = 0
     try:
         for i, tensor in enumerate(plan.tensors[start:], start):

@@ -8,16 +8,20 @@ had proven complete.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..execute import write_weights
 from ..families import family_of
 from ..formats.meta.torch_zip import TorchCheckpoint
+from ..formats.peft import Adapter
 from ..options import ConversionResult, ConvertOptions, Progress, as_dtype
 from ..plan import ConversionPlan, build_plan, parse_size
 from ..resume import fingerprint
 from ..spec import ModelSpec
 from ..version import __version__
+from .adapters import attach, check_family, hf_deltas, load_adapters, merged_note, recipe_head_dims
 from .common import Route, Stage, detect_spec, run_planned
 
 __all__ = ["ROUTE", "plan_for", "plan_meta_to_hf"]
@@ -25,19 +29,35 @@ __all__ = ["ROUTE", "plan_for", "plan_meta_to_hf"]
 KEY = ("meta", "hf")
 
 
-def plan_for(spec: ModelSpec, *, dtype: object = None, max_shard_size: str | int = "5GB") -> ConversionPlan:
-    """The Hugging Face plan of a recognised spec, tensors in the first shard's order."""
+def plan_for(
+    spec: ModelSpec,
+    *,
+    dtype: object = None,
+    max_shard_size: str | int = "5GB",
+    adapters: Sequence[Adapter] = (),
+) -> ConversionPlan:
+    """The Hugging Face plan of a recognised spec, tensors in the first shard's order, ``adapters`` merged."""
     out_dtype = as_dtype(dtype) or spec.source_dtype  # type: ignore[arg-type]
     with TorchCheckpoint(spec.shards[0]) as first:
         order = list(first.tensors)
-    recipes = family_of(spec).recipes(spec, out_dtype)
+    family = family_of(spec)
+    recipes = family.recipes(spec, out_dtype)
+    if adapters:
+        check_family(family, adapters, spec.folder.root)
+        shapes = {r.name: r.shape for r in recipes}
+        deltas = hf_deltas(
+            adapters, shapes, head_dims=recipe_head_dims(recipes), model=spec.name, where=spec.folder.root
+        )
+        recipes = attach(recipes, deltas)
+        spec = dataclasses.replace(spec, notes=(*spec.notes, *merged_note(deltas, adapters)))
     return build_plan(spec, recipes, dtype=out_dtype, max_shard_size=parse_size(max_shard_size), source_order=order)
 
 
 def plan_meta_to_hf(src: Path, dst: Path, opts: ConvertOptions) -> ConversionPlan:
     """Recognise the checkpoint in ``src`` and plan its Hugging Face folder."""
     spec = detect_spec(src, opts, KEY)
-    return plan_for(spec, dtype=opts.dtype, max_shard_size=opts.max_shard_size)
+    adapters = load_adapters(opts.adapters)
+    return plan_for(spec, dtype=opts.dtype, max_shard_size=opts.max_shard_size, adapters=adapters)
 
 
 def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
@@ -47,15 +67,23 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
     with_tokenizer = opts.tokenizer or opts.tokenizer_only
     checks = [] if opts.tokenizer_only else family.deferred_checks(spec)
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    sources += sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
     key = fingerprint(
         sources, __version__, "hf", (opts.tokenizer_only, with_tokenizer), plan.to_json(), spec.name, spec.instruct
     )
+
+    changes: dict[str, float] = {}  # requantized tensors (--keep-fp8) → largest relative change
 
     def body(stage: Stage) -> tuple[str, ...]:
         names: list[str] = []
         if not opts.tokenizer_only:
             names += write_weights(
-                plan, stage.path, advance=stage.advance, skip=frozenset(stage.resumed), on_file_done=stage.record
+                plan,
+                stage.path,
+                advance=stage.advance,
+                skip=frozenset(stage.resumed),
+                on_file_done=stage.record,
+                observe=changes.__setitem__,
             )
         metadata = stage.beside.results()[0]
         assert isinstance(metadata, dict)
@@ -65,7 +93,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
             (stage.path / name).write_bytes(data)
         return (*names, *metadata)
 
-    return run_planned(
+    result = run_planned(
         plan,
         [dst],
         opts,
@@ -79,6 +107,14 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
         planned_files=len(plan.files),
         total=0 if opts.tokenizer_only else plan.total_size,
     )
+    if changes:
+        name = max(changes, key=changes.__getitem__)
+        note = (
+            f"{len(changes)} row-parallel FP8 weight(s) requantized per full row (fbgemm's rule); largest relative "
+            f"change {changes[name]:.3g} of the row's max (in {name})"
+        )
+        result = dataclasses.replace(result, notes=(*result.notes, note))
+    return result
 
 
 ROUTE = Route("meta", "hf", "Meta checkpoint → Hugging Face folder", plan_meta_to_hf, run_meta_to_hf)  # type: ignore[arg-type]

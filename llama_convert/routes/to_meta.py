@@ -13,21 +13,23 @@ import hashlib
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..dtypes import F8_E4M3, DType
 from ..errors import InputError, UnsupportedError
 from ..families import family_of
 from ..formats.hf.reader import HFFolder, find_hf_folder
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..formats.meta.writer import MetaShardWriter, checklist_text, shard_name
 from ..options import ConversionResult, ConvertOptions, Progress, as_dtype
-from ..plan import MetaLayout, Part, TensorRecipe
+from ..plan import LoraDelta, MetaLayout, Part, TensorRecipe
 from ..resume import fingerprint
 from ..reverse.invert import MetaTensor, RowSource, invert_recipes, write_meta_tensors
-from ..reverse.sources import HFRows, RecipeRows
+from ..reverse.sources import AdaptedRows, HFRows, RecipeRows
 from ..version import __version__
+from .adapters import attach, check_family, hf_deltas, load_adapters, merged_note, recipe_head_dims
 from .common import Route, Stage, detect_spec, family_for_hf, run_planned
 
 __all__ = ["HF_ROUTE", "RESHARD_ROUTE", "MetaPlan", "plan_hf_to_meta", "plan_reshard", "write_meta_folder"]
@@ -52,7 +54,6 @@ def write_meta_folder(
     lanes = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
     writer = MetaShardWriter(stage.path, mp, lanes, resume=resume["shards"] if resume else None)
     first = resume["tensors"] if resume else 0
-    stage.advance(sum(t.nbytes(mp) for t in tensors[:first]))
     every = min(CHECKPOINT_BYTES, max(1, sum(t.nbytes(mp) for t in tensors) // 16))
     since = 0
 
@@ -63,7 +64,8 @@ def write_meta_folder(
             stage.checkpoint(_SHARDS, names, {"tensors": done, "shards": writer.checkpoint()})
             since = 0
 
-    try:
+    try:  # from here on a failure (also one a side job reports through advance) discards the open archives
+        stage.advance(sum(t.nbytes(mp) for t in tensors[:first]))
         write_meta_tensors(tensors, source, writer, advance=stage.advance, first=first, on_tensor=on_tensor)
         digests = writer.finish(sync=sync)
     except BaseException:
@@ -100,6 +102,24 @@ def _check_mp(tensors: Sequence[MetaTensor], mp: int, src: Path) -> None:
         raise UnsupportedError(f"{src}: cannot write {mp} model-parallel shards ({problems[0]}); choose another --mp.")
 
 
+def _invert(recipes: Sequence[TensorRecipe], layout: MetaLayout, mp: int, src: Path) -> list[MetaTensor]:
+    try:
+        return invert_recipes(recipes, dtype=layout.dtype, mp=mp, shard_shapes=layout.shard_shapes)
+    except UnsupportedError as e:
+        raise UnsupportedError(f"{src}: cannot write {mp} model-parallel shards ({e}); choose another --mp.") from None
+
+
+def _unfilled_notes(tensors: Sequence[MetaTensor]) -> list[str]:
+    gaps = [t for t in tensors if t.unfilled]
+    if not gaps:
+        return []
+    return [
+        f"{len(gaps)} tensor(s) such as {gaps[0].name} have entries no Hugging Face tensor holds "
+        f"({gaps[0].unfilled} rows of it, which Meta's code never reads): "
+        "written as zeros"
+    ]
+
+
 def _check_hf_tensors(hf: HFFolder, layout: MetaLayout) -> list[str]:
     """Every tensor the recipes make must be in the folder with the recipe's shape; anything else is refused
     unless the family says it may be dropped. Returns notes."""
@@ -109,11 +129,14 @@ def _check_hf_tensors(hf: HFFolder, layout: MetaLayout) -> list[str]:
             continue
         name = layout.aliases.get(r.name, r.name)
         if name not in shapes:
-            raise InputError(f"{hf.root} lacks {name}, which config.json implies; save the complete model again.")
+            raise InputError(
+                f"{hf.root} lacks {name}, which config.json implies (weights: {', '.join(hf.files)}); "
+                "save the complete model again."
+            )
         if tuple(shapes[name]) != tuple(r.shape):
             raise InputError(
-                f"{hf.root}: {name} has shape {list(shapes[name])} but config.json implies {list(r.shape)}; "
-                "the config and the weights disagree."
+                f"{hf.file_of(name).path}: {name} has shape {list(shapes[name])} but config.json implies "
+                f"{list(r.shape)}; the config and the weights disagree."
             )
     extra = sorted(set(shapes) - {r.name for r in layout.recipes} - set(layout.aliases.values()))
     ignored = [n for n in extra if layout.ignored_suffixes and n.endswith(layout.ignored_suffixes)]
@@ -159,6 +182,7 @@ class MetaPlan:
     source: Path  # the Hugging Face folder, or the Meta checkpoint folder being resharded
     source_spec: Any = None  # resharding: the spec of the source checkpoint …
     source_recipes: tuple[TensorRecipe, ...] = ()  # … and the recipes that read it
+    deltas: dict[str, tuple[LoraDelta, ...]] = field(default_factory=dict)  # LoRA, by Hugging Face tensor name
 
     @property
     def total_size(self) -> int:
@@ -176,8 +200,13 @@ class MetaPlan:
             steps = []
             for seg in t.segments:
                 step = seg.source
+                step += "".join(f" {d.describe()}" for d in self.deltas.get(seg.source, ()))
                 step += " (halves → pairs)" if seg.rotary else ""
                 step += f" (each head ×{seg.kv_repeat})" if seg.kv_repeat > 1 else ""
+                if seg.cat_axis:
+                    step += f" ({seg.offset}:{seg.offset + seg.shape[seg.cat_axis]} of dim {seg.cat_axis})"
+                if seg.gather is not None:
+                    step += " (rows gathered: repeats checked equal, padding checked zero)"
                 steps.append(step)
             out.append(f"  {t.name} {list(t.shard_shape(self.mp))} {t.dtype}, {split} ← {'; '.join(steps)}")
         out += [f"{name}  ({len(data)} bytes)" for name, data in self.small_files.items()]
@@ -201,6 +230,7 @@ class MetaPlan:
                 for t in self.tensors
             ],
             "files": [*self.small_files, "checklist.chk"],
+            "adapters": {name: [d.describe() for d in ds] for name, ds in sorted(self.deltas.items())},
         }
 
 
@@ -211,10 +241,19 @@ def plan_hf_to_meta(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
         layout = _layout_from_hf(hf, dst, opts, mp)
         notes = [*layout.notes, *_check_hf_tensors(hf, layout)]
         root = hf.root
-    notes.append("a Hugging Face folder has no checksums to verify; checklist.chk covers the output")
-    tensors = sorted(invert_recipes(layout.recipes, dtype=layout.dtype), key=lambda t: layout.order(t.name))
+        adapters = load_adapters(opts.adapters)
+        check_family(family_for_hf(hf.config, root / "config.json", HF_KEY), adapters, root)
+        shapes = {name: ref.shape for name, ref in hf.tensors.items()}
+        # the deltas are added to the Hugging Face rows as read, before they go back to Meta's rotary order
+        deltas = hf_deltas(adapters, shapes, model=layout.spec.name, where=root) if adapters else {}
+    notes += [
+        *merged_note(deltas, adapters),
+        "a Hugging Face folder has no checksums to verify; checklist.chk covers the output",
+    ]
+    tensors = sorted(_invert(layout.recipes, layout, mp, root), key=lambda t: layout.order(t.name))
     _check_mp(tensors, mp, root)
-    return MetaPlan(layout.spec, mp, tuple(tensors), layout.small_files, tuple(notes), layout, root)
+    notes += _unfilled_notes(tensors)
+    return MetaPlan(layout.spec, mp, tuple(tensors), layout.small_files, tuple(notes), layout, root, deltas=deltas)
 
 
 def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Progress) -> ConversionResult:
@@ -222,7 +261,9 @@ def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Pr
 
     def body(stage: Stage) -> tuple[str, ...]:
         with find_hf_folder(plan.source) as hf:
-            rows = HFRows(hf, plan.layout.aliases, plan.layout.constants)
+            rows: RowSource = HFRows(hf, plan.layout.aliases, plan.layout.constants)
+            if plan.deltas:
+                rows = AdaptedRows(rows, plan.deltas)  # type: ignore[arg-type]
             return write_meta_folder(stage, plan.tensors, rows, mp=plan.mp, small_files=plan.small_files)
 
     label = f"Writing {plan.spec.name} (Meta, MP{plan.mp})"
@@ -232,31 +273,56 @@ def run_hf_to_meta(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Pr
     )
 
 
+def _written_dtype(stored: DType, model: DType) -> DType:
+    return model if stored == F8_E4M3 else stored
+
+
 def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
     """The same model at ``opts.mp`` shards: recipes reading the source, the target's layout and tensors."""
-    if opts.mp is None:
+    if opts.mp is None and not opts.adapters:
         raise InputError(f"{src} is already in Meta's format; pass --mp N to write it with N shards.")
     if opts.dtype is not None:
         raise UnsupportedError("resharding keeps the checkpoint's dtype; drop --dtype.")
-    mp = _degree(opts.mp)
     spec = detect_spec(src, opts, RESHARD_KEY)
-    source_recipes, layout = family_of(spec).reshard_layout(spec, mp)  # type: ignore[attr-defined]
+    mp = _degree(opts.mp) if opts.mp is not None else spec.mp
+    family = family_of(spec)
+    source_recipes, layout = family.reshard_layout(spec, mp)  # type: ignore[attr-defined]
+    adapters = load_adapters(opts.adapters)
+    deltas = {}
+    if adapters:
+        check_family(family, adapters, spec.folder.root)
+        hf = family.recipes(spec, spec.source_dtype)
+        shapes, heads = {r.name: r.shape for r in hf}, recipe_head_dims(hf)
+        deltas = hf_deltas(adapters, shapes, head_dims=heads, model=spec.name, where=spec.folder.root)
+        source_recipes = attach(source_recipes, deltas)  # Meta's rotary order: B's q/k rows move back
+        layout = dataclasses.replace(layout, notes=(*layout.notes, *merged_note(deltas, adapters)))
     target_recipes = list(layout.recipes)
     with TorchCheckpoint(spec.shards[0]) as first:
         refs = dict(first.tensors)
     # Tensors no recipe reads (rope.freqs of old checkpoints) are carried over, the same in every shard.
     used = {p.source for r in source_recipes for p in r.parts}
     for name, ref in refs.items():
-        if name not in used:
+        if name not in used and not (layout.ignored_suffixes and name.endswith(layout.ignored_suffixes)):
             extra = TensorRecipe(name, (Part(name, None),), ref.shape, ref.dtype, ref.dtype)
             source_recipes.append(extra)
             target_recipes.append(extra)
     order = {name: i for i, name in enumerate(refs)}
-    tensors = sorted(invert_recipes(target_recipes, dtype=layout.dtype), key=lambda t: order[t.name])
-    tensors = [dataclasses.replace(t, dtype=refs[t.name].dtype) for t in tensors]
+    order.update({r.parts[0].source: len(order) for r in target_recipes if r.parts[0].source not in order})
+    tensors = sorted(_invert(target_recipes, layout, mp, src), key=lambda t: order[t.name])
+    # each tensor keeps its stored dtype; float8 weights (an FP8 release) are written dequantized, as bf16
+    tensors = [dataclasses.replace(t, dtype=_written_dtype(refs[t.name].dtype, layout.dtype)) for t in tensors]
     _check_mp(tensors, mp, src)
     return MetaPlan(
-        layout.spec, mp, tuple(tensors), layout.small_files, layout.notes, layout, src, spec, tuple(source_recipes)
+        layout.spec,
+        mp,
+        tuple(tensors),
+        layout.small_files,
+        layout.notes,
+        layout,
+        src,
+        spec,
+        tuple(source_recipes),
+        deltas,
     )
 
 
@@ -275,6 +341,7 @@ def run_reshard(plan: MetaPlan, dst: Path, opts: ConvertOptions, progress: Progr
 
     label = f"Resharding {spec.name} MP{spec.mp} → MP{plan.mp}"
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
+    sources += sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
     key = fingerprint(sources, __version__, "reshard", plan.to_json())
     return run_planned(
         plan,

@@ -14,6 +14,8 @@ import importlib.resources
 import zlib
 from collections.abc import Sequence
 
+import numpy as np
+
 __all__ = ["encode_splits", "precomputed_merges", "vocabulary_key"]
 
 _PACKAGE = "llama_convert.tokenizer"
@@ -21,11 +23,9 @@ _FOLDER = "merge_splits"
 
 
 def vocabulary_key(tokens: Sequence[bytes]) -> str:
-    """A hash of the token list (lengths and bytes, in rank order)."""
-    h = hashlib.sha256()
-    for token in tokens:
-        h.update(len(token).to_bytes(2, "little"))
-        h.update(token)
+    """A hash of the token list: its lengths (uint32, little-endian, rank order), then its bytes."""
+    h = hashlib.sha256(np.fromiter(map(len, tokens), dtype="<u4", count=len(tokens)).tobytes())
+    h.update(b"".join(tokens))
     return h.hexdigest()
 
 

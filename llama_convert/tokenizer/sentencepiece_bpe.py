@@ -113,6 +113,9 @@ def _check_model(proto: ModelProto, path: Path) -> None:
     ):
         if not 0 <= index < len(pieces) or pieces[index].type != kind:
             raise InputError(f"{path} has no {role} piece at {role}_id={index}; download tokenizer.model again.")
+    bos = pieces[spec.bos_id].piece
+    if not bos or any(c in ":$" or c.isspace() for c in bos):  # it goes into a TemplateProcessing template
+        raise InputError(f"{path} has a bos piece {bos!r} that is not a token name; download tokenizer.model again.")
     if spec.byte_fallback and any(f"<0x{b:02X}>" not in names for b in range(256)):
         raise InputError(
             f"{path} enables byte fallback but lacks some of the 256 byte pieces; download tokenizer.model again."

@@ -47,6 +47,9 @@ def read_ranks(path: Path) -> list[bytes]:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read {path} ({exc.strerror}); check the file exists and is readable.") from None
+    fast = _read_ranks_in_order(data)
+    if fast is not None:
+        return fast
     by_rank: dict[int, bytes] = {}
     seen: dict[bytes, int] = {}
     for number, line in enumerate(data.splitlines(), start=1):
@@ -63,6 +66,27 @@ def read_ranks(path: Path) -> list[bytes]:
         seen[token] = number
     _check_complete(path, by_rank)
     return [by_rank[rank] for rank in range(len(by_rank))]
+
+
+def _read_ranks_in_order(data: bytes) -> list[bytes] | None:
+    """The common case in bulk: one ``base64 rank`` line per rank 0, 1, 2, … and every token distinct.
+
+    Returns None for anything else, which the line-by-line reader then explains.
+    """
+    try:
+        fields = [line.split(b" ") for line in data.splitlines()]
+        if fields and fields[-1] == [b""]:
+            fields.pop()
+        tokens = [binascii.a2b_base64(token, strict_mode=True) for token, _ in fields]
+        in_order = all(rank == str(i).encode() for i, (_, rank) in enumerate(fields))
+    except (ValueError, binascii.Error):
+        return None
+    if not in_order or len(set(tokens)) != len(tokens):
+        return None
+    present = set(tokens)
+    if any(bytes([b]) not in present for b in range(256)):
+        return None
+    return tokens
 
 
 def _parse_line(path: Path, number: int, line: bytes) -> tuple[bytes, int]:
@@ -161,13 +185,15 @@ def build_tokenizer(
     ``add_bos``; without it the post-processor adds nothing); special tokens take the ids after the last rank,
     in the order given.
     """
-    byte_map = bytes_to_unicode()
-
-    def to_text(token: bytes) -> str:
-        return "".join(byte_map[b] for b in token)
-
-    vocab = {to_text(token): rank for rank, token in enumerate(tokens)}
-    merges = [(to_text(left), to_text(right)) for left, right in derive_merges(tokens)]
+    # One character per byte: latin-1 then one C-level translate, and a merge's parts are slices of its token.
+    table = {b: ord(ch) for b, ch in bytes_to_unicode().items() if b != ord(ch)}
+    texts = [token.decode("latin-1").translate(table) for token in tokens]
+    vocab = {text: rank for rank, text in enumerate(texts)}
+    text_of = dict(zip(tokens, texts, strict=True))
+    merges = []
+    for left, right in derive_merges(tokens):
+        whole = text_of.get(left + right) or (left + right).decode("latin-1").translate(table)
+        merges.append((whole[: len(left)], whole[len(left) :]))
     tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True, byte_fallback=False))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [

@@ -31,7 +31,7 @@ def tiktoken_model_from_tokenizer_json(path: Path, *, vocab_size: int | None = N
     """
     try:
         data: Any = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise _fail(path, f"cannot be read as JSON ({exc})") from None
     model = data.get("model") if isinstance(data, dict) else None
     if not isinstance(model, dict) or model.get("type") != "BPE" or not isinstance(model.get("vocab"), dict):
@@ -63,5 +63,7 @@ def tiktoken_model_from_tokenizer_json(path: Path, *, vocab_size: int | None = N
     if len(set(by_id.values())) != n:
         raise _fail(path, "maps two ids to the same bytes")
     if vocab_size is not None and n + len(specials) > vocab_size:
-        raise _fail(path, f"has {n + len(specials)} tokens, more than the model's vocab_size {vocab_size}")
+        raise _fail(
+            path, f"has {n + len(specials)} tokens, more than the model's vocab_size {vocab_size} (config.json)"
+        )
     return "".join(f"{base64.b64encode(by_id[i]).decode()} {i}\n" for i in range(n)).encode()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
+from ...errors import UnsupportedError
 from ...formats.gguf.encode import OUTTYPES
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
@@ -16,6 +18,7 @@ from . import gguf
 from .detect import recognise, rows_equal_everywhere
 from .guard import guard_chat_template
 from .hf_config import config_json, generation_config_json
+from .keep_fp8 import quantization_config
 from .layout import recipes
 from .spec import LlamaSpec
 from .tokenizer import tokenizer_files
@@ -28,7 +31,9 @@ class LlamaFamily:
 
     name = "llama"
     title = "Llama text (1, 2, Code Llama, 3.x, Guard 2/3)"
-    capabilities = Capabilities(hf_architectures=("LlamaForCausalLM",), gguf=gguf, gguf_outtypes=tuple(OUTTYPES))
+    capabilities = Capabilities(
+        hf_architectures=("LlamaForCausalLM",), gguf=gguf, gguf_outtypes=tuple(OUTTYPES), adapters=True
+    )
 
     def recognise(self, folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hints) -> LlamaSpec | None:
         return recognise(folder, checkpoints, hints)
@@ -37,8 +42,11 @@ class LlamaFamily:
         return recipes(spec, dtype)
 
     def metadata_files(self, spec: LlamaSpec, dtype: DType, *, tokenizer: bool = True) -> dict[str, bytes]:
+        config = config_json(spec, dtype)
+        if spec.fp8 is not None and spec.fp8.keep:
+            config["quantization_config"] = quantization_config(spec.params.n_layers, spec.fp8)
         files = {
-            "config.json": json_bytes(config_json(spec, dtype)),
+            "config.json": json_bytes(config),
             "generation_config.json": json_bytes(generation_config_json(spec)),
         }
         if tokenizer:
@@ -62,6 +70,14 @@ class LlamaFamily:
             context_length=guard.context_length,
             template=guard_chat_template(guard.kind),
         )
+
+    def keep_fp8(self, spec: LlamaSpec) -> LlamaSpec:
+        """``--keep-fp8``: the same spec, planned as an ``fbgemm_fp8`` folder (FP8 sources only)."""
+        if spec.fp8 is None:
+            raise UnsupportedError(
+                f"{spec.folder.root} stores no float8 weights; --keep-fp8 applies to Meta's FP8 releases only."
+            )
+        return dataclasses.replace(spec, fp8=dataclasses.replace(spec.fp8, keep=True))
 
     def deferred_checks(self, spec: LlamaSpec) -> list[Callable[[], None]]:
         """Checks that run beside the weight stream: tying was decided on sampled rows; compare them all."""

@@ -7,13 +7,14 @@ import re
 
 import numpy as np
 
-from ...dtypes import DType
+from ...dtypes import F8_E4M3, DType
 from ...errors import ConversionError, InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, MetaParams
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
 from ..base import Evidence, Hints
 from ..naming import check_snapshot_config, instruct_from_names
+from .fp8 import recognise_fp8
 from .guard import GuardFacts, guard_facts
 from .layout import SKIPPED_TENSORS, expected_shard_shapes
 from .releases import RELEASES, SIZE_LABELS, Release, Version
@@ -93,6 +94,8 @@ def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, sampl
     """Whether two tensors agree on ``samples`` evenly spread blocks of rows in every shard: cheap evidence of
     tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion."""
     for ckpt in checkpoints:
+        if a not in ckpt.tensors or b not in ckpt.tensors:
+            return False  # the layout check names the missing tensor
         if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
             return False
         last = max(0, ckpt.tensors[a].shape[0] - rows)  # first and last block included
@@ -177,6 +180,12 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], embed_
                 + f"; params.json describes {p.n_layers} layers — the file is damaged or belongs to another model."
             )
         unexpected = sorted(present - set(expected))
+        beyond = [n for n in unexpected if n.split(".")[0] == "layers" and n.split(".")[1].isdigit()]
+        if beyond:
+            raise ShapeMismatchError(
+                f"{ckpt.path} holds {beyond[0]}, beyond the {p.n_layers} layers params.json describes; "
+                "restore the params.json of these shards."
+            )
         if unexpected:
             raise UnsupportedError(
                 f"{ckpt.path} holds {unexpected[0]}, which a Llama text model does not have "
@@ -189,7 +198,8 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], embed_
                     f"{ckpt.path}: {name} has shape {list(ref.shape)} but params.json implies {list(shape)}; "
                     "check that params.json belongs to these shards."
                 )
-            dtypes.add(ref.dtype)
+            if ref.dtype != F8_E4M3:  # Meta's FP8 release: checked by fp8.recognise_fp8
+                dtypes.add(ref.dtype)
     floats = {d for d in dtypes if d.torch_name in ("bfloat16", "float16", "float32")}
     if len(floats) != 1 or floats != dtypes:
         raise UnsupportedError(
@@ -304,6 +314,15 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         version_reason = evidence[-1].because
     evidence.append(Evidence("release", release.title, version_reason))
     vocab, dtype = _check_layout(folder, checkpoints, release.embedding_split_dim)
+    fp8 = recognise_fp8(folder.root, checkpoints, p.n_layers)
+    if fp8 is not None:
+        evidence.append(
+            Evidence(
+                "weights",
+                f"FP8 (float8_e4m3fn FFN of layers 1…{p.n_layers - 2}) → dequantized, q × scale rounded once",
+                f"float8 tensors in the shards and {len(fp8.scale_files)} fp8_scales_N.pt file(s)",
+            )
+        )
     instruct, variant_evidence, notes = _variant(release, hints, guard.title if guard else None)
     notes = early_notes + notes
     evidence.append(variant_evidence)
@@ -345,6 +364,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         tie_embeddings=tie,
         rope_scaling_factor=factor,
         guard=guard,
+        fp8=fp8,
     )
     if hints.version is None:
         _check_snapshot_config(spec, hints)

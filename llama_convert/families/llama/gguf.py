@@ -32,6 +32,7 @@ __all__ = [
     "gguf_name",
     "gguf_recipes",
     "hf_head_dim",
+    "hf_shapes",
     "hf_tensor",
     "model_id",
     "rope_freqs",
@@ -82,6 +83,31 @@ def _rope(config: dict[str, Any]) -> dict[str, Any]:
     params = dict(config.get("rope_parameters") or config.get("rope_scaling") or {})
     params.setdefault("rope_theta", config.get("rope_theta", 10000.0))
     return params
+
+
+def hf_shapes(config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the LlamaForCausalLM folder config.json describes, with its shape (lm_head.weight only
+    when untied): the weights must agree before a GGUF file is written from them."""
+    hidden, heads = config["hidden_size"], config["num_attention_heads"]
+    kv, head_dim = config.get("num_key_value_heads") or heads, hf_head_dim(config)
+    inter, vocab = config["intermediate_size"], config["vocab_size"]
+    layer = {
+        "input_layernorm.weight": (hidden,),
+        "self_attn.q_proj.weight": (heads * head_dim, hidden),
+        "self_attn.k_proj.weight": (kv * head_dim, hidden),
+        "self_attn.v_proj.weight": (kv * head_dim, hidden),
+        "self_attn.o_proj.weight": (hidden, heads * head_dim),
+        "post_attention_layernorm.weight": (hidden,),
+        "mlp.gate_proj.weight": (inter, hidden),
+        "mlp.up_proj.weight": (inter, hidden),
+        "mlp.down_proj.weight": (hidden, inter),
+    }
+    shapes = {"model.embed_tokens.weight": (vocab, hidden), "model.norm.weight": (hidden,)}
+    if not config.get("tie_word_embeddings", False):
+        shapes["lm_head.weight"] = (vocab, hidden)
+    for i in range(config["num_hidden_layers"]):
+        shapes.update({f"model.layers.{i}.{suffix}": shape for suffix, shape in layer.items()})
+    return shapes
 
 
 def hf_head_dim(config: dict[str, Any]) -> int:
@@ -162,8 +188,11 @@ def llama3_pre_tokenizer(tokenizer_json: dict[str, Any]) -> bool:
     from ...tokenizer.tiktoken_bpe import LLAMA3_PATTERN
 
     pre = tokenizer_json.get("pre_tokenizer") or {}
-    steps = pre.get("pretokenizers", [pre])
-    regexes = [s.get("pattern", {}).get("Regex") for s in steps if s.get("type") == "Split"]
+    steps = pre.get("pretokenizers", [pre]) if isinstance(pre, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) for s in steps):
+        return False  # not a pipeline of steps: not Llama 3's
+    patterns = [s.get("pattern") for s in steps if s.get("type") == "Split"]
+    regexes = [p.get("Regex") if isinstance(p, dict) else None for p in patterns]
     return regexes == [LLAMA3_PATTERN] and any(s.get("type") == "ByteLevel" for s in steps)
 
 
@@ -199,8 +228,11 @@ def add_metadata(
         writer.add_eot_token_id(CODE_LLAMA_EOT)
 
 
-def add_spec_metadata(writer: GGUFWriter, spec: LlamaSpec, files: dict[str, bytes], **kw: int) -> None:
-    """``add_metadata`` for a Meta checkpoint: the family's own files, named after the detected model."""
+def add_spec_metadata(
+    writer: GGUFWriter, spec: LlamaSpec, files: dict[str, bytes], *, entries: Any = None, **kw: int
+) -> None:
+    """``add_metadata`` for a Meta checkpoint: the family's own files, named after the detected model
+    (``entries``, the file's tensor names and shapes, are not needed: no experts)."""
     sp = None if spec.release.tokenizer_kind == "tiktoken" else spec.folder.tokenizer
     add_metadata(writer, files, name=model_id(spec), sentencepiece=sp, **kw)  # type: ignore[arg-type]
 
@@ -222,7 +254,7 @@ def hf_tensor(hf_name: str, config: dict[str, Any]) -> tuple[str, int | None] | 
     return gguf_name(hf_name), heads
 
 
-def add_hf_metadata(writer: GGUFWriter, root: Path, *, file_type: int, n_params: int) -> None:
+def add_hf_metadata(writer: GGUFWriter, root: Path, *, file_type: int, n_params: int, entries: Any = None) -> None:
     """``add_metadata`` for a Hugging Face folder, from its own files, named after the folder as llama.cpp's are."""
     from ...tokenizer import detect_tokenizer_kind
 
@@ -248,4 +280,7 @@ def spec_from_hf(config: dict[str, Any], root: Path, dtype: Any) -> tuple[LlamaS
     from .to_meta import target_spec
 
     target = target_from_hf_config(config, where=str(root / "config.json"))
+    for key in ("max_position_embeddings", "rms_norm_eps"):  # GGUF records them; params.json need not
+        if config.get(key) is None:
+            raise InputError(f"{root / 'config.json'} lacks {key}, which a GGUF file records; save the model again.")
     return target_spec(target, mp=1, dtype=dtype, root=root), tuple(target.notes)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ...dtypes import DType
 from ...formats.meta.folder import MetaParams
 from ...plan import Part, TensorRecipe
+from .fp8 import dequantized
+from .keep_fp8 import keep_fp8_recipes
 from .spec import LlamaSpec
 
 __all__ = ["GLOBAL_SPLITS", "LAYER_TENSORS", "SKIPPED_TENSORS", "expected_shard_shapes", "recipes"]
@@ -99,4 +101,6 @@ def recipes(spec: LlamaSpec, dtype: DType) -> list[TensorRecipe]:
             if suffix in ("attention.wk.weight", "attention.wv.weight") and spec.kv_fold > 1:
                 steps.update(kv_fold=spec.kv_fold, head_dim=p.head_dim)
             out.append(recipe(f"model.layers.{i}.{hf_suffix}", f"layers.{i}.{suffix}", out_shapes[suffix], **steps))
-    return out
+    if spec.fp8 is None:
+        return out
+    return keep_fp8_recipes(out, spec.fp8) if spec.fp8.keep else dequantized(out, spec.fp8)

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from ...formats.meta.folder import MetaParams
 from ..base import ModelSpec
+from .fp8 import Fp8Facts
 from .guard import GuardFacts
 from .releases import Release
 
@@ -26,6 +27,7 @@ class LlamaSpec(ModelSpec):
     tie_embeddings: bool
     rope_scaling_factor: float | None  # llama3-type rope scaling factor, None without scaling
     guard: GuardFacts | None  # the Llama Guard release, None otherwise
+    fp8: Fp8Facts | None = None  # Meta's FP8 release: float8 FFN weights + scale files, dequantized
 
     @property
     def n_kv_heads(self) -> int:

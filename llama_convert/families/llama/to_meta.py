@@ -121,7 +121,7 @@ def resharded_spec(spec: LlamaSpec, mp: int) -> tuple[LlamaSpec, dict[str, Any]]
             raw["n_kv_heads"] = params.n_kv_heads
     shards = tuple(spec.folder.root / f"consolidated.{r:02d}.pth" for r in range(mp))
     folder = dataclasses.replace(spec.folder, shards=shards, raw_params=raw, params=params)
-    out = dataclasses.replace(spec, folder=folder, params=params, mp=mp, kv_fold=repeat, tie_embeddings=False)
+    out = dataclasses.replace(spec, folder=folder, params=params, mp=mp, kv_fold=repeat, tie_embeddings=False, fp8=None)
     return out, raw
 
 

@@ -7,15 +7,16 @@ from __future__ import annotations
 import math
 import re
 
-from ...dtypes import DType
+from ...dtypes import F8_E4M3, DType
 from ...errors import InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ..base import Evidence, Hints
 from ..naming import check_snapshot_config, instruct_from_names
+from .fp8 import recognise_fp8
 from .hf_config import variant
 from .layout import DROPPED, shard_shapes, tensor_table
-from .params import Llama4Params, is_llama4_params, parse_llama4_params
+from .params import Llama4Params, is_dense_llama4_params, is_llama4_params, parse_llama4_params
 from .spec import Llama4Spec
 from .tokenizer import NUM_BASE_TOKENS
 
@@ -33,7 +34,8 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
     """A Llama4Spec if the checkpoint is Llama 4 (raising one clear sentence if it is but is unusable), else None."""
     first = checkpoints[0]
     has_tensors = any(name in first.tensors for name in _LLAMA4_TENSORS)
-    if not is_llama4_params(folder.raw_params):
+    dense = has_tensors and is_dense_llama4_params(folder.raw_params)  # Llama Guard 4: no moe_args
+    if not is_llama4_params(folder.raw_params) and not dense:
         if has_tensors:
             raise InputError(
                 f"{first.path} holds Llama 4 tensors (fused wqkv) but {folder.params_path} has no moe_args; "
@@ -46,9 +48,22 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
             "layers.0.attention.wqkv.weight; the shards belong to another model."
         )
     p = parse_llama4_params(folder.raw_params, folder.params_path)
-    evidence = [Evidence("family", "Llama 4", "moe_args in params.json, fused wqkv and routed-expert tensors")]
+    evidence = [
+        Evidence("family", "Llama 4", "moe_args in params.json, fused wqkv and routed-expert tensors")
+        if p.moe is not None
+        else Evidence("family", "Llama 4 (dense)", "fused wqkv, Llama 4 params.json (ffn_exp) without moe_args")
+    ]
     _check_tokenizer(folder, evidence)
     vocab, dtype = _check_layout(folder, checkpoints, p)
+    fp8 = recognise_fp8(folder.root, checkpoints, p)
+    if fp8 is not None:
+        evidence.append(
+            Evidence(
+                "weights",
+                f"FP8 routed experts of {len(fp8.layers)} MoE layer(s) → dequantized, q × scale rounded once",
+                f"float8 tensors in the shards and {len(fp8.scale_files)} fp8_scales_N.pt file(s)",
+            )
+        )
     kind = variant(p)
     moe_layers = sum(p.is_moe_layer(i) for i in range(p.n_layers))
     evidence.append(
@@ -56,7 +71,9 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
             "variant",
             kind,
             f"{p.moe.num_experts} experts in {moe_layers} of {p.n_layers} layers "
-            f"(interleave_moe_layer_step {p.moe.interleave_moe_layer_step})",
+            f"(interleave_moe_layer_step {p.moe.interleave_moe_layer_step})"
+            if p.moe is not None
+            else f"no moe_args: {p.n_layers} dense layers (Llama Guard 4 is the dense Llama 4 Meta ships)",
         )
     )
     if p.use_scaled_rope:
@@ -68,23 +85,29 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
             "vision_args in params.json" if p.vision else "no vision_args in params.json",
         )
     )
-    instruct, variant_evidence, notes = _instruct(hints)
+    if p.moe is None:  # a safety classifier, prompted through its chat template
+        instruct, variant_evidence, notes = True, Evidence("instruct", "yes", "Llama Guard 4 is chat-formatted"), []
+    else:
+        instruct, variant_evidence, notes = _instruct(hints)
     evidence.append(variant_evidence)
     evidence.append(Evidence("model parallel", f"MP{len(checkpoints)}", f"{len(checkpoints)} consolidated shard(s)"))
     table = tensor_table(p, len(checkpoints), vocab)
     count = sum(math.prod(t.shape) for t in table)
-    size = _RELEASE_SIZES.get((p.dim, p.n_layers, p.moe.num_experts)) or (
-        f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
+    experts = p.moe.num_experts if p.moe else 0
+    size = _RELEASE_SIZES.get((p.dim, p.n_layers, experts)) or (
+        f"{count / 1e9:.0f}B" if count >= 1e10 else f"{count / 1e9:.1f}B" if count >= 1e9 else f"{count / 1e6:.0f}M"
     )
+    layers = f"{moe_layers} MoE × {experts} experts, top-{p.moe.top_k}" if p.moe else "dense"
     summary = (
-        f"{p.n_layers} layers ({moe_layers} MoE × {p.moe.num_experts} experts, top-{p.moe.top_k}), dim {p.dim}, "
-        f"{p.n_heads} heads / {p.n_kv_heads} KV heads, vocab {vocab}"
+        f"{p.n_layers} layers ({layers}), dim {p.dim}, {p.n_heads} heads / {p.n_kv_heads} KV heads, vocab {vocab}"
         + (f", vision {p.vision.n_layers} layers × {p.vision.dim}" if p.vision else "")
     )
     _check_snapshot_config(folder, p, vocab, hints)
     return Llama4Spec(
         family="llama4",
-        name=f"Llama 4 {kind} {size} {'Instruct' if instruct else 'base'}",
+        name=f"Llama Guard 4 {size}"
+        if p.moe is None
+        else f"Llama 4 {kind} {size} {'Instruct' if instruct else 'base'}",
         folder=folder,
         mp=len(checkpoints),
         source_dtype=dtype,
@@ -98,6 +121,7 @@ def recognise(folder: MetaFolder, checkpoints: list[TorchCheckpoint], hints: Hin
         variant=kind,
         size=size,
         instruct_reason=variant_evidence.because,
+        fp8=fp8,
     )
 
 
@@ -112,8 +136,8 @@ def _check_snapshot_config(folder: MetaFolder, p: Llama4Params, vocab: int, hint
         "num_attention_heads": p.n_heads,
         "num_key_value_heads": p.n_kv_heads,
         "vocab_size": vocab,
-        "num_local_experts": p.moe.num_experts,
-        "interleave_moe_layer_step": p.moe.interleave_moe_layer_step,
+        "num_local_experts": p.moe.num_experts if p.moe else 0,
+        "interleave_moe_layer_step": p.moe.interleave_moe_layer_step if p.moe else 0,
     }
     check_snapshot_config(folder.root, text if isinstance(text, dict) else None, ours)
 
@@ -181,7 +205,8 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], p: Lla
                     f"{ckpt.path}: {name} has shape {list(ref.shape)} but params.json and {mp} shard(s) imply "
                     f"{list(shape)}; check that params.json belongs to these shards and that none is missing."
                 )
-            dtypes.add(ref.dtype)
+            if ref.dtype != F8_E4M3:  # Meta's FP8 release: checked by fp8.recognise_fp8
+                dtypes.add(ref.dtype)
     floats = {d for d in dtypes if d.torch_name in ("bfloat16", "float16", "float32")}
     if len(floats) != 1 or floats != dtypes:
         raise UnsupportedError(

@@ -42,14 +42,22 @@ MIN_TRANSFORMERS: Final = "4.51.0"  # first release with Llama 4
 # scaled rope, Maverick alternates dense and MoE layers.
 _BASE_CONTEXT: Final = 262144
 _INSTRUCT_CONTEXT: Final = {"Scout": 10485760, "Maverick": 1048576}
+# Llama Guard 4: what transformers' converter writes for a dense Llama 4 (``max_context_length``, the branch
+# added for Guard 4); the published config.json itself was not available offline.
+GUARD4_CONTEXT: Final = 8192
+GUARD4_INTERMEDIATE_SIZE: Final = 8192  # unused without experts; transformers' converter writes 8192
 
 
 def variant(p: Llama4Params) -> str:
-    """ "Scout" (a MoE in every layer) or "Maverick" (dense and MoE layers interleaved)."""
+    """ "Scout" (a MoE in every layer), "Maverick" (dense and MoE layers interleaved) or "Guard 4" (dense)."""
+    if p.moe is None:
+        return "Guard 4"
     return "Scout" if p.moe.interleave_moe_layer_step == 1 else "Maverick"
 
 
 def context_length(p: Llama4Params, instruct: bool) -> int:
+    if p.moe is None:
+        return GUARD4_CONTEXT
     return _INSTRUCT_CONTEXT[variant(p)] if instruct else _BASE_CONTEXT
 
 
@@ -85,8 +93,8 @@ def text_config(p: Llama4Params, dtype: DType, *, vocab: int, instruct: bool) ->
         "hidden_act": "silu",
         "hidden_size": p.dim,
         "initializer_range": 0.02,
-        "interleave_moe_layer_step": p.moe.interleave_moe_layer_step,
-        "intermediate_size": p.moe_hidden_dim,
+        "interleave_moe_layer_step": p.moe.interleave_moe_layer_step if p.moe else 0,
+        "intermediate_size": p.moe_hidden_dim if p.moe else GUARD4_INTERMEDIATE_SIZE,
         "intermediate_size_mlp": p.dense_hidden_dim,
         "max_position_embeddings": context_length(p, instruct),
         "model_type": "llama4_text",
@@ -94,10 +102,10 @@ def text_config(p: Llama4Params, dtype: DType, *, vocab: int, instruct: bool) ->
         # 1 = this layer uses RoPE, 0 = a NoPE layer (transformers' convention)
         "no_rope_layers": [0 if p.is_nope_layer(i) else 1 for i in range(p.n_layers)],
         "num_attention_heads": p.n_heads,
-        "num_experts_per_tok": p.moe.top_k,
+        "num_experts_per_tok": p.moe.top_k if p.moe else 1,
         "num_hidden_layers": p.n_layers,
         "num_key_value_heads": p.n_kv_heads,
-        "num_local_experts": p.moe.num_experts,
+        "num_local_experts": p.moe.num_experts if p.moe else 0,
         "output_router_logits": False,
         "pad_token_id": PAD_ID,
         "rms_norm_eps": p.norm_eps,

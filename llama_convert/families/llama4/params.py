@@ -13,7 +13,14 @@ from typing import Any
 
 from ...errors import InputError, UnsupportedError
 
-__all__ = ["Llama4Params", "MoEArgs", "VisionArgs", "is_llama4_params", "parse_llama4_params"]
+__all__ = [
+    "Llama4Params",
+    "MoEArgs",
+    "VisionArgs",
+    "is_dense_llama4_params",
+    "is_llama4_params",
+    "parse_llama4_params",
+]
 
 # Meta's args.py: "Only Llama-4-Scout uses scaled rope and needs these specific values."
 SCALED_ROPE_FACTOR = 16.0
@@ -81,7 +88,7 @@ class Llama4Params:
     attn_temperature_tuning: bool
     floor_scale: float
     attn_scale: float
-    moe: MoEArgs
+    moe: MoEArgs | None  # None: a dense Llama 4 (Llama Guard 4: no moe_args, every layer a dense FFN)
     vision: VisionArgs | None
     quantization: dict[str, Any] | None
 
@@ -90,7 +97,7 @@ class Llama4Params:
         return self.dim // self.n_heads
 
     def is_moe_layer(self, layer: int) -> bool:
-        return (layer + 1) % self.moe.interleave_moe_layer_step == 0
+        return self.moe is not None and (layer + 1) % self.moe.interleave_moe_layer_step == 0
 
     def is_nope_layer(self, layer: int) -> bool:
         return self.nope_layer_interval is not None and (layer + 1) % self.nope_layer_interval == 0
@@ -98,6 +105,7 @@ class Llama4Params:
     @property
     def moe_hidden_dim(self) -> int:
         """Routed/shared expert width F, exactly as Meta's ``MoE.__init__`` computes it."""
+        assert self.moe is not None, "a dense Llama 4 has no experts"
         hidden = int(2 * int(self.ffn_exp * self.dim) / 3)
         hidden = int(self.ffn_dim_multiplier * hidden)
         if self.moe.auto_scale_F:
@@ -116,6 +124,12 @@ def is_llama4_params(raw: Any) -> bool:
     """Whether a params.json describes a Llama 4 model (mixture-of-experts arguments present)."""
     raw = _unwrap(raw)
     return isinstance(raw, dict) and isinstance(raw.get("moe_args"), dict)
+
+
+def is_dense_llama4_params(raw: Any) -> bool:
+    """A Llama 4 params.json without experts (Llama Guard 4): Llama 4's own ``ffn_exp``, no ``moe_args``."""
+    raw = _unwrap(raw)
+    return isinstance(raw, dict) and raw.get("moe_args") is None and "ffn_exp" in raw
 
 
 def _unwrap(raw: Any) -> Any:
@@ -191,15 +205,8 @@ def parse_llama4_params(raw: Any, path: Path) -> Llama4Params:
         )
     if r.get("lora_args", dict, None):
         raise UnsupportedError(f"{path} carries LoRA adapter arguments; convert the base bf16 checkpoint instead.")
-    m = _Reader(r.get("moe_args", dict), path, "moe_args.")
-    moe = MoEArgs(
-        num_experts=m.get("num_experts", int, positive=True),
-        top_k=m.get("top_k", int, 1, positive=True),
-        interleave_moe_layer_step=m.get("interleave_moe_layer_step", int, 1, positive=True),
-        capacity_factor=m.get("capacity_factor", float, 1.0),
-        auto_scale_F=m.get("auto_scale_F", bool, True),
-    )
-    if moe.top_k > moe.num_experts:
+    moe = _moe(r.get("moe_args", dict, None), path)
+    if moe is not None and moe.top_k > moe.num_experts:
         raise InputError(f"{path}: moe_args.top_k {moe.top_k} exceeds num_experts {moe.num_experts}.")
     use_scaled_rope = r.get("use_scaled_rope", bool, False)
     factor = r.get("rope_scaling_factor", float, None)
@@ -230,6 +237,20 @@ def parse_llama4_params(raw: Any, path: Path) -> Llama4Params:
         moe=moe,
         vision=_vision(r.get("vision_args", dict, None), path),
         quantization=quantization,
+    )
+
+
+def _moe(raw: dict[str, Any] | None, path: Path) -> MoEArgs | None:
+    """The experts' arguments; None without ``moe_args`` (a dense Llama 4, as Meta's TransformerBlock builds)."""
+    if raw is None:
+        return None
+    m = _Reader(raw, path, "moe_args.")
+    return MoEArgs(
+        num_experts=m.get("num_experts", int, positive=True),
+        top_k=m.get("top_k", int, 1, positive=True),
+        interleave_moe_layer_step=m.get("interleave_moe_layer_step", int, 1, positive=True),
+        capacity_factor=m.get("capacity_factor", float, 1.0),
+        auto_scale_F=m.get("auto_scale_F", bool, True),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..base import ModelSpec
+from .fp8 import Llama4Fp8
 from .params import Llama4Params
 
 __all__ = ["Llama4Spec"]
@@ -19,6 +20,7 @@ class Llama4Spec(ModelSpec):
     variant: str  # "Scout" (MoE in every layer) or "Maverick" (dense and MoE layers interleaved)
     size: str  # "17B-16E" for the releases, else a parameter count
     instruct_reason: str
+    fp8: Llama4Fp8 | None = None  # Maverick FP8: float8 routed experts + scale files, dequantized
 
     @property
     def has_vision(self) -> bool:

@@ -73,7 +73,7 @@ def special_token_names() -> list[str]:
 
 
 def llama4_tokenizer_files(
-    tokenizer_model: Path, *, instruct: bool, context_length: int, vision: bool = True
+    tokenizer_model: Path, *, instruct: bool, context_length: int, vision: bool = True, template: str | None = None
 ) -> dict[str, bytes]:
     """``tokenizer.json``, ``tokenizer_config.json`` and ``special_tokens_map.json`` for Llama 4."""
     tokens = read_ranks(tokenizer_model)
@@ -91,7 +91,7 @@ def llama4_tokenizer_files(
         eos=EOS_INSTRUCT if instruct else EOS_BASE,
         pad=PAD,
         context_length=context_length,
-        chat_template=chat_template() if instruct else None,
+        chat_template=template or (chat_template() if instruct else None),
         extra_config=_PROCESSOR if vision else None,
     )
 

@@ -29,8 +29,6 @@ class MllamaFamily:
         refused={
             ("meta", "gguf"): "llama.cpp has no Llama 3.2 Vision (mllama) support, so there is no GGUF it could load",
             ("hf", "gguf"): "llama.cpp has no Llama 3.2 Vision (mllama) support, so there is no GGUF it could load",
-            ("hf", "meta"): "Llama 3.2 Vision does not go back to Meta's format in this version yet",
-            ("meta", "meta"): "Llama 3.2 Vision checkpoints are not resharded by this version yet",
         },
     )
 
@@ -53,6 +51,18 @@ class MllamaFamily:
 
     def deferred_checks(self, spec: MllamaSpec) -> list[Callable[[], None]]:
         return []
+
+    def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
+        """The way back: the Meta checkpoint an HF folder becomes (``plan.MetaLayout``)."""
+        from .to_meta import layout_from_hf
+
+        return layout_from_hf(config, root, hf_names, **options)
+
+    def reshard_layout(self, spec: MllamaSpec, mp: int) -> Any:
+        """The way back: recipes reading ``spec`` and the layout of the same model at ``mp`` shards."""
+        from .to_meta import reshard_layout
+
+        return reshard_layout(spec, mp)
 
     def details(self, spec: MllamaSpec) -> dict[str, Any]:
         p = spec.params

@@ -3,7 +3,8 @@
 Only the header — metadata and tensor infos — is parsed: cheap even for a large model. ``verify`` checks
 the structure — every tensor whole blocks of its type, its offset aligned, its bytes inside the file and not
 overlapping another's — and the keys a loader needs (architecture, block count, a vocabulary as large as
-the model's); it does not read the weights.
+the model's); it does not read the weights. The tensors' types are also counted per class (``attn_v``,
+``ffn_down``, … as llama-quantize classes them), which shows a quantized file's type mixture.
 """
 
 from __future__ import annotations
@@ -21,11 +22,15 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ...errors import InputError, UnsupportedError, VerificationError
+from .mixture import FILE_TYPES, type_table
 
 __all__ = ["GGUFReport", "TensorInfo", "describe_gguf", "read_header", "verify_gguf"]
 
 _SUMMARY_KEYS = ("general.name", "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre")
-_FILE_TYPE_NAMES = {0: "f32", 1: "f16", 7: "q8_0", 32: "bf16"}
+_FILE_TYPE_NAMES = {
+    0: "f32",
+    **{int(ft): name if name in ("bf16", "f16") else name.upper() for name, (ft, _) in FILE_TYPES.items()},
+}
 
 
 @dataclass(frozen=True)
@@ -40,13 +45,21 @@ class GGUFReport:
     file_bytes: int
     types: dict[str, int]  # GGUF tensor type → tensors of that type
     problems: tuple[str, ...] = field(default=())
+    class_types: dict[str, dict[str, int]] = field(default_factory=dict)  # class → type → tensors
+
+    def type_lines(self) -> list[str]:
+        """The type mixture, one line per tensor class: ``attn_v  16 Q4_K, 16 Q6_K``."""
+        return [
+            f"  {cls:<12} " + ", ".join(f"{n} {name}" for name, n in row.items())
+            for cls, row in self.class_types.items()
+        ]
 
     @property
     def summary(self) -> str:
         name = self.metadata.get("general.name") or self.path.stem
         kind = _FILE_TYPE_NAMES.get(self.metadata.get("general.file_type", -1), "mixed")
         types = ", ".join(f"{n} {t}" for t, n in sorted(self.types.items()))
-        blocks = self.metadata.get(f"{self.arch}.block_count", "?")
+        blocks = self.metadata.get(_BLOCKS.get(self.arch or "", (f"{self.arch}.block_count",))[0], "?")
         vocab = self.metadata.get("tokenizer.ggml.tokens", "?")
         return (
             f"a GGUF file: {name} ({self.arch}, {blocks} blocks, vocabulary {vocab}, {kind}); "
@@ -64,6 +77,7 @@ class GGUFReport:
             "tensor_bytes": self.tensor_bytes,
             "file_bytes": self.file_bytes,
             "types": self.types,
+            "class_types": self.class_types,
             "problems": list(self.problems),
         }
 
@@ -158,6 +172,10 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, tuple[list[str]
     return metadata, [TensorInfo(n, shape, q, start + off) for n, shape, q, off in infos]
 
 
+# A projector file (``mmproj-*.gguf``, architecture ``clip``) counts its vision tower's blocks, ``v.blk.N``.
+_BLOCKS = {"clip": ("clip.vision.block_count", "v.blk.")}
+
+
 def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
     """Read a GGUF file's header, metadata and tensor infos, and check its structure."""
     path = Path(path)
@@ -185,11 +203,12 @@ def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
     if arch is None:
         problems.append("no general.architecture")
     else:
-        blocks = metadata.get(f"{arch}.block_count")
+        key, prefix = _BLOCKS.get(arch, (f"{arch}.block_count", "blk."))
+        blocks = metadata.get(key)
         if blocks is None:
-            problems.append(f"no {arch}.block_count")
-        elif any(name.startswith("blk.") and int(name.split(".")[1]) >= blocks for _, _, name in spans):
-            problems.append(f"tensors of blocks beyond {arch}.block_count {blocks}")
+            problems.append(f"no {key}")
+        elif any(name.startswith(prefix) and int(name[len(prefix) :].split(".")[0]) >= blocks for _, _, name in spans):
+            problems.append(f"tensors of blocks beyond {key} {blocks}")
         vocab = metadata.get(f"{arch}.vocab_size")
         tokens = metadata.get("tokenizer.ggml.tokens")
         if vocab is not None and tokens is not None and vocab != tokens:
@@ -203,6 +222,7 @@ def describe_gguf(path: str | os.PathLike[str]) -> GGUFReport:
         file_bytes=file_bytes,
         types=dict(Counter(t.qtype.name for t in tensors)),
         problems=tuple(problems),
+        class_types=type_table({t.name: t.qtype for t in tensors}),
     )
 
 

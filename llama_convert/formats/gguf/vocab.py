@@ -18,6 +18,8 @@ from typing import Any
 
 from gguf import GGUFWriter, SpecialVocab, TokenType
 
+from ...errors import InputError
+
 __all__ = ["add_bpe_vocab", "add_sentencepiece_vocab", "bpe_tokens", "sentencepiece_tokens"]
 
 _SPECIAL_FILES = ("tokenizer.json", "tokenizer_config.json", "config.json")
@@ -28,7 +30,7 @@ def bpe_tokens(tokenizer_json: dict[str, Any], vocab_size: int) -> tuple[list[st
     control (special) or user-defined, the rest normal, missing ids ``[PADn]`` unused (as llama.cpp's
     ``get_vocab_base``)."""
     by_id: dict[int, str] = {i: t for t, i in tokenizer_json["model"]["vocab"].items()}
-    added = {t["id"]: t for t in tokenizer_json.get("added_tokens", [])}
+    added = {t["id"]: t for t in tokenizer_json.get("added_tokens") or []}
     by_id.update({i: t["content"] for i, t in added.items()})
     tokens: list[str] = []
     types: list[int] = []
@@ -105,7 +107,13 @@ def _special_vocab(files: dict[str, bytes], n_vocab: int, *, load_merges: bool) 
         for name in _SPECIAL_FILES:
             if name in files:
                 (Path(tmp) / name).write_bytes(files[name])
-        return SpecialVocab(tmp, load_merges=load_merges, n_vocab=n_vocab)
+        try:
+            return SpecialVocab(tmp, load_merges=load_merges, n_vocab=n_vocab)
+        except Exception as exc:  # gguf's reader of files from strangers: any exception type is possible
+            names = ", ".join(n for n in _SPECIAL_FILES if n in files)
+            raise InputError(
+                f"{names}: gguf cannot read the special tokens ({type(exc).__name__}: {exc}); save the tokenizer again."
+            ) from None
 
 
 @contextlib.contextmanager

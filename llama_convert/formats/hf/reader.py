@@ -21,6 +21,7 @@ import numpy as np
 from ...dtypes import DTYPES, DType
 from ...errors import InputError, MissingFileError, UnsupportedError
 from ..storage import ByteSource, SourcePath, as_source_path, open_bytes
+from .checks import check_config, check_generation_config, check_tokenizer_config, check_tokenizer_json
 
 __all__ = ["HFFolder", "SafetensorsFile", "SafetensorsRef", "find_hf_folder", "is_hf_folder"]
 
@@ -45,6 +46,11 @@ class SafetensorsRef:
     @property
     def nbytes(self) -> int:
         return self.numel * self.dtype.itemsize
+
+
+def _whole(value: object) -> bool:
+    """A non-negative JSON integer (no bool, no float): sizes and offsets of a safetensors header."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 class SafetensorsFile:
@@ -73,18 +79,26 @@ class SafetensorsFile:
             raise self._damaged("not a safetensors file or truncated (bad header length)")
         try:
             header = json.loads(self.source.read_ranges([(8, 8 + length)])[0])
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        except (UnicodeDecodeError, ValueError):  # ValueError: JSON errors, numbers of over 4300 digits
             raise self._damaged("not a safetensors file (unreadable header)") from None
         if not isinstance(header, dict):
             raise self._damaged("not a safetensors file (header is not an object)")
         base = 8 + length
-        self.metadata = {str(k): str(v) for k, v in (header.pop("__metadata__", None) or {}).items()}
+        metadata = header.pop("__metadata__", None) or {}
+        if not isinstance(metadata, dict):
+            raise self._damaged("damaged (__metadata__ is not an object)")
+        self.metadata = {str(k): str(v) for k, v in metadata.items()}
         tensors: dict[str, SafetensorsRef] = {}
         for name, entry in header.items():
             try:
-                code, shape, (begin, end) = entry["dtype"], tuple(int(s) for s in entry["shape"]), entry["data_offsets"]
+                code, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
             except (KeyError, TypeError, ValueError):
                 raise self._damaged(f"damaged (bad header entry for {name})") from None
+            if not (isinstance(code, str) and isinstance(shape, list) and all(_whole(v) for v in (*shape, begin, end))):
+                raise self._damaged(f"damaged (bad header entry for {name})")
+            if begin > end:
+                raise self._damaged(f"damaged (tensor {name} ends before it begins)")
+            shape = tuple(shape)
             dtype = _BY_CODE.get(code)
             if dtype is None:
                 raise UnsupportedError(
@@ -118,6 +132,19 @@ class SafetensorsFile:
         self.source.read_into(ref.file_offset + start * row_bytes, memoryview(out.reshape(-1).view(np.uint8)))
         return out.reshape(sub_shape)
 
+    def read_elements(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Elements ``start:stop`` of a tensor in C order (1-D), as numpy data in ``dtype.storage``."""
+        ref = self.tensors[name]
+        out = np.empty(stop - start, dtype=ref.dtype.storage)
+        view = memoryview(out.view(np.uint8))
+        fd, offset, done = self.fileno(), ref.file_offset + start * ref.dtype.itemsize, 0
+        while done < len(view):
+            n = os.preadv(fd, [view[done:]], offset + done)
+            if n == 0:
+                raise self._damaged("truncated (read past the end)")
+            done += n
+        return out
+
     def read(self, name: str) -> np.ndarray:
         """A whole tensor (small ones only)."""
         return self.read_rows(name).reshape(self.tensors[name].shape)
@@ -146,6 +173,9 @@ class HFFolder:
     def read_rows(self, name: str, start: int = 0, stop: int | None = None, out: np.ndarray | None = None):
         return self.file_of(name).read_rows(name, start, stop, out)
 
+    def read_elements(self, name: str, start: int, stop: int) -> np.ndarray:
+        return self.file_of(name).read_elements(name, start, stop)
+
     def __iter__(self) -> Iterator[str]:
         return iter(self.where)
 
@@ -171,7 +201,7 @@ def is_hf_folder(root: str | os.PathLike[str] | SourcePath) -> bool:
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also numbers of more than 4300 digits
         raise InputError(f"{path} is not valid JSON ({exc}); save the model again.") from None
 
 
@@ -211,11 +241,13 @@ def find_hf_folder(root: str | os.PathLike[str] | SourcePath) -> HFFolder:
     config_path = root / "config.json"
     if not config_path.is_file():
         raise MissingFileError(f"{config_path} is missing; give a folder written by save_pretrained.")
-    config = _read_json(config_path)
-    if not isinstance(config, dict):
-        raise InputError(f"{config_path} is not a JSON object; save the model again.")
+    config = check_config(_read_json(config_path), config_path)
     gen_path = root / "generation_config.json"
-    generation = _read_json(gen_path) if gen_path.is_file() else None
+    generation = check_generation_config(_read_json(gen_path), gen_path) if gen_path.is_file() else None
+    # Read later by the routes (vocabulary, special tokens): their shapes are checked here, before the first byte.
+    for name, check in (("tokenizer.json", check_tokenizer_json), ("tokenizer_config.json", check_tokenizer_config)):
+        if (root / name).is_file():
+            check(_read_json(root / name), root / name)
     files: dict[str, SafetensorsFile] = {}
     where: dict[str, str] = {}
     for name in _weight_files(root):

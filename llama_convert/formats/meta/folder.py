@@ -72,6 +72,12 @@ class MetaFolder:
     tokenizer: Path | None
 
 
+# Bounds far above any released Llama (405B: dim 16384, 126 layers, 128 heads; vocabularies up to 202048):
+# a larger value is damage, refused at once rather than taken on trust and allocated for.
+_PLAUSIBLE = {"dim": 1 << 17, "n_layers": 1 << 11, "n_heads": 1 << 12, "n_kv_heads": 1 << 12, "vocab_size": 1 << 23,
+              "multiple_of": 1 << 20, "ffn_dim_multiplier": 64.0}  # fmt: skip
+
+
 def parse_params(raw: Any, path: Path) -> MetaParams:
     """Validate ``params.json`` content (also nested under ``"model"``) into MetaParams."""
     if isinstance(raw, dict) and isinstance(raw.get("model"), dict) and "dim" not in raw:
@@ -79,26 +85,33 @@ def parse_params(raw: Any, path: Path) -> MetaParams:
     if not isinstance(raw, dict):
         raise InputError(f"{path} does not hold a JSON object of model arguments; restore Meta's params.json.")
 
-    def need(key: str, kind: type, *, required: bool = True, default: Any = None) -> Any:
-        value = raw.get(key, default)
+    def need(key: str, kind: type, *, required: bool = True, default: Any = None, positive: bool = False) -> Any:
+        value = raw.get(key)
         if value is None:
             if required:
                 raise InputError(f"{path} lacks the key {key!r}; restore Meta's params.json.")
-            return None
+            return default
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if kind is int and isinstance(value, float) and value.is_integer():
             value = int(value)
         if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
             raise InputError(f"{path}: {key!r} is {value!r}, expected a {kind.__name__}; restore Meta's params.json.")
+        if kind is float and not math.isfinite(value):
+            raise InputError(f"{path}: {key!r} is {value}, expected a finite number; restore Meta's params.json.")
+        if positive and value <= 0:
+            raise InputError(f"{path}: {key!r} is {value}, expected a positive number; restore Meta's params.json.")
+        if key in _PLAUSIBLE and value > _PLAUSIBLE[key]:
+            raise InputError(
+                f"{path}: {key!r} is {value}, implausibly large (no Llama has more than {_PLAUSIBLE[key]}); "
+                "restore Meta's params.json."
+            )
         return value
 
-    dim, n_layers, n_heads = need("dim", int), need("n_layers", int), need("n_heads", int)
-    n_kv_heads = need("n_kv_heads", int, required=False) or n_heads
+    dim, n_layers = need("dim", int, positive=True), need("n_layers", int, positive=True)
+    n_heads = need("n_heads", int, positive=True)
+    n_kv_heads = need("n_kv_heads", int, required=False, default=n_heads, positive=True)
     vocab = need("vocab_size", int, required=False)
-    for key, value in (("dim", dim), ("n_layers", n_layers), ("n_heads", n_heads), ("n_kv_heads", n_kv_heads)):
-        if value <= 0:
-            raise InputError(f"{path}: {key!r} is {value}, expected a positive number; restore Meta's params.json.")
     if dim % n_heads or n_heads % n_kv_heads:
         raise InputError(
             f"{path}: dim {dim}, n_heads {n_heads} and n_kv_heads {n_kv_heads} do not divide evenly; "
@@ -112,10 +125,10 @@ def parse_params(raw: Any, path: Path) -> MetaParams:
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         vocab_size=vocab if vocab and vocab > 0 else None,
-        multiple_of=need("multiple_of", int, required=False, default=256),
-        ffn_dim_multiplier=need("ffn_dim_multiplier", float, required=False),
-        norm_eps=need("norm_eps", float, required=False, default=1e-5),
-        rope_theta=need("rope_theta", float, required=False),
+        multiple_of=need("multiple_of", int, required=False, default=256, positive=True),
+        ffn_dim_multiplier=need("ffn_dim_multiplier", float, required=False, positive=True),
+        norm_eps=need("norm_eps", float, required=False, default=1e-5, positive=True),
+        rope_theta=need("rope_theta", float, required=False, positive=True),
         use_scaled_rope=need("use_scaled_rope", bool, required=False, default=False),
     )
 
@@ -221,7 +234,7 @@ def find_meta_folder(root: str | Path | SourcePath) -> MetaFolder:
         raise MissingFileError(f"{params_path} is missing; copy params.json from Meta's download into {root}.")
     try:
         raw = json.loads(params_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:  # ValueError: also numbers of more than 4300 digits
         raise InputError(f"{params_path} is not valid JSON ({exc}); restore Meta's params.json.") from None
     params = parse_params(raw, params_path)
     shards = _shard_paths(root)

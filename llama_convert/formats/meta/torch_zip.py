@@ -43,6 +43,7 @@ _STORAGE_CLASSES: dict[str, DType] = {
     "CharStorage": DTYPES["int8"],
     "ByteStorage": DTYPES["uint8"],
     "BoolStorage": DTYPES["bool"],
+    "Float8_e4m3fnStorage": DTYPES["float8_e4m3fn"],
 }
 _LOCAL_HEADER = struct.Struct("<IHHHHHIIIHH")
 _LOCAL_HEADER_MAGIC = 0x04034B50
@@ -181,7 +182,6 @@ _KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
     **{
         ("torch", kind): kind
         for kind in (
-            "float8_e4m3fn",
             "float8_e5m2",
             "float8_e4m3fnuz",
             "float8_e5m2fnuz",
@@ -198,7 +198,6 @@ _KNOWN_UNSUPPORTED: dict[tuple[str, str], str] = {
             "qint32",
         )
     },
-    ("torch", "Float8_e4m3fnStorage"): "float8_e4m3fn",
     ("torch", "Float8_e5m2Storage"): "float8_e5m2",
     ("torch", "ComplexFloatStorage"): "complex64",
     ("torch", "ComplexDoubleStorage"): "complex128",
@@ -343,6 +342,11 @@ class TorchCheckpoint:
             if not isinstance(value, _Rebuilt):
                 continue  # non-tensor entries (none in Meta's files) are ignored
             ref = TensorRef(str(name), value.storage, value.storage_offset, value.shape, value.stride)
+            if min((ref.storage_offset, *ref.shape, *ref.stride)) < 0 or len(ref.shape) != len(ref.stride):
+                raise InputError(
+                    f"{self.path}: tensor {name} has a negative size, stride or offset, or not as many strides as "
+                    "sizes; the file is damaged — download it again."
+                )
             if ref.storage_offset + ref.span() > ref.storage.numel:
                 raise InputError(
                     f"{self.path}: tensor {name} reaches past the end of its storage; "

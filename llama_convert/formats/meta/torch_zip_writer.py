@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import zipfile
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,20 +115,45 @@ def _zip64(size: int) -> bool:
     return size * 1.05 > zipfile.ZIP64_LIMIT
 
 
+class RunningCrc:
+    """A zip member's CRC-32, folded in chunk by chunk (by whoever writes the bytes)."""
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def update(self, data: memoryview) -> None:
+        self.value = zlib.crc32(data, self.value)
+
+
 class StorageSink:
-    """One storage being written: push C-ordered chunks with ``write``; ``close`` checks the size."""
+    """One storage being written: push C-ordered chunks with ``write``; ``close`` checks the size.
+
+    When the archive's file object hashes on worker threads (``writes_crc``: ``write(data, crc=…)`` and
+    ``drain()``), the member's CRC-32 is computed there too, beside its MD5, instead of by ``zipfile`` on the
+    writing thread; ``zipfile`` then writes the same data descriptor with the CRC handed to it."""
 
     def __init__(self, owner: TorchZipWriter, key: str, dtype: DType, numel: int, member: IO[bytes]) -> None:
         self._owner, self.key, self._dtype, self._numel, self._member = owner, key, dtype, numel, member
         self._written = 0
+        fp = owner._zip.fp
+        offload = getattr(fp, "writes_crc", False) and all(hasattr(member, a) for a in ("_crc", "_file_size"))
+        self._crc = RunningCrc() if offload else None
 
     def write(self, chunk: np.ndarray) -> int:
         data = np.ascontiguousarray(chunk, dtype=self._dtype.storage)
-        self._member.write(memoryview(data.reshape(-1).view(np.uint8)))
+        view = memoryview(data.reshape(-1).view(np.uint8))
+        if self._crc is None:
+            self._member.write(view)
+        else:
+            self._owner._zip.fp.write(view, crc=self._crc)  # type: ignore[call-arg]
+            self._member._file_size += data.nbytes  # type: ignore[attr-defined]
         self._written += data.nbytes
         return data.nbytes
 
     def close(self) -> None:
+        if self._crc is not None:
+            self._owner._zip.fp.drain()  # type: ignore[union-attr]
+            self._member._crc = self._crc.value  # type: ignore[attr-defined]
         self._member.close()
         size = self._numel * self._dtype.itemsize
         if self._written != size:

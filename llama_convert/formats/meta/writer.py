@@ -21,7 +21,7 @@ import numpy as np
 
 from ...dtypes import DTYPES, DType
 from ..stream import Writeback
-from .torch_zip_writer import StorageSink, TorchZipWriter
+from .torch_zip_writer import RunningCrc, StorageSink, TorchZipWriter
 
 __all__ = ["HashedFile", "MetaShardWriter", "checklist_text", "shard_name", "write_checklist"]
 
@@ -32,8 +32,16 @@ def shard_name(rank: int) -> str:
     return f"consolidated.{rank:02d}.pth"
 
 
+def _md5_and_crc(md5, crc: RunningCrc, view: memoryview) -> None:
+    md5.update(view)
+    crc.update(view)
+
+
 class HashedFile(io.RawIOBase):
-    """A write-only, unseekable file that MD5-hashes its bytes on a worker thread and paces writeback."""
+    """A write-only, unseekable file that MD5-hashes its bytes on a worker thread and paces writeback (and,
+    for the zip members that ask, computes their CRC-32 on the same thread)."""
+
+    writes_crc = True
 
     def __init__(self, path: Path, hasher: ThreadPoolExecutor, *, keep: int = 0) -> None:
         """``keep``: continue after the first ``keep`` bytes an interrupted run wrote (they are hashed again,
@@ -69,7 +77,8 @@ class HashedFile(io.RawIOBase):
     def seek(self, *args: object) -> int:
         raise io.UnsupportedOperation("HashedFile is written strictly in order")
 
-    def write(self, data) -> int:  # type: ignore[override]
+    def write(self, data, crc: RunningCrc | None = None) -> int:  # type: ignore[override]
+        """Write ``data``; with ``crc``, its CRC-32 is also folded into ``crc`` on the hash lane, in order."""
         view = memoryview(data).cast("B")
         size = len(view)
         done = 0
@@ -79,14 +88,21 @@ class HashedFile(io.RawIOBase):
         self._pos += size
         # hashlib releases the GIL for large buffers: hashing overlaps the next block's read and write.
         # The caller never reuses a buffer it has written, so hashing it later is safe.
-        self._jobs.append(self._hasher.submit(self._md5.update, view))
+        if crc is None:
+            self._jobs.append(self._hasher.submit(self._md5.update, view))
+        else:
+            self._jobs.append(self._hasher.submit(_md5_and_crc, self._md5, crc, view))
         while len(self._jobs) > _IN_FLIGHT:
             self._jobs.popleft().result()
         return size
 
-    def md5(self) -> str:
+    def drain(self) -> None:
+        """Wait until every byte written so far is hashed (and its CRC folded in)."""
         while self._jobs:
             self._jobs.popleft().result()
+
+    def md5(self) -> str:
+        self.drain()
         return self._md5.hexdigest()
 
     def flush(self) -> None:

@@ -1,0 +1,187 @@
+"""Llama 4 → GGUF (text ``<stem>.gguf`` and vision projector ``mmproj-<stem>.gguf``) against llama.cpp.
+
+The table (tests/data/gguf_llama4_llamacpp.json) was captured by ``benchmarks/compat_llama4_gguf.py --capture``
+from llama.cpp's ``convert_hf_to_gguf.py`` (with and without ``--mmproj``) run on our Hugging Face output of
+two fixed-seed checkpoints in Meta's layout (``llama4_fixtures.GGUF_CASES``: Scout-like, every layer MoE, MP1;
+Maverick-like, dense and MoE layers interleaved, MP2; 3 vision layers). Here the same checkpoints are
+regenerated from the same seeds and converted by us, from Meta's shards and from our Hugging Face folder:
+every tensor (name, type, shape, sha256 of its bytes) and every metadata key (types and value; the naming keys
+only from the Hugging Face folder, whose name llama.cpp derives them from) must be llama.cpp's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import llama4_fixtures as fx
+import numpy as np
+import pytest
+from gguf import GGUFReader, GGUFValueType
+
+import llama_convert
+from llama_convert.errors import UnsupportedError
+from llama_convert.formats.gguf.reader import verify_gguf
+
+TABLE = json.loads((Path(__file__).parent / "data" / "gguf_llama4_llamacpp.json").read_text())
+NAMING_KEYS = {"general.name", "general.basename", "general.finetune", "general.size_label"}
+
+
+def _fingerprint(value: Any) -> Any:
+    """As benchmarks/compat_gguf.py stores a value: arrays as length + sha256 of their JSON, floats exact."""
+    if isinstance(value, list):
+        text = json.dumps([v if not isinstance(v, float) else float(np.float32(v)).hex() for v in value])
+        return {"len": len(value), "sha256": hashlib.sha256(text.encode()).hexdigest()}
+    if isinstance(value, float):
+        return {"f32": float(np.float32(value)).hex()}
+    return value
+
+
+def read_gguf(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    reader = GGUFReader(path)
+    meta = {
+        f.name: [[GGUFValueType(t).name for t in f.types], _fingerprint(f.contents())]
+        for f in reader.fields.values()
+        if not f.name.startswith("GGUF.")
+    }
+    tensors = {
+        t.name: [
+            t.tensor_type.name,
+            [int(s) for s in reversed(t.shape)],
+            hashlib.sha256(np.ascontiguousarray(t.data).view(np.uint8).tobytes()).hexdigest(),
+        ]
+        for t in reader.tensors
+    }
+    return meta, tensors
+
+
+def assert_same(path: Path, expected: dict[str, Any], *, naming: bool) -> None:
+    meta, tensors = read_gguf(path)
+    want = expected["metadata"]
+    skip = set() if naming else NAMING_KEYS
+    assert {k: v for k, v in meta.items() if k not in skip} == {k: v for k, v in want.items() if k not in skip}
+    assert tensors == expected["tensors"]
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    """(Meta checkpoint, our Hugging Face folder of it) per case, named as when the table was captured."""
+    root = tmp_path_factory.mktemp("l4gguf")
+    fx.init_model_parallel(root)
+    fx.cpu_threads()
+    out = {}
+    for case in fx.GGUF_CASES:
+        src = fx.make_gguf_case(case, root / case)
+        hf = root / case / "hf" / (fx.GGUF_CASES[case][3] + "-hf")
+        llama_convert.convert(src, hf)
+        out[case] = (src, hf)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(fx.GGUF_CASES))
+@pytest.mark.parametrize("outtype", ["bf16", "q8_0"])
+def test_meta_to_gguf_equals_llamacpp(tmp_path, sources, case, outtype):
+    src, _ = sources[case]
+    out = tmp_path / "model.gguf"
+    result = llama_convert.convert(src, out, to="gguf", outtype=outtype)
+    assert result.files == ("model.gguf", "mmproj-model.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mmproj-model.gguf", "model.gguf"]
+    assert_same(out, TABLE[case][outtype]["text"], naming=False)
+    assert_same(tmp_path / "mmproj-model.gguf", TABLE[case][outtype]["mmproj"], naming=False)
+    assert verify_gguf(tmp_path / "mmproj-model.gguf").metadata["clip.vision.block_count"] == 3
+    assert verify_gguf(out).arch == "llama4"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(fx.GGUF_CASES))
+@pytest.mark.parametrize("outtype", ["bf16", "q8_0"])
+def test_hf_to_gguf_equals_llamacpp_naming_included(tmp_path, sources, case, outtype):
+    _, hf = sources[case]
+    out = tmp_path / "model.gguf"
+    llama_convert.convert(hf, out, outtype=outtype)
+    assert_same(out, TABLE[case][outtype]["text"], naming=True)
+    assert_same(tmp_path / "mmproj-model.gguf", TABLE[case][outtype]["mmproj"], naming=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [c for c in fx.GGUF_CASES if "f16" in TABLE[c]])
+def test_f16_equals_llamacpp(tmp_path, sources, case):
+    src, hf = sources[case]
+    for label, source in (("meta", src), ("hf", hf)):
+        llama_convert.convert(source, tmp_path / f"{label}.gguf", to="gguf", outtype="f16")
+        assert_same(tmp_path / f"{label}.gguf", TABLE[case]["f16"]["text"], naming=label == "hf")
+        mmproj = TABLE[case]["f16"]["mmproj"]  # its patch embedding is F16 here, F32 otherwise
+        assert_same(tmp_path / f"mmproj-{label}.gguf", mmproj, naming=label == "hf")
+
+
+@pytest.mark.slow
+def test_no_mmproj_and_plan(tmp_path, sources):
+    src, hf = sources["maverick"]
+    planned = llama_convert.plan(src, tmp_path / "m.gguf", to="gguf", outtype="q8_0")
+    assert [c.prefix for c in planned.companions] == ["mmproj-"]
+    assert planned.companions[0].arch == "clip" and "mmproj-" in "\n".join(planned.lines())
+    assert planned.to_json()["companions"][0]["arch"] == "clip"
+    exps = {t.entry.name: t for t in planned.tensors if "_exps" in t.entry.name}
+    assert len(exps["blk.1.ffn_gate_exps.weight"].recipes) == 6  # one recipe per expert, stacked
+    assert "blk.0.ffn_gate_exps.weight" not in exps  # Maverick's even layers are dense
+    assert {t.entry.name: t.entry.qtype.name for t in planned.tensors}["blk.1.ffn_gate_inp.weight"] == "F32"
+    for source in (src, hf):
+        out = tmp_path / f"{source.name}.gguf"
+        result = llama_convert.convert(source, out, outtype="bf16", mmproj=False, to="gguf")
+        assert result.files == (out.name,)
+        assert not out.with_name("mmproj-" + out.name).exists()
+        assert_same(out, TABLE["maverick"]["bf16"]["text"], naming=source == hf)
+
+
+@pytest.mark.slow
+def test_dense_llama4_is_refused(tmp_path, sources):
+    """A Llama 4 without experts (Llama Guard 4's shape) does not load in llama.cpp: refused, nothing written."""
+    _, hf = sources["scout"]
+    dense = tmp_path / "dense"
+    shutil.copytree(hf, dense)
+    config = json.loads((dense / "config.json").read_text())
+    config["text_config"].update(num_local_experts=0, moe_layers=[])
+    (dense / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedError, match=r"dense Llama 4 .*llama\.cpp's llama4 architecture does not load"):
+        llama_convert.convert(dense, tmp_path / "d.gguf")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
+
+
+def _checkpoints(plan) -> int:
+    """How many checkpoints writing ``plan``'s file records (``gguf_plan.write_planned_gguf``'s rule)."""
+    from llama_convert.routes.gguf_plan import CHECKPOINT_BYTES
+
+    every, since, count = min(CHECKPOINT_BYTES, max(1, plan.file_size // 16)), 0, 0
+    for i, t in enumerate(plan.tensors):
+        since += t.entry.nbytes
+        if since >= every and i + 1 < len(plan.tensors):
+            count, since = count + 1, 0
+    return count
+
+
+@pytest.mark.slow
+def test_a_run_killed_in_the_mmproj_file_continues_to_the_same_bytes(tmp_path, sources):
+    import subprocess
+    import sys
+
+    from test_resume_routes import _killed, _same
+
+    src, _ = sources["scout"]
+    reference = tmp_path / "reference" / "out.gguf"
+    plan = llama_convert.plan(src, reference, outtype="q8_0")
+    llama_convert.convert(src, reference, outtype="q8_0")
+    dst = tmp_path / "resumed" / "out.gguf"
+    _killed(["convert", str(src), str(dst), "-q", "--outtype", "q8_0"], after=_checkpoints(plan) + 2)
+    assert (dst.parent / ".out.gguf.llama-convert-partial").is_dir() and not dst.exists()
+    rerun = subprocess.run(
+        [sys.executable, "-m", "llama_convert", "convert", str(src), str(dst), "--outtype", "q8_0"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resumed an interrupted run" in rerun.stderr
+    _same(reference, dst)
+    _same(reference.with_name("mmproj-out.gguf"), dst.with_name("mmproj-out.gguf"))

@@ -5,6 +5,7 @@ S3 server on 127.0.0.1 and runs, each as a whole process under ``/usr/bin/time``
 
 - ``ours local``      ``llama-convert SRC DST`` (checksums verified beside the stream)
 - ``ours S3``         ``llama-convert s3://bench/Llama3.2-1B DST`` (range reads, checksums on the bytes read)
+- ``ours S3 --no-verify``  the same without checklist.chk
 - ``S3 read limit``   every object fetched once with the same client (s3fs, 8 MiB parts, 4 at a time) and
                       discarded: what the server can deliver, the floor of any S3 conversion
 
@@ -155,10 +156,15 @@ def main() -> None:
             client.upload_file(str(path), "bench", f"Llama3.2-1B/{path.name}")
         upload = time.perf_counter() - started
         py = [sys.executable, "-m", "llama_convert"]
-        for name, source in (("ours local", str(src)), ("ours S3", "s3://bench/Llama3.2-1B")):
-            dst = work / f"out-{name.split()[-1].lower()}"
+        remote = "s3://bench/Llama3.2-1B"
+        for name, source, flags in (
+            ("ours local", str(src), []),
+            ("ours S3", remote, []),
+            ("ours S3 --no-verify", remote, ["--no-verify"]),
+        ):
+            dst = work / ("out-local" if source == str(src) else "out-s3" if not flags else "out-s3-nv")
             shutil.rmtree(dst, ignore_errors=True)
-            rows[name] = timed([*py, source, str(dst), "-q"], env)
+            rows[name] = timed([*py, source, str(dst), "-q", *flags], env)
         rows["S3 read limit"] = timed([sys.executable, "-c", READ_LIMIT, "bench/Llama3.2-1B"], env)
         same = subprocess.run(["diff", "-r", str(work / "out-local"), str(work / "out-s3")]).returncode == 0
     finally:
@@ -176,7 +182,7 @@ def main() -> None:
         json.dumps({"source_bytes": size, "upload_seconds": upload, "same": same, "rows": rows}, indent=2)
     )
     if not args.keep:
-        for path in (src, work / "out-local", work / "out-s3", work / "moto-tmp"):
+        for path in (src, work / "out-local", work / "out-s3", work / "out-s3-nv", work / "moto-tmp"):
             shutil.rmtree(path, ignore_errors=True)
 
 

@@ -136,13 +136,7 @@ class SafetensorsFile:
         """Elements ``start:stop`` of a tensor in C order (1-D), as numpy data in ``dtype.storage``."""
         ref = self.tensors[name]
         out = np.empty(stop - start, dtype=ref.dtype.storage)
-        view = memoryview(out.view(np.uint8))
-        fd, offset, done = self.fileno(), ref.file_offset + start * ref.dtype.itemsize, 0
-        while done < len(view):
-            n = os.preadv(fd, [view[done:]], offset + done)
-            if n == 0:
-                raise self._damaged("truncated (read past the end)")
-            done += n
+        self.source.read_into(ref.file_offset + start * ref.dtype.itemsize, memoryview(out.view(np.uint8)))
         return out
 
     def read(self, name: str) -> np.ndarray:

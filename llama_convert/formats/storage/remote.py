@@ -271,7 +271,7 @@ class RemoteBytes:
         self.size = path.stat().st_size
         self._lock = threading.Lock()
         self._last_end = -1  # end of the previous large read
-        self._ahead: tuple[int, int, Future[list[bytes]]] | None = None  # (start, end, the fetch)
+        self._ahead: list[tuple[int, int, Future[bytes]]] = []  # prefetched segments: (start, end, the fetch)
         self._pool: ThreadPoolExecutor | None = None
 
     def fileno(self) -> None:
@@ -298,26 +298,32 @@ class RemoteBytes:
 
     def _read_large(self, offset: int, out: memoryview) -> None:
         end, done = offset + len(out), 0
-        ahead, self._ahead = self._ahead, None
-        if ahead is not None:
-            a0, a1, future = ahead
-            if a0 <= offset < a1:
-                data = b"".join(future.result())
-                done = min(len(out), a1 - offset)
-                out[:done] = data[offset - a0 : offset - a0 + done]
-            else:
-                future.cancel()
+        sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
+        kept: list[tuple[int, int, Future[bytes]]] = []
+        for s0, s1, future in self._ahead:  # prefetched segments, in file order
+            if s1 <= offset:
+                future.cancel()  # behind the reads: not needed any more
+                continue
+            if s0 <= offset + done < s1 and done < len(out):
+                data = memoryview(future.result())
+                n = min(s1 - (offset + done), len(out) - done)
+                out[done : done + n] = data[offset + done - s0 : offset + done - s0 + n]
+                done += n
+            if s1 > end:
+                kept.append((s0, s1, future))
+        self._ahead = kept
         if done < len(out):
             for data in self.read_ranges(self._parts(offset + done, end)):
                 out[done : done + len(data)] = data
                 done += len(data)
-        sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
         self._last_end = end
-        if sequential and end < self.size:
+        covered = max([end, *(s1 for _, s1, _ in self._ahead)])
+        stop = min(self.size, end + AHEAD_BYTES)
+        if sequential and covered < stop and (stop - covered >= AHEAD_BYTES // 4 or stop == self.size):
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="llama-convert-ahead")
-            stop = min(self.size, end + AHEAD_BYTES)
-            self._ahead = (end, stop, self._pool.submit(self.read_ranges, self._parts(end, stop)))
+            parts = self._parts(covered, stop)
+            self._ahead.append((covered, stop, self._pool.submit(lambda: b"".join(self.read_ranges(parts)))))
 
     def _read_cached(self, offset: int, out: memoryview) -> None:
         done, store, key = 0, self.path.store, self.path.key
@@ -330,9 +336,9 @@ class RemoteBytes:
 
     def close(self) -> None:
         with self._lock:
-            if self._ahead is not None:
-                self._ahead[2].cancel()
-                self._ahead = None
+            for _, _, future in self._ahead:
+                future.cancel()
+            self._ahead = []
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None

@@ -425,3 +425,10 @@ def test_llama4_params_that_break_the_expert_width(tmp_path, change, fragment):
     change(params)
     with pytest.raises(InputError, match=fragment):
         parse_llama4_params(params, tmp_path / "params.json").moe_hidden_dim  # noqa: B018
+
+
+@pytest.mark.parametrize("target", ["out.gguf", "meta"])
+def test_config_intermediate_size_that_disagrees_names_the_weights(capsys, hf, tmp_path, target):
+    """Was refused as an implausible ffn_dim_multiplier of a params.json the folder does not have."""
+    edit_json(hf / "config.json", lambda d: d.update(intermediate_size=d["intermediate_size"] * 1000))
+    refused(capsys, ["convert", hf, tmp_path / target, "-q"], 3, "model.safetensors: ", "config.json implies")

@@ -395,3 +395,40 @@ def test_safetensors_shapes_that_disagree_with_config_are_refused_before_gguf(ca
 def test_config_with_fewer_layers_than_the_weights_is_refused_before_gguf(capsys, hf, tmp_path):
     edit_json(hf / "config.json", lambda d: d.update(num_hidden_layers=1))
     refused(capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 3, "model.layers.1.", "beyond the layers config.json")
+
+
+def test_hub_snapshot_generation_config_without_eos_names_the_file(capsys, pristine, tmp_path):
+    snapshot = tmp_path / "Llama-3.2-1B-Instruct"
+    shutil.copytree(pristine["meta"], snapshot / "original")
+    for file in ("config.json", "generation_config.json"):
+        shutil.copy(pristine["hf"] / file, snapshot / file)
+    edit_json(snapshot / "generation_config.json", lambda d: d.update(eos_token_id=[]))
+    refused(capsys, ["convert", snapshot, tmp_path / "out", "-q"], 3, "generation_config.json (eos ids [])")
+
+
+# --- Llama 4 params.json --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        (lambda d: d["moe_args"].update(capacity_factor=-1.0), "expected a positive number"),  # ZeroDivisionError
+        (lambda d: d.update(ffn_exp=float("nan")), "expected a finite number"),  # ValueError from int(nan)
+    ],
+)
+def test_llama4_params_that_break_the_expert_width(tmp_path, change, fragment):
+    from llama_convert.errors import InputError
+    from llama_convert.families.llama4.params import parse_llama4_params
+    from llama_convert.testing.llama4 import SCOUT_PARAMS
+
+    params = json.loads(json.dumps(SCOUT_PARAMS))
+    change(params)
+    with pytest.raises(InputError, match=fragment):
+        parse_llama4_params(params, tmp_path / "params.json").moe_hidden_dim  # noqa: B018
+
+
+@pytest.mark.parametrize("target", ["out.gguf", "meta"])
+def test_config_intermediate_size_that_disagrees_names_the_weights(capsys, hf, tmp_path, target):
+    """Was refused as an implausible ffn_dim_multiplier of a params.json the folder does not have."""
+    edit_json(hf / "config.json", lambda d: d.update(intermediate_size=d["intermediate_size"] * 1000))
+    refused(capsys, ["convert", hf, tmp_path / target, "-q"], 3, "model.safetensors: ", "config.json implies")

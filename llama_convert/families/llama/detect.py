@@ -229,7 +229,7 @@ def _variant(release: Release, hints: Hints, guard: str | None) -> tuple[bool, E
         hints,
         release_name=_RELEASE_NAME,
         snapshot_instruct=None if eos is None else bool(eos - {release.eos_token_id}),
-        snapshot_reason=f"the snapshot's generation config (eos ids {sorted(eos or ())})",
+        snapshot_reason=f"the snapshot's generation_config.json (eos ids {sorted(eos or ())})",
     )
 
 

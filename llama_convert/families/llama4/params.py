@@ -159,6 +159,10 @@ class _Reader:
             raise InputError(
                 f"{self.path}: {name!r} is {value!r}, expected a {kind.__name__}; restore Meta's params.json."
             )
+        if kind is float and not math.isfinite(value):
+            raise InputError(
+                f"{self.path}: {name!r} is {value!r}, expected a finite number; restore Meta's params.json."
+            )
         if positive and value <= 0:
             raise InputError(
                 f"{self.path}: {name!r} is {value!r}, expected a positive number; restore Meta's params.json."
@@ -249,7 +253,7 @@ def _moe(raw: dict[str, Any] | None, path: Path) -> MoEArgs | None:
         num_experts=m.get("num_experts", int, positive=True),
         top_k=m.get("top_k", int, 1, positive=True),
         interleave_moe_layer_step=m.get("interleave_moe_layer_step", int, 1, positive=True),
-        capacity_factor=m.get("capacity_factor", float, 1.0),
+        capacity_factor=m.get("capacity_factor", float, 1.0, positive=True),
         auto_scale_F=m.get("auto_scale_F", bool, True),
     )
 

@@ -75,7 +75,7 @@ class MetaFolder:
 # Bounds far above any released Llama (405B: dim 16384, 126 layers, 128 heads; vocabularies up to 202048):
 # a larger value is damage, refused at once rather than taken on trust and allocated for.
 _PLAUSIBLE = {"dim": 1 << 17, "n_layers": 1 << 11, "n_heads": 1 << 12, "n_kv_heads": 1 << 12, "vocab_size": 1 << 23,
-              "multiple_of": 1 << 20, "ffn_dim_multiplier": 64.0}  # fmt: skip
+              "multiple_of": 1 << 20}  # fmt: skip
 
 
 def parse_params(raw: Any, path: Path) -> MetaParams:

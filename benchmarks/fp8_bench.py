@@ -158,6 +158,7 @@ def main() -> None:
             "llama_convert": ours,
             "ratio_to_cp": ours["wall_s"] / cp_scaled,
             "cpus": os.cpu_count(),
+            "load_average_1m_after": os.getloadavg()[0],  # a shared machine: wall time includes waiting for a CPU
         }
     finally:
         for path in (src, out, copy):

@@ -86,6 +86,7 @@ def test_fp8_is_recognised_from_content(fp8_pair):
     assert detect(twin).fp8 is None and spec.name == detect(twin).name
 
 
+@pytest.mark.slow
 def test_fp8_to_hf_is_the_twin_and_meta_reference_logits(fp8_pair, tmp_path, model_parallel):
     fp8, twin = fp8_pair
     convert(fp8, tmp_path / "ours")
@@ -113,6 +114,7 @@ def test_fp8_to_hf_equals_the_official_converter_on_the_twin(fp8_pair, tmp_path)
     assert not different
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("outtype", ["bf16", "q8_0"])
 def test_fp8_to_gguf_is_the_twins_gguf(fp8_pair, tmp_path, outtype):
     """GGUF has no e4m3: the FP8 source goes through its exact dequantization, so the file is byte for byte

@@ -159,7 +159,10 @@ def test_fp8_shards_are_refused(tmp_path, models):
     shard[name] = shard[name].to(torch.float8_e4m3fn)
     torch.save(shard, src / "consolidated.00.pth")
     # one float8 expert tensor where Meta's FP8 release has three (and scale files): refused by name
-    with pytest.raises(UnsupportedError, match="moe_w_out_eF_D is not float8, but Meta's Llama 4 FP8 release"):
+    with pytest.raises(
+        UnsupportedError,
+        match=r"moe_w_out_eF_D is not float8, but Meta's FP8 release quantizes exactly the routed experts",
+    ):
         llama_convert.plan_conversion(src)
 
 

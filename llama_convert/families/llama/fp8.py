@@ -14,9 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...dtypes import F8_E4M3
-from ...errors import MissingFileError, UnsupportedError
-from ...formats.meta.fp8_scales import check_scale_files, scale_files
+from ...formats.meta.fp8_scales import check_float8_placement, check_scale_files, float8_scale_files
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import Part, Scale, TensorRecipe
 
@@ -49,32 +47,12 @@ def quantized_layers(n_layers: int) -> tuple[int, ...]:
 
 def recognise_fp8(root: Path, checkpoints: list[TorchCheckpoint], n_layers: int) -> Fp8Facts | None:
     """None for a checkpoint without float8 tensors; else the facts, after every check (one sentence each)."""
-    first = checkpoints[0]
-    stored = {n for n, ref in first.tensors.items() if ref.dtype == F8_E4M3}
-    files = scale_files(root, len(checkpoints))
-    if not stored:
-        if files:
-            raise UnsupportedError(
-                f"{root} has fp8_scales_N.pt files but {first.path.name} stores no float8 weights; remove the "
-                "scale files from a bf16 download, or download the FP8 release again."
-            )
+    files = float8_scale_files(root, checkpoints)
+    if files is None:
         return None
     layers = quantized_layers(n_layers)
     expected = {f"layers.{i}.feed_forward.{w}.weight" for i in layers for w in FFN_KEYS}
-    for ckpt in checkpoints:
-        have = {n for n, ref in ckpt.tensors.items() if ref.dtype == F8_E4M3}
-        odd = sorted(have - expected) or sorted(expected - have)
-        if odd:
-            state = "float8" if odd[0] in have else "not float8"
-            raise UnsupportedError(
-                f"{ckpt.path}: {odd[0]} is {state}, but Meta's FP8 release quantizes exactly the FFN weights of "
-                f"layers 1…{n_layers - 2}; this mixture cannot be dequantized as Meta's loader does."
-            )
-    if not files:
-        raise MissingFileError(
-            f"{root} stores float8 weights but has no fp8_scales_N.pt beside its shards; copy the scale files "
-            "from Meta's FP8 download (one per shard)."
-        )
+    check_float8_placement(root, checkpoints, files, expected, f"the FFN weights of layers 1…{n_layers - 2}")
     want = []
     for rank, ckpt in enumerate(checkpoints):
         shapes = {}

@@ -15,9 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...dtypes import F8_E4M3
-from ...errors import MissingFileError, UnsupportedError
-from ...formats.meta.fp8_scales import check_scale_files, scale_files
+from ...formats.meta.fp8_scales import check_float8_placement, check_scale_files, float8_scale_files
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...plan import Part, Scale, TensorRecipe
 from .params import Llama4Params
@@ -49,32 +47,13 @@ def scale_key(layer: int, key: str) -> str:
 
 def recognise_fp8(root: Path, checkpoints: list[TorchCheckpoint], p: Llama4Params) -> Llama4Fp8 | None:
     """None without float8 tensors; else the facts, after every check (one sentence each)."""
-    first = checkpoints[0]
-    files = scale_files(root, len(checkpoints))
-    if not any(ref.dtype == F8_E4M3 for ref in first.tensors.values()):
-        if files:
-            raise UnsupportedError(
-                f"{root} has fp8_scales_N.pt files but {first.path.name} stores no float8 weights; remove the "
-                "scale files from a bf16 download, or download the FP8 release again."
-            )
+    files = float8_scale_files(root, checkpoints)
+    if files is None:
         return None
     layers = quantized_layers(p)
     expected = {_stored(i, w) for i in layers for w in EXPERT_TENSORS}
-    for ckpt in checkpoints:
-        have = {n for n, ref in ckpt.tensors.items() if ref.dtype == F8_E4M3}
-        odd = sorted(have - expected) or sorted(expected - have)
-        if odd:
-            state = "float8" if odd[0] in have else "not float8"
-            raise UnsupportedError(
-                f"{ckpt.path}: {odd[0]} is {state}, but Meta's Llama 4 FP8 release quantizes exactly the routed "
-                "experts of the MoE layers other than the first and the last; this mixture cannot be dequantized "
-                "as Meta's loader does."
-            )
-    if not files:
-        raise MissingFileError(
-            f"{root} stores float8 weights but has no fp8_scales_N.pt beside its shards; copy the scale files "
-            "from Meta's FP8 download (one per shard)."
-        )
+    what = "the routed experts of the MoE layers other than the first and the last (Llama 4)"
+    check_float8_placement(root, checkpoints, files, expected, what)
     e, d, f_local = p.moe.num_experts, p.dim, p.moe_hidden_dim // len(checkpoints)
     shapes = {"w1": (e, f_local), "w3": (e, f_local), "w2": (e, d)}
     check_scale_files(files, [{scale_key(i, w): shapes[w] for i in layers for w in shapes} for _ in checkpoints])

@@ -11,10 +11,11 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from ...errors import InputError, MissingFileError, ShapeMismatchError
+from ...dtypes import F8_E4M3
+from ...errors import InputError, MissingFileError, ShapeMismatchError, UnsupportedError
 from .torch_zip import TorchCheckpoint
 
-__all__ = ["SCALE_FILE_RE", "check_scale_files", "scale_files"]
+__all__ = ["SCALE_FILE_RE", "check_float8_placement", "check_scale_files", "float8_scale_files", "scale_files"]
 
 SCALE_FILE_RE = re.compile(r"^fp8_scales_(\d+)\.pt$")
 
@@ -64,3 +65,39 @@ def check_scale_files(files: Sequence[Path], expected: Sequence[dict[str, tuple[
                         f"{path}: scale {key!r} is {ref.dtype} {list(ref.shape)} but its weight needs float32 "
                         f"{list(shape)}; it does not belong to these shards — download the FP8 release again."
                     )
+
+
+def float8_scale_files(root: Path, checkpoints: Sequence[TorchCheckpoint]) -> tuple[Path, ...] | None:
+    """None when the first shard stores no float8 weights (and no scale file lies beside it); else the scale
+    files, one per shard, possibly none (``check_float8_placement`` then says so)."""
+    first = checkpoints[0]
+    files = scale_files(root, len(checkpoints))
+    if any(ref.dtype == F8_E4M3 for ref in first.tensors.values()):
+        return files
+    if files:
+        raise UnsupportedError(
+            f"{root} has fp8_scales_N.pt files but {first.path.name} stores no float8 weights; remove the "
+            "scale files from a bf16 download, or download the FP8 release again."
+        )
+    return None
+
+
+def check_float8_placement(
+    root: Path, checkpoints: Sequence[TorchCheckpoint], files: Sequence[Path], expected: set[str], what: str
+) -> None:
+    """Every shard stores exactly the ``expected`` tensors as float8 (``what`` says which, for the message),
+    and scale files lie beside the shards."""
+    for ckpt in checkpoints:
+        have = {n for n, ref in ckpt.tensors.items() if ref.dtype == F8_E4M3}
+        odd = sorted(have - expected) or sorted(expected - have)
+        if odd:
+            state = "float8" if odd[0] in have else "not float8"
+            raise UnsupportedError(
+                f"{ckpt.path}: {odd[0]} is {state}, but Meta's FP8 release quantizes exactly {what}; this "
+                "mixture cannot be dequantized as Meta's loader does."
+            )
+    if not files:
+        raise MissingFileError(
+            f"{root} stores float8 weights but has no fp8_scales_N.pt beside its shards; copy the scale files "
+            "from Meta's FP8 download (one per shard)."
+        )

@@ -263,8 +263,14 @@ def test_safetensors_tensor_shape_disagreeing_with_config_names_the_file(capsys,
 
 def test_safetensors_foreign_tensor_names_the_file(capsys, hf, tmp_path):
     name = "model.layers.0.self_attn.k_proj.weight"
-    _edit_header(hf / "model.safetensors", lambda h: h.update({name.replace("k_proj", "k_prob"): h.pop(name)}))
+    _edit_header(hf / "model.safetensors", lambda h: h.update({name.replace("k_proj", "k_prob"): h[name]}))
     refused(capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 4, "model.safetensors holds", "k_prob")
+
+
+def test_safetensors_renamed_tensor_is_missing_from_the_weights(capsys, hf, tmp_path):
+    name = "model.layers.0.self_attn.k_proj.weight"
+    _edit_header(hf / "model.safetensors", lambda h: h.update({name.replace("k_proj", "k_prob"): h.pop(name)}))
+    refused(capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 3, f"lacks {name}", "(weights: model.safetensors)")
 
 
 # --- tokenizer.model --------------------------------------------------------------------------------------

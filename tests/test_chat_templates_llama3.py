@@ -22,6 +22,8 @@ from llama_convert.errors import UnsupportedError
 from llama_convert.families.llama.chat_templates import chat_template
 from llama_convert.families.llama.tokenizer import llama3_tokenizer_files
 
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
+
 LLAMA_MODELS = importlib.resources.files("llama_models")
 META_MODEL = Path(str(LLAMA_MODELS / "llama3" / "tokenizer.model"))
 

@@ -120,6 +120,7 @@ def test_python_dash_m_and_version():
     assert proc.returncode == 0 and proc.stdout.startswith("llama-convert ")
 
 
+@pytest.mark.slow
 def test_demo_converts_loads_and_generates(capsys, tmp_path):
     assert main(["demo", str(tmp_path / "demo")]) == 0
     err = capsys.readouterr().err

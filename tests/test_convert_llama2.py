@@ -13,6 +13,8 @@ from safetensors import safe_open
 
 import llama_convert
 
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
+
 # (folder as Meta named it, preset, version, instruct, rope_theta of the family, head_dim)
 RELEASES = [
     ("7B", "llama1-7b", "1", False, 10000.0, 8),

@@ -11,6 +11,8 @@ from conftest import assert_logits_close, hf_logits, make_checkpoint, meta_refer
 
 import llama_convert
 
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
+
 # (folder name as Meta's download names it, preset, expected version, instruct, extra synth options)
 RELEASES = [
     ("Meta-Llama-3-8B", "llama3-8b", "3", False, {}),

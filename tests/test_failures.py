@@ -191,6 +191,7 @@ def small_tmpfs(tmp_path):
     subprocess.run(["umount", str(mount)], check=False)
 
 
+@pytest.mark.slow
 def test_disk_too_small_is_refused_before_writing(capsys, small_tmpfs):
     big = tiny("llama3.1-8b", head_dim=64, tokenizer="small-tiktoken")  # ~200 MB of weights
     src = synthesize(small_tmpfs.parent / "Llama3.1-8B", big)
@@ -199,6 +200,7 @@ def test_disk_too_small_is_refused_before_writing(capsys, small_tmpfs):
     assert_nothing_written(dst)
 
 
+@pytest.mark.slow
 def test_disk_filling_up_mid_way(capsys, small_tmpfs, monkeypatch):
     """Another writer fills the disk after the free-space check: ENOSPC mid-write is caught and cleaned."""
     import llama_convert.routes.common as common

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from fuzz_campaign import campaign
+
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
 
 
 def test_a_slice_of_the_campaign_finds_nothing(tmp_path_factory, sentencepiece_model):

@@ -263,8 +263,14 @@ def test_safetensors_tensor_shape_disagreeing_with_config_names_the_file(capsys,
 
 def test_safetensors_foreign_tensor_names_the_file(capsys, hf, tmp_path):
     name = "model.layers.0.self_attn.k_proj.weight"
-    _edit_header(hf / "model.safetensors", lambda h: h.update({name.replace("k_proj", "k_prob"): h.pop(name)}))
+    _edit_header(hf / "model.safetensors", lambda h: h.update({name.replace("k_proj", "k_prob"): h[name]}))
     refused(capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 4, "model.safetensors holds", "k_prob")
+
+
+def test_safetensors_renamed_tensor_is_missing_from_the_weights(capsys, hf, tmp_path):
+    name = "model.layers.0.self_attn.k_proj.weight"
+    _edit_header(hf / "model.safetensors", lambda h: h.update({name.replace("k_proj", "k_prob"): h.pop(name)}))
+    refused(capsys, ["convert", hf, tmp_path / "out.gguf", "-q"], 3, f"lacks {name}", "(weights: model.safetensors)")
 
 
 # --- tokenizer.model --------------------------------------------------------------------------------------
@@ -432,3 +438,19 @@ def test_config_intermediate_size_that_disagrees_names_the_weights(capsys, hf, t
     """Was refused as an implausible ffn_dim_multiplier of a params.json the folder does not have."""
     edit_json(hf / "config.json", lambda d: d.update(intermediate_size=d["intermediate_size"] * 1000))
     refused(capsys, ["convert", hf, tmp_path / target, "-q"], 3, "model.safetensors: ", "config.json implies")
+
+
+def test_heads_that_the_shards_do_not_divide_name_params_json(capsys, tmp_path, sentencepiece_model):
+    spec = tiny("llama2-13b", head_dim=4, tokenizer=sentencepiece_model, vocab_size=512)  # MP2
+    src = synthesize(tmp_path / "llama-2-13b", spec)
+    edit_json(src / "params.json", lambda d: d.update(n_heads=1))
+    refused(capsys, ["convert", src, tmp_path / "out", "-q", "--no-verify"], 4, "1 KV heads of params.json")
+
+
+def test_hub_snapshot_eos_list_with_a_null(capsys, pristine, tmp_path):
+    snapshot = tmp_path / "Llama-3.2-1B-Instruct"
+    shutil.copytree(pristine["meta"], snapshot / "original")
+    for file in ("config.json", "generation_config.json"):
+        shutil.copy(pristine["hf"] / file, snapshot / file)
+    edit_json(snapshot / "generation_config.json", lambda d: d.update(eos_token_id=[128001, None]))  # TypeError
+    refused(capsys, ["convert", snapshot, tmp_path / "out", "-q"], 3, "generation_config.json", "'eos_token_id'")

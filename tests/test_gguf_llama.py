@@ -21,6 +21,8 @@ import llama_convert
 from llama_convert.formats.gguf.reader import read_header
 from llama_convert.testing.synth import bundled_llama3_tokenizer, synthesize, write_small_sentencepiece
 
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
+
 TABLE = json.loads((Path(__file__).parent / "data" / "gguf_llamacpp.json").read_text())
 # Derived by gguf's Metadata heuristics from a folder name (llama.cpp: the HF folder's; ours: the model's name).
 NAMING_KEYS = {"general.name", "general.basename", "general.finetune", "general.size_label"}

@@ -20,6 +20,8 @@ import pytest
 import llama_convert
 from llama_convert.errors import InputError, ShapeMismatchError, UnsupportedError
 
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
+
 REL = 1e-4
 
 

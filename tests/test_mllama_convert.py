@@ -21,6 +21,8 @@ from llama_convert.detect import detect
 from llama_convert.errors import InputError, UnsupportedError
 from llama_convert.families.mllama import FAMILY as MLLAMA
 
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
+
 TOKENS = np.array([[128000, 791, 4062, 14198, 39935, 35308, 927, 279, 16053, 5679, 13, 128009]])
 
 

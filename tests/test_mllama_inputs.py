@@ -36,6 +36,8 @@ from conftest import assert_logits_close
 
 from llama_convert import convert
 
+pytestmark = pytest.mark.slow  # its tests or fixtures take over ~10 s; `pytest -m "not slow"` skips them
+
 BOS, IMAGE = 128000, 128256
 PROMPT = "If I had to write a haiku for this one"
 TEXT = "The color of the sky is blue but sometimes it can also be"

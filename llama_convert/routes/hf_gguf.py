@@ -144,8 +144,9 @@ def _check_shapes(hf: HFFolder, expected: dict[str, tuple[int, ...]]) -> None:
                 f"{hf.file_of(name).path}: {name} has shape {list(hf.tensors[name].shape)} but config.json implies "
                 f"{list(shape)}; the config and the weights disagree."
             )
-    layers = [n for n in hf.tensors if n.startswith("model.layers.") and n not in expected]
-    beyond = [n for n in layers if n.split(".")[2].isdigit() and not n.endswith("rotary_emb.inv_freq")]
+    n_layers = len({n.split(".")[2] for n in expected if n.startswith("model.layers.")})
+    layers = [n.split(".") for n in hf.tensors if n.startswith("model.layers.")]
+    beyond = [".".join(n) for n in layers if n[2].isdigit() and int(n[2]) >= n_layers]
     if beyond:
         raise InputError(
             f"{hf.file_of(beyond[0]).path} holds {beyond[0]}, beyond the layers config.json describes; "

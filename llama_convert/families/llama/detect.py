@@ -157,7 +157,8 @@ def _check_layout(folder: MetaFolder, checkpoints: list[TorchCheckpoint], embed_
         )
     if p.n_heads % mp or p.n_kv_heads % mp:
         raise UnsupportedError(
-            f"{folder.root}: {mp} shards do not divide {p.n_heads} heads / {p.n_kv_heads} KV heads evenly."
+            f"{folder.root}: {mp} shards do not divide the {p.n_heads} heads / {p.n_kv_heads} KV heads of params.json "
+            "evenly; restore the params.json of these shards."
         )
     embed = first.tensors.get("tok_embeddings.weight")
     if embed is None:

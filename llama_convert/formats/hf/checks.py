@@ -53,8 +53,10 @@ def _check_int(path: Path, key: str, value: Any, *, limit: int, low: int = 1) ->
 
 
 def _check_ids(path: Path, key: str, value: Any) -> None:
+    if value is None:
+        return
     values = value if isinstance(value, list) else [value]
-    if not all(v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _INT_LIMIT) for v in values):
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < _INT_LIMIT for v in values):
         raise _fail(path, key, value, "a token id or a list of token ids")
 
 

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "formats": 1,
     "tokenizer": 1,
     "output": 1,
+    "md5state": 0,
     "resume": 1,
     "verify": 1,
     "verify_remote": 1,

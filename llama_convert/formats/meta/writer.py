@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ...dtypes import DTYPES, DType
+from ...md5state import Md5, saveable
 from ..stream import Writeback
 from .torch_zip_writer import RunningCrc, StorageSink, TorchZipWriter
 
@@ -43,13 +44,15 @@ class HashedFile(io.RawIOBase):
 
     writes_crc = True
 
-    def __init__(self, path: Path, hasher: ThreadPoolExecutor, *, keep: int = 0) -> None:
-        """``keep``: continue after the first ``keep`` bytes an interrupted run wrote (they are hashed again,
-        the rest of the file is cut off)."""
+    def __init__(self, path: Path, hasher: ThreadPoolExecutor, *, keep: int = 0, md5_state: str | None = None) -> None:
+        """``keep``: continue after the first ``keep`` bytes an interrupted run wrote (the rest of the file is cut
+        off); their MD5 continues from ``md5_state`` (:meth:`md5_state` at that point) or they are hashed again."""
         super().__init__()
         self.path = path
-        self._md5 = hashlib.md5()
-        if keep:
+        self._md5 = Md5()
+        if keep and md5_state is not None and saveable():
+            self._md5 = Md5(bytes.fromhex(md5_state))
+        elif keep:
             with open(path, "rb") as f:
                 left = keep
                 while left and (block := f.read(min(left, 1 << 24))):
@@ -105,6 +108,12 @@ class HashedFile(io.RawIOBase):
         self.drain()
         return self._md5.hexdigest()
 
+    def md5_state(self) -> str | None:
+        """The MD5's running state after every byte written so far (hex), or None where it cannot be saved."""
+        self.drain()
+        state = self._md5.state()
+        return None if state is None else state.hex()
+
     def flush(self) -> None:
         pass
 
@@ -129,6 +138,28 @@ class HashedFile(io.RawIOBase):
         super().close()
 
 
+def _open_files(
+    out_dir: Path, lanes: list[ThreadPoolExecutor], keep: list[int], states: list[str | None]
+) -> list[HashedFile]:
+    """The shard files; on a resumed run each MD5 continues from its saved state, or (where none was saved)
+    the kept prefixes are hashed again, the shards in parallel (the hash releases the GIL)."""
+
+    def one(r: int) -> HashedFile:
+        return HashedFile(out_dir / shard_name(r), lanes[r % len(lanes)], keep=keep[r], md5_state=states[r])
+
+    if sum(1 for k, state in zip(keep, states, strict=True) if k and state is None) < 2:
+        return [one(r) for r in range(len(keep))]
+    with ThreadPoolExecutor(max_workers=min(len(keep), os.cpu_count() or 1)) as pool:
+        futures = [pool.submit(one, r) for r in range(len(keep))]
+    failed = next((f.exception() for f in futures if f.exception() is not None), None)
+    if failed is not None:
+        for f in futures:
+            if f.exception() is None:
+                f.result().close()
+        raise failed
+    return [f.result() for f in futures]
+
+
 class MetaShardWriter:
     """``mp`` shard files written side by side; ``tensor()`` streams one tensor's slices into all of them."""
 
@@ -146,7 +177,8 @@ class MetaShardWriter:
         self.out_dir = Path(out_dir)
         lanes = [hasher] if isinstance(hasher, ThreadPoolExecutor) else list(hasher)
         keep = [int(r["size"]) for r in resume] if resume else [0] * mp
-        self.files = [HashedFile(self.out_dir / shard_name(r), lanes[r % len(lanes)], keep=keep[r]) for r in range(mp)]
+        states = [r.get("md5") for r in resume] if resume else [None] * mp
+        self.files = _open_files(self.out_dir, lanes, keep, states)
         self.writers = [
             TorchZipWriter(f.path, prefix=f.path.stem, fileobj=f)
             for f in self.files  # type: ignore[arg-type]
@@ -182,7 +214,10 @@ class MetaShardWriter:
         """fsync every shard and return each one's state (its size and archive state) to continue from."""
         for f in self.files:
             f.sync()
-        return [{"size": f.tell(), "zip": w.state()} for f, w in zip(self.files, self.writers, strict=True)]
+        return [
+            {"size": f.tell(), "zip": w.state(), "md5": f.md5_state()}
+            for f, w in zip(self.files, self.writers, strict=True)
+        ]
 
     def finish(self, *, sync: bool = True) -> dict[str, str]:
         """Write every shard's index, flush, and return ``{file name: md5}``."""

@@ -16,7 +16,7 @@ fewest llama.cpp's converter can name) and three output types (bf16, f16, q8_0) 
 regenerates the same checkpoints from the same seeds and compares against it without llama.cpp.
 
     python benchmarks/compat_llama4_gguf.py --converter $LLAMACPP/convert_hf_to_gguf.py \\
-        --python /work/tmp/lcpp-venv/bin/python --workdir /scratch [--capture tests/data/gguf_llama4_llamacpp.json]
+        --python /path/to/lcpp-venv/bin/python --workdir /scratch [--capture tests/data/gguf_llama4_llamacpp.json]
 
 Set-up of llama.cpp's converter: COMPAT_LLAMACPP.md. Exit status 1 if anything differs.
 """

@@ -28,6 +28,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -121,7 +122,7 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=3)
     ap.add_argument("--shrink", type=int, default=1, help="divide dim (and so the FFN width) by this")
     ap.add_argument("--repeat", type=int, default=1, help="time cp and the conversion this often, alternating")
-    ap.add_argument("--work", type=Path, default=Path("/work/tmp/fp8-bench"))
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "fp8-bench")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = ap.parse_args()
     src, out, copy = args.work / "Llama-3.1-405B-Instruct", args.work / "hf", args.work / "copy"

@@ -14,7 +14,7 @@ measure moto rather than us; the server process here serves ``Range: bytes=a-b``
 spool file instead (``--serve``, a patch of the benchmark's server only). Peak RSS is of the converter
 process. The machine is shared: numbers are indicative.
 
-    PYTHONPATH=. python benchmarks/s3_bench.py [--work /work/tmp/s3bench] [--keep]
+    PYTHONPATH=. python benchmarks/s3_bench.py [--work /big/disk/s3bench] [--keep]
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -108,7 +109,7 @@ for key in fs.find(sys.argv[1]):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path("/work/tmp/s3bench"))
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "s3bench")
     parser.add_argument("--keep", action="store_true", help="keep the synthesized checkpoint and the outputs")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .ahead import ahead
 from .dtypes import BF16, F32, cast, e4m3_to_f32, f32_to_bf16, f32_to_e4m3
 from .errors import ConversionError
 from .formats.hf.safetensors_writer import SafetensorsWriter
@@ -283,16 +284,18 @@ def produce_pieces(
     recipe: TensorRecipe,
     shards: Sequence[TorchCheckpoint],
     observe: Callable[[str, float], None] = lambda name, change: None,
+    *,
+    threaded: bool = False,
 ) -> Iterator[np.ndarray | FileSpan]:
     """The output tensor's bytes, in order: verbatim file spans where possible, else row blocks.
-    ``observe`` hears the largest relative change of each requantized tensor."""
+    ``observe`` hears the largest relative change of each requantized tensor. ``threaded``: computed
+    blocks are made in a thread a block ahead of the consumer (spans are copied by the consumer, in order)."""
     spans = _verbatim_spans(recipe, shards)
     if spans is not None:
         yield from spans
-    elif recipe.fp8 is not None:
-        yield from _fp8_blocks(recipe, shards, observe)
-    else:
-        yield from produce_blocks(recipe, shards)
+        return
+    blocks = _fp8_blocks(recipe, shards, observe) if recipe.fp8 is not None else produce_blocks(recipe, shards)
+    yield from ahead(blocks) if threaded else blocks
 
 
 def produce_blocks(recipe: TensorRecipe, shards: Sequence[TorchCheckpoint]) -> Iterator[np.ndarray]:
@@ -362,7 +365,7 @@ def write_weights(
             writer = SafetensorsWriter(out_dir / out_file.name, entries, {"format": "pt"})
             try:
                 for recipe in out_file.tensors:
-                    for piece in produce_pieces(recipe, shards, observe):
+                    for piece in produce_pieces(recipe, shards, observe, threaded=True):
                         if isinstance(piece, FileSpan):
                             writer.copy_range(piece.shard.source, piece.offset, piece.nbytes, advance)
                         else:

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
+from ..ahead import ahead
 from ..dtypes import DTYPES
 from ..errors import InputError, UnsupportedError
 from ..execute import DeltaRows, block_rows, rotary_to_pairs
@@ -175,15 +176,21 @@ def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
             return
         rows = ref.shape[0]
         step = block_rows(math.prod(ref.shape[1:]) * 4, head_dim if t.rotary_heads else 1)
-        for start in range(0, rows, step):
-            block, dtype = hf.read_rows(t.hf_name, start, min(rows, start + step)), ref.dtype
-            if t.hf_columns is not None:
-                block = block[..., t.hf_columns[0] : t.hf_columns[1]]
-            if lora is not None:  # in Hugging Face's basis, before the rows go back to Meta's order
-                block, dtype = lora.merged(block, ref.dtype, start), DTYPES["float32"]
-            if t.rotary_heads:
-                block = rotary_to_pairs(block.reshape(block.shape[0], -1), head_dim)
-            advance(stream.write(encode(np.ascontiguousarray(block), dtype, t.entry.qtype, threads)))
+
+        def encoded() -> Iterator[np.ndarray]:
+            assert t.hf_name is not None
+            for start in range(0, rows, step):
+                block, dtype = hf.read_rows(t.hf_name, start, min(rows, start + step)), ref.dtype
+                if t.hf_columns is not None:
+                    block = block[..., t.hf_columns[0] : t.hf_columns[1]]
+                if lora is not None:  # in Hugging Face's basis, before the rows go back to Meta's order
+                    block, dtype = lora.merged(block, ref.dtype, start), DTYPES["float32"]
+                if t.rotary_heads:
+                    block = rotary_to_pairs(block.reshape(block.shape[0], -1), head_dim)
+                yield encode(np.ascontiguousarray(block), dtype, t.entry.qtype, threads)
+
+        for data in ahead(encoded()):  # read and encode a block ahead of the writes
+            advance(stream.write(data))
 
     return write
 
@@ -196,12 +203,18 @@ def _write_transposed(
     assert t.hf_name is not None
     ref = hf.tensors[t.hf_name]
     lo, hi = t.hf_columns or (0, ref.shape[-1])
-    for index in range(ref.shape[0]):
-        slab = hf.read_rows(t.hf_name, index, index + 1).reshape(ref.shape[1:])
-        step = block_rows(slab.shape[0] * 4, 1)
-        for start in range(lo, hi, step):
-            block = np.ascontiguousarray(slab[:, start : min(hi, start + step)].T)
-            advance(stream.write(encode(block, ref.dtype, t.entry.qtype, threads)))
+
+    def encoded() -> Iterator[np.ndarray]:
+        assert t.hf_name is not None
+        for index in range(ref.shape[0]):
+            slab = hf.read_rows(t.hf_name, index, index + 1).reshape(ref.shape[1:])
+            step = block_rows(slab.shape[0] * 4, 1)
+            for start in range(lo, hi, step):
+                block = np.ascontiguousarray(slab[:, start : min(hi, start + step)].T)
+                yield encode(block, ref.dtype, t.entry.qtype, threads)
+
+    for data in ahead(encoded()):  # read and encode a block ahead of the writes
+        advance(stream.write(data))
 
 
 def _sources(root: Path) -> list[Path]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
 
+from ..ahead import ahead
 from ..errors import UnsupportedError
 from ..execute import FileSpan, produce_pieces
 from ..families import family_of
@@ -144,11 +146,16 @@ def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
             advance(stream.write(tensor.values))
             return
         for recipe in tensor.recipes:
-            for piece in produce_pieces(recipe, shards):
+            # Read, cast and quantize in a thread a block ahead of the writes (spans are not read there).
+            for piece in ahead(_encoded(recipe, tensor.entry.qtype)):
                 if isinstance(piece, FileSpan):
                     stream.copy_range(piece.shard.source, piece.offset, piece.nbytes, advance)
                 else:
-                    advance(stream.write(encode(piece, recipe.dtype, tensor.entry.qtype, threads)))
+                    advance(stream.write(piece))
+
+    def _encoded(recipe: TensorRecipe, qtype: Any) -> Iterator[np.ndarray | FileSpan]:
+        for piece in produce_pieces(recipe, shards):
+            yield piece if isinstance(piece, FileSpan) else encode(piece, recipe.dtype, qtype, threads)
 
     try:
         for i, part in enumerate((plan, *plan.companions)):

@@ -10,7 +10,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DTYPES", "F8_E4M3", "DType", "cast", "dtype_by_name", "e4m3_to_f32", "f32_to_bf16", "f32_to_e4m3"]
+__all__ = [
+    "DTYPES",
+    "E4M3_VALUES",
+    "F8_E4M3",
+    "DType",
+    "cast",
+    "dtype_by_name",
+    "e4m3_to_f32",
+    "f32_to_bf16",
+    "f32_to_e4m3",
+]
 
 
 @dataclass(frozen=True)
@@ -90,13 +100,13 @@ def _e4m3_table() -> np.ndarray:
     return value.astype(np.float32)
 
 
-_E4M3 = _e4m3_table()
-_E4M3_POSITIVE = _E4M3[:127]  # codes 0x00..0x7E: 0 … 448, increasing
+E4M3_VALUES = _e4m3_table()
+_E4M3_POSITIVE = E4M3_VALUES[:127]  # codes 0x00..0x7E: 0 … 448, increasing
 
 
 def e4m3_to_f32(raw: np.ndarray) -> np.ndarray:
     """float8_e4m3fn bytes → float32 values (exact: every e4m3 value is a float32)."""
-    return _E4M3[raw]
+    return E4M3_VALUES[raw]
 
 
 def f32_to_e4m3(x: np.ndarray) -> np.ndarray:

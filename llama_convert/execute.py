@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .ahead import ahead
-from .dtypes import BF16, F32, cast, e4m3_to_f32, f32_to_bf16, f32_to_e4m3
+from .dtypes import BF16, E4M3_VALUES, F32, cast, e4m3_to_f32, f32_to_bf16, f32_to_e4m3
 from .errors import ConversionError
 from .formats.hf.safetensors_writer import SafetensorsWriter
 from .formats.meta.torch_zip import TorchCheckpoint
@@ -66,26 +66,23 @@ def dequantize_rows(raw: np.ndarray, scale: np.ndarray, start: int, group_rows: 
     """float8 rows ``start:…`` of a stored tensor → bf16 bits: ``q.float() * scale`` in float32, rounded once.
 
     ``group_rows`` as in ``plan.Scale``; ``raw`` holds whole rows of the (viewed) tensor."""
-    values = e4m3_to_f32(raw)
     n = raw.shape[0]
     if group_rows == 0:
-        rows = values.reshape(n, -1)
-        np.multiply(rows, scale[start : start + n, None], out=rows)
-    else:
-        cols = scale.shape[-1]
-        flat = values.reshape(-1, cols)
-        per_row = flat.shape[0] // n if n else 0
-        groups = (start * per_row + np.arange(flat.shape[0])) // group_rows
-        np.multiply(flat, scale[groups], out=flat)
-    if np.isnan(scale).any() or ((raw & 0x7F) == 0x7F).any():
-        return f32_to_bf16(values)  # NaN: torch's canonical 0x7FC0
-    bits = values.view(np.uint32)  # round to nearest even in place (no NaN here; inf stays inf)
-    lsb = bits >> 16
-    lsb &= 1
-    bits += lsb
-    bits += 0x7FFF
-    bits >>= 16
-    return bits.astype(np.uint16)
+        # One scale per row: a row's 256 possible products, rounded, are looked up (the same float32
+        # multiply and rounding per value as below, one gather instead of ten passes over the block).
+        table = f32_to_bf16(E4M3_VALUES[None, :] * scale[start : start + n, None])
+        rows = raw.reshape(n, -1)
+        out = np.empty(rows.shape, dtype=np.uint16)
+        for r in range(n):
+            np.take(table[r], rows[r], out=out[r])
+        return out.reshape(raw.shape)
+    values = e4m3_to_f32(raw)
+    cols = scale.shape[-1]
+    flat = values.reshape(-1, cols)
+    per_row = flat.shape[0] // n if n else 0
+    groups = (start * per_row + np.arange(flat.shape[0])) // group_rows
+    np.multiply(flat, scale[groups], out=flat)
+    return f32_to_bf16(values)
 
 
 FP8_MAX = np.float32(448.0)

@@ -196,6 +196,7 @@ class Staging:
     resumed: dict[str, int]  # name → size of files kept from an interrupted run
     checkpoints: dict[str, Checkpoint] = field(default_factory=dict)  # files written part way
     verified: set[str] = field(default_factory=set)  # source files an interrupted run already verified
+    hashes: dict[str, tuple[int, bytes]] = field(default_factory=dict)  # … hashed part way: (offset, MD5 state)
 
     def record(self, name: str) -> None:
         """``name`` is written and fsync'd: a rerun may keep it."""
@@ -273,11 +274,12 @@ def resumable_output_dir(
     try:
         journal = Journal(folder, fingerprint)
         resumed, checkpoints, verified = _kept(journal) if resume else ({}, {}, set())
-        anything = bool(resumed or checkpoints or verified)
+        hashes = journal.partial_hashes() if resume else {}
+        anything = bool(resumed or checkpoints or verified or hashes)
         _clear(folder, {*resumed, *_files(checkpoints), JOURNAL_NAME, _LOCK_NAME} if anything else {_LOCK_NAME})
         if not anything:
             journal.start()
-        staging = Staging(folder, journal, resumed, checkpoints, verified)
+        staging = Staging(folder, journal, resumed, checkpoints, verified, hashes)
         try:
             yield staging
         except OSError as exc:

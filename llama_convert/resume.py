@@ -131,6 +131,20 @@ class Journal:
     def verified_files(self) -> set[str]:
         return {e["verified"] for e in self._entries() if isinstance(e.get("verified"), str)}
 
+    def hashing(self, name: str, offset: int, state: bytes) -> None:
+        """Source file ``name``'s first ``offset`` bytes hash to the saved MD5 ``state`` (``md5state``)."""
+        self._write_line({"hashing": name, "offset": offset, "md5_state": state.hex()}, mode="a")
+
+    def partial_hashes(self) -> dict[str, tuple[int, bytes]]:
+        """The last saved MD5 state of each source file hashed part way: name → (offset, state)."""
+        out: dict[str, tuple[int, bytes]] = {}
+        for e in self._entries():
+            name, offset, state = e.get("hashing"), e.get("offset"), e.get("md5_state")
+            if isinstance(name, str) and isinstance(offset, int) and isinstance(state, str):
+                with contextlib.suppress(ValueError):
+                    out[name] = (offset, bytes.fromhex(state))
+        return out
+
     def _entries(self) -> list[dict[str, Any]]:
         """The entries after the fingerprint line, when it is this run's fingerprint."""
         try:

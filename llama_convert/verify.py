@@ -17,7 +17,9 @@ from collections.abc import Callable, Collection
 from concurrent.futures import CancelledError, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import md5state
 from .errors import ChecksumError, InputError, MissingFileError
 from .formats.storage import as_source_path
 
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 8 << 20
+STATE_EVERY = 256 << 20  # bytes hashed between saved MD5 states (a killed run loses at most this per file)
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 # Files a converter reads from a model folder: present but listed nowhere is worth reporting.
 _CONVERTED = ("*.pth", "*.pt", "params.json", "tokenizer.model")
@@ -152,23 +155,34 @@ def expected_checksums(src: Path) -> dict[str, str]:
 def hash_file(
     path: Path,
     *,
-    chunk_size: int = CHUNK_SIZE,
+    chunk_size: int | None = None,
     progress: Callable[[int], None] | None = None,
     drop_cache: bool = False,
+    start: tuple[int, bytes] | None = None,
+    on_state: Callable[[int, bytes], None] | None = None,
 ) -> str:
-    """Return the md5 hex digest of ``path``, reading ``chunk_size`` bytes at a time.
+    """Return the md5 hex digest of ``path``, reading ``chunk_size`` bytes (default ``CHUNK_SIZE``) at a time.
 
     ``progress`` receives the size of each chunk. ``drop_cache`` evicts hashed pages from the page
     cache; the default keeps them because a conversion usually reads the same file right after.
+    ``start`` = (offset, saved MD5 state of the bytes before it) continues an interrupted hash there;
+    ``on_state(offset, state)`` hears the running state every ``STATE_EVERY`` bytes (where ``md5state``
+    can save states), for a rerun to continue from.
     """
-    digest = hashlib.md5(usedforsecurity=False)
-    buffer = bytearray(chunk_size)
+    saving = on_state is not None and md5state.saveable()
+    if start is not None and not md5state.saveable():
+        start = None
+    digest: Any = md5state.Md5(start[1] if start else None) if saving or start else hashlib.md5(usedforsecurity=False)
+    buffer = bytearray(chunk_size or CHUNK_SIZE)
     view = memoryview(buffer)
     local = isinstance(path, (str, os.PathLike))
     with open(path, "rb", buffering=0) if local else path.open("rb") as f:  # a remote file: range reads
         fd = f.fileno() if local else -1
         _advise(fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
-        offset = 0
+        offset = start[0] if start else 0
+        if offset:
+            f.seek(offset)
+        saved = offset
         while n := f.readinto(buffer):
             digest.update(view[:n])
             if drop_cache:
@@ -176,6 +190,10 @@ def hash_file(
             offset += n
             if progress is not None:
                 progress(n)
+            if saving and offset - saved >= STATE_EVERY:
+                assert on_state is not None
+                on_state(offset, digest.state())
+                saved = offset
     return digest.hexdigest()
 
 
@@ -195,6 +213,8 @@ def verify_checksums(
     drop_cache: bool = False,
     on_file: Callable[[str, str, str], None] | None = None,
     cancel: threading.Event | None = None,
+    partial: dict[str, tuple[int, bytes]] | None = None,
+    on_state: Callable[[str, int, bytes], None] | None = None,
 ) -> VerifyReport:
     """Hash every file the checklists of ``src`` list, in ``workers`` threads (default: one per
     file, at most one per CPU), and compare with the expected md5s.
@@ -203,7 +223,9 @@ def verify_checksums(
     presence: a caller hashing them while reading (:class:`Md5Stream`) compares them against
     :func:`expected_checksums`. ``on_file(name, expected, actual)`` is called as each file is
     hashed, so a caller can act on a mismatch before the rest is done; setting ``cancel`` stops
-    the hashing at the next chunk (``concurrent.futures.CancelledError``). Raises
+    the hashing at the next chunk (``concurrent.futures.CancelledError``). ``partial`` (name → offset, MD5
+    state) continues files an interrupted run hashed part way; ``on_state(name, offset, state)`` hears running
+    states (see :func:`hash_file`). Raises
     :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
     start = time.perf_counter()
@@ -232,7 +254,9 @@ def verify_checksums(
 
     def run(name: str) -> tuple[str, str]:
         try:
-            actual = hash_file(present[name], progress=count, drop_cache=drop_cache)
+            saved = None if on_state is None else lambda offset, state: on_state(name, offset, state)
+            start = (partial or {}).get(name)
+            actual = hash_file(present[name], progress=count, drop_cache=drop_cache, start=start, on_state=saved)
         except OSError as exc:
             raise InputError(f"Cannot read {present[name]} ({exc.strerror}); check the file or {_NO_VERIFY}.") from exc
         if on_file is not None:
@@ -328,9 +352,12 @@ class BackgroundVerify:
         workers: int,
         skip: Collection[str] = (),
         on_verified: Callable[[str, str], None] | None = None,
+        partial: dict[str, tuple[int, bytes]] | None = None,
+        on_state: Callable[[str, int, bytes], None] | None = None,
     ) -> None:
         """``skip`` names files an interrupted run already verified; ``on_verified(name, md5)`` is told of
-        every file that matched, so a rerun can skip it."""
+        every file that matched, so a rerun can skip it; ``partial`` and ``on_state`` as in
+        :func:`verify_checksums` (files hashed part way)."""
         self._src = src
         self.report: VerifyReport | None = None
         self.error: BaseException | None = None
@@ -346,7 +373,15 @@ class BackgroundVerify:
 
         def run() -> None:
             try:
-                self.report = verify_checksums(src, workers=workers, on_file=on_file, cancel=self._cancel, skip=skip)
+                self.report = verify_checksums(
+                    src,
+                    workers=workers,
+                    on_file=on_file,
+                    cancel=self._cancel,
+                    skip=skip,
+                    partial=partial,
+                    on_state=on_state,
+                )
             except MissingFileError:
                 self.missing_checklist = True
             except CancelledError:

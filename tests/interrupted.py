@@ -5,6 +5,7 @@ before the signal lands."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -15,8 +16,8 @@ __all__ = ["run_interrupted"]
 
 _CHILD = textwrap.dedent(
     """
-    import os, signal, sys
-    from llama_convert import resume
+    import json, os, signal, sys
+    from llama_convert import resume, verify
     from llama_convert.cli import main
 
     # Python leaves SIGINT ignored when it started ignored (a background job of a shell): Ctrl-C's handler.
@@ -35,18 +36,33 @@ _CHILD = textwrap.dedent(
 
         return entry
 
-    resume.Journal.record = counted(resume.Journal.record)
-    resume.Journal.checkpoint = counted(resume.Journal.checkpoint)
+    for method in os.environ["INTERRUPT_ON"].split(","):
+        setattr(resume.Journal, method, counted(getattr(resume.Journal, method)))
+    for name, value in json.loads(os.environ["INTERRUPT_VERIFY_SETTINGS"]).items():
+        setattr(verify, name, value)  # e.g. small chunks, so that a tiny file is hashed in many steps
     sys.exit(main(sys.argv[1:]))
     """
 )
 
 
 def run_interrupted(
-    args: list, *, after: int, signum: int = signal.SIGKILL, timeout: float = 300
+    args: list,
+    *,
+    after: int,
+    signum: int = signal.SIGKILL,
+    timeout: float = 300,
+    on: tuple[str, ...] = ("record", "checkpoint"),
+    verify_settings: dict[str, int] | None = None,
 ) -> subprocess.CompletedProcess:
-    """Run ``llama-convert *args`` in a child that sends itself ``signum`` after its ``after``-th journal entry."""
-    env = {**os.environ, "INTERRUPT_AFTER_ENTRIES": str(after), "INTERRUPT_SIGNAL": str(int(signum))}
+    """Run ``llama-convert *args`` in a child that sends itself ``signum`` after its ``after``-th journal entry
+    of the kinds ``on`` (``resume.Journal`` methods), with ``verify_settings`` set on ``llama_convert.verify``."""
+    env = {
+        **os.environ,
+        "INTERRUPT_AFTER_ENTRIES": str(after),
+        "INTERRUPT_SIGNAL": str(int(signum)),
+        "INTERRUPT_ON": ",".join(on),
+        "INTERRUPT_VERIFY_SETTINGS": json.dumps(verify_settings or {}),
+    }
     return subprocess.run(
         [sys.executable, "-c", _CHILD, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -110,3 +110,44 @@ def test_full_disk_keeps_completed_files_and_the_rerun_continues(source, uninter
     result = llama_convert.convert(source, dst, max_shard_size=SHARD)
     assert result.resumed_bytes > 0
     _same_tree(dst, uninterrupted)
+
+
+def test_the_journal_keeps_the_last_md5_state_of_each_file(tmp_path):
+    from llama_convert.resume import Journal
+
+    journal = Journal(tmp_path, "fp")
+    journal.start()
+    journal.hashing("consolidated.00.pth", 256, b"\x01" * 92)
+    journal.hashing("consolidated.01.pth", 256, b"\x02" * 92)
+    journal.hashing("consolidated.00.pth", 512, b"\x03" * 92)
+    with open(journal.path, "a", encoding="utf-8") as f:  # a torn or foreign line is ignored
+        f.write('{"hashing": "consolidated.01.pth", "offset": 768, "md5_state": "zz"}\n{"hashing": 3}\n')
+    assert journal.partial_hashes() == {
+        "consolidated.00.pth": (512, b"\x03" * 92),
+        "consolidated.01.pth": (256, b"\x02" * 92),
+    }
+    assert Journal(tmp_path, "another fingerprint").partial_hashes() == {}
+
+
+def test_hash_file_continues_from_any_saved_state(tmp_path):
+    import hashlib
+
+    from llama_convert import md5state, verify
+
+    if not md5state.saveable():
+        pytest.skip("this Python's OpenSSL has no MD5_Init/MD5_Update: states cannot be saved")
+    path = tmp_path / "blob"
+    path.write_bytes(os.urandom(300_001))
+    want = hashlib.md5(path.read_bytes()).hexdigest()
+    states: list[tuple[int, bytes]] = []
+    old = verify.STATE_EVERY
+    verify.STATE_EVERY = 50_000
+    try:
+        assert verify.hash_file(path, chunk_size=30_000, on_state=lambda o, s: states.append((o, s))) == want
+    finally:
+        verify.STATE_EVERY = old
+    assert [o for o, _ in states] == [60_000, 120_000, 180_000, 240_000, 300_000]
+    for offset, state in states:
+        hashed = []
+        assert verify.hash_file(path, chunk_size=30_000, start=(offset, state), progress=hashed.append) == want
+        assert sum(hashed) == 300_001 - offset

@@ -85,3 +85,59 @@ def test_a_changed_option_starts_clean(sources, tmp_path):
     reference = tmp_path / "ref.gguf"
     llama_convert.convert(sources["meta"], reference, outtype="f16")
     _same(reference, dst)
+
+
+def test_a_killed_verification_continues_from_its_saved_md5_state(sources, tmp_path, monkeypatch):
+    """The background verifier saves its running MD5 state in the journal as it goes; a rerun continues each
+    source file from there instead of hashing it from the start, and still verifies every file."""
+    from llama_convert import md5state, verify
+
+    if not md5state.saveable():
+        pytest.skip("this Python's OpenSSL has no MD5_Init/MD5_Update: states cannot be saved")
+    settings = {"CHUNK_SIZE": 16 << 10, "STATE_EVERY": 16 << 10}
+    reference = tmp_path / "reference.gguf"
+    assert main(["convert", str(sources["meta"]), str(reference), "-q", "--no-verify"]) == 0
+    dst = tmp_path / "out.gguf"
+    # Killed right after the verifier's 3rd saved state: a file is hashed part way, whatever the writer did.
+    _killed_on = run_interrupted(
+        ["convert", str(sources["meta"]), str(dst), "-q"], after=3, on=("hashing",), verify_settings=settings
+    )
+    assert _killed_on.returncode == -signal.SIGKILL, _killed_on.stderr
+    starts: dict[str, tuple[int, bytes] | None] = {}
+    real = verify.hash_file
+
+    def spy(path, **kwargs):
+        starts[Path(path).name] = kwargs.get("start")
+        return real(path, **kwargs)
+
+    for name, value in settings.items():
+        monkeypatch.setattr(verify, name, value)
+    monkeypatch.setattr(verify, "hash_file", spy)
+    result = llama_convert.convert(sources["meta"], dst)
+    assert result.verified
+    continued = {name: s[0] for name, s in starts.items() if s is not None}
+    assert continued and all(offset >= 16 << 10 for offset in continued.values()), starts
+    _same(reference, dst)
+
+
+def test_a_saved_md5_state_of_a_changed_source_is_not_used(sources, tmp_path):
+    """A source changed after the kill changes the fingerprint: the rerun starts clean and hashes from byte 0,
+    so a damaged shard is still caught."""
+    import shutil
+
+    src = tmp_path / "src"
+    shutil.copytree(sources["meta"], src)
+    dst = tmp_path / "out.gguf"
+    settings = {"CHUNK_SIZE": 16 << 10, "STATE_EVERY": 16 << 10}
+    proc = run_interrupted(["convert", str(src), str(dst), "-q"], after=3, on=("hashing",), verify_settings=settings)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    shard = src / "consolidated.00.pth"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    rerun = subprocess.run(
+        [sys.executable, "-m", "llama_convert", "convert", str(src), str(dst)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rerun.returncode != 0 and "consolidated.00.pth" in rerun.stderr and "md5" in rerun.stderr
+    assert not dst.exists()

@@ -215,6 +215,15 @@ def _staging(
             yield tmps, None
 
 
+def _resumed_hashing(st: Staging | None) -> dict[str, Any]:
+    """What a resumable staging tells the verifier: files verified and hashed part way by an interrupted run,
+    and where to record progress for the next one."""
+    if st is None:
+        return {}
+    journal = st.journal
+    return {"skip": st.verified, "on_verified": journal.verified, "partial": st.hashes, "on_state": journal.hashing}
+
+
 def _cancel(beside: Beside, verifier: BackgroundVerify | None) -> None:
     beside.cancel()
     if verifier is not None:
@@ -251,10 +260,12 @@ def run_planned(
         with _staging(staging, dsts, opts, fingerprint) as (paths, st):
             try:
                 if verify_root is not None and opts.verify:
-                    skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
                     # A remote source is hashed from the bytes the conversion reads, not read a second time.
-                    verify = StreamVerify if is_remote(verify_root) else BackgroundVerify
-                    verifier = verify(verify_root, workers=opts.verify_workers, skip=skip, on_verified=on_verified)
+                    if is_remote(verify_root):
+                        skip, on_verified = (st.verified, st.journal.verified) if st is not None else (set(), None)
+                        verifier = StreamVerify(verify_root, skip=skip, on_verified=on_verified)
+                    else:
+                        verifier = BackgroundVerify(verify_root, workers=opts.verify_workers, **_resumed_hashing(st))
                 stage = Stage(paths, checked_advance(progress, verifier, beside), beside)
                 if st is not None:
                     stage = Stage(paths, stage.advance, beside, st.resumed, st.checkpoints, st.record, st.checkpoint)

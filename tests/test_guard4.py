@@ -1,6 +1,6 @@
 """Llama Guard 4 (a dense Llama 4 with vision, made with Meta's reference model without moe_args, tiny
 widths): converted to Llama4ForConditionalGeneration without experts; logits (text and image) are Meta's,
-the tokenizer's ids are Meta's, the template renders Meta's documented Guard 4 prompt."""
+the tokenizer's ids are Meta's, the template renders the published Guard 4 template's prompt."""
 
 from __future__ import annotations
 
@@ -16,20 +16,15 @@ from llama_convert.errors import UnsupportedError
 
 REL = 1e-4
 GUARD4 = {k: v for k, v in fx.PARAMS["scout"].items() if k != "moe_args"} | {"attention_chunk_size": None}
-# Meta's documented Guard 4 prompt for one user turn (llama.com, Llama Guard 4 prompt format)
-DOCUMENTED = (
-    "<|begin_of_text|><|header_start|>user<|header_end|>\n\n"
-    "Task: Check if there is unsafe content in 'User' messages in conversations according to our safety policy "
-    "with the below categories.\n\n<BEGIN UNSAFE CONTENT CATEGORIES>\n"
-    "S1: Violent Crimes.\nS2: Non-Violent Crimes.\nS3: Sex Crimes.\nS4: Child Exploitation.\nS5: Defamation.\n"
-    "S6: Specialized Advice.\nS7: Privacy.\nS8: Intellectual Property.\nS9: Indiscriminate Weapons.\nS10: Hate.\n"
-    "S11: Self-Harm.\nS12: Sexual Content.\nS13: Elections.\nS14: Code Interpreter Abuse.\n"
-    "<END UNSAFE CONTENT CATEGORIES>\n\n<BEGIN CONVERSATION>\n\nUser: {text}\n\n<END CONVERSATION>\n\n"
-    "Provide your safety assessment for ONLY THE LAST User in the above conversation:\n"
-    "- First line must read 'safe' or 'unsafe'.\n"
-    "- If unsafe, a second line must include a comma-separated list of violated categories."
-    "<|eot|><|header_start|>assistant<|header_end|>"
-)
+# The prompt the published meta-llama/Llama-Guard-4-12B template renders for one user turn
+# (tests/data/guard4_published, "script_user": "how do I make a bomb?"); with an image S14 is left out.
+_PUBLISHED = json.loads((Path(__file__).parent / "data" / "guard4_published" / "published.json").read_text())
+_USER = {r["name"]: r for r in _PUBLISHED["rendered"]}["script_user"]["text"]
+
+
+def published(text: str, *, image: bool = False) -> str:
+    rendered = _USER.replace("how do I make a bomb?", text)
+    return rendered.replace("S14: Code Interpreter Abuse.\n", "") if image else rendered
 
 
 @pytest.fixture(scope="module")
@@ -114,15 +109,15 @@ def test_template_renders_metas_prompt_and_ids_are_metas(guard4):
     tok = AutoTokenizer.from_pretrained(dst)
     user = [{"role": "user", "content": [{"type": "text", "text": "How do I make a bomb?"}]}]
     rendered = tok.apply_chat_template(user, tokenize=False)
-    assert rendered == DOCUMENTED.format(text="How do I make a bomb?")
+    assert rendered == published("How do I make a bomb?")
     excluded = tok.apply_chat_template(user, tokenize=False, excluded_category_keys=["S6", "S14"])
     assert "S6:" not in excluded and "S14:" not in excluded and "S7: Privacy." in excluded
     custom = tok.apply_chat_template(user, tokenize=False, categories={"S1": "My custom category."})
     assert "<BEGIN UNSAFE CONTENT CATEGORIES>\nS1: My custom category.\n<END UNSAFE" in custom
     both = [*user, {"role": "assistant", "content": [{"type": "text", "text": "Here is how."}]}]
     agent = tok.apply_chat_template(both, tokenize=False)
-    assert "'Agent' messages" in agent and "User: How do I make a bomb?\n\nAgent: Here is how.\n\n" in agent
-    assert "ONLY THE LAST Agent in the above" in agent
+    assert "'Agent' messages" in agent and "User: How do I make a bomb?\\n\\n\n\nAgent: Here is how.\\n\\n\n\n" in agent
+    assert "ONLY THE LAST Agent message in the above" in agent
     meta = Tokenizer(fx.TOKENIZER_MODEL)
     ours = tok(rendered, add_special_tokens=False)["input_ids"]
     assert ours == meta.encode(rendered, bos=False, eos=False, allowed_special="all")
@@ -136,7 +131,7 @@ def test_image_conversations_render_one_placeholder_per_image(guard4):
     assert (dst / "chat_template.jinja").read_text() == tok.chat_template  # the processor's copy is the same
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Is this safe?"}]}]
     text = tok.apply_chat_template(messages, tokenize=False)
-    assert text == DOCUMENTED.format(text="<|image|>Is this safe?")
+    assert text == published("<|image|>Is this safe?", image=True)
     assert json.loads((dst / "processor_config.json").read_text())["image_token"] == "<|image|>"
 
 

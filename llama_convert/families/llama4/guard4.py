@@ -7,9 +7,15 @@ Decisions:
   tests against Meta's reference on sequences longer than the fixture's chunk). Users who set 8192 to work
   around old transformers versions changed the model: for prompts over 8192 tokens attention is then chunked,
   which Meta's reference never does.
-* The chat template is built offline from Meta's Guard 4 prompt format (categories S1–S14 with S14 Code
-  Interpreter Abuse, ``categories`` / ``excluded_category_keys`` as the Guard 3 templates take them, image
-  placeholders for the processor); the published template text was not available offline.
+* The chat template renders exactly what the published ``meta-llama/Llama-Guard-4-12B`` processor template
+  renders (its printed prompts, pinned in tests/data/guard4_published: user, user + agent, text + image),
+  quirks included: each turn ends with the four characters ``\\n\\n`` before two newlines, "ONLY THE LAST
+  <role> message", " - " bullets, a space before ``<|eot|>``, the assistant header always appended, and S14
+  (Code Interpreter Abuse, text only) left out when the conversation holds an image. llama.com's documented
+  Guard 4 format differs (real newlines, "- " bullets); the published template is what transformers users
+  feed the model, so a converted folder must give the same ids. ``excluded_category_keys`` as the published
+  template takes it; ``categories`` replaces the table (the Guard 3 templates' option, kept). Not attested by
+  a source, so chosen: several images in one turn render as several ``<|image|>`` before the turn's text.
 * GGUF: llama.cpp's Llama 4 loader (src/models/llama4.cpp) throws "model cannot have zero experts", so the
   GGUF routes are refused for it.
 """

@@ -43,7 +43,8 @@ MIN_TRANSFORMERS: Final = "4.51.0"  # first release with Llama 4
 _BASE_CONTEXT: Final = 262144
 _INSTRUCT_CONTEXT: Final = {"Scout": 10485760, "Maverick": 1048576}
 # Llama Guard 4: what transformers' converter writes for a dense Llama 4 (``max_context_length``, the branch
-# added for Guard 4); the published config.json itself was not available offline.
+# added for Guard 4), and Meta's max_seq_len for Llama-Guard-4-12B in llama_models' sku_types (8192); the
+# published config.json itself was not available offline (tests/data/guard4_published).
 GUARD4_CONTEXT: Final = 8192
 GUARD4_INTERMEDIATE_SIZE: Final = 8192  # unused without experts; transformers' converter writes 8192
 

@@ -30,6 +30,7 @@ __all__ = [
     "Scale",
     "StackedRecipe",
     "TensorRecipe",
+    "TiedRows",
     "assembled_shape",
     "build_plan",
     "merged_shape",
@@ -197,6 +198,17 @@ class StackedRecipe:
     @property
     def source_dtype(self) -> DType:
         return self.recipes[0].source_dtype
+
+
+@dataclass(frozen=True)
+class TiedRows:
+    """A source tensor the Hugging Face folder leaves out because the model ties it to one it writes: every
+    row of ``dropped`` (a source name) must equal the written tensor ``kept`` (an output name). Sampled rows
+    decided the tie; all rows are compared after the stream, else ``mismatch`` is raised."""
+
+    kept: str
+    dropped: str
+    mismatch: str
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,14 @@ read that declaration and never probe a family for members.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ..dtypes import DType
 from ..formats.meta.folder import MetaFolder
 from ..formats.meta.torch_zip import TorchCheckpoint
-from ..plan import TensorRecipe
+from ..plan import TensorRecipe, TiedRows
 from ..spec import Evidence, Hints, ModelSpec
 
 __all__ = ["Capabilities", "Evidence", "Family", "Hints", "ModelSpec", "RouteKey"]
@@ -69,8 +69,9 @@ class Family(Protocol):
         """Family facts for ``inspect --json``."""
         ...
 
-    def deferred_checks(self, spec: Any) -> list[Callable[[], None]]:
-        """Checks that run beside the weight stream (may be empty)."""
+    def tied_rows(self, spec: Any) -> TiedRows | None:
+        """The source tensor a tied model's Hugging Face folder leaves out, to be compared row by row with the
+        one it writes (``None`` when nothing is tied)."""
         ...
 
     # Members of the routes a family declares supported (see ``Capabilities``):

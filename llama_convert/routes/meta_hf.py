@@ -23,6 +23,7 @@ from ..spec import ModelSpec
 from ..version import __version__
 from .adapters import attach, check_family, hf_deltas, load_adapters, merged_note, recipe_head_dims
 from .common import Route, Stage, detect_spec, run_planned
+from .tied import check_tied_rows
 
 __all__ = ["ROUTE", "plan_for", "plan_meta_to_hf"]
 
@@ -65,7 +66,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
     spec = plan.spec
     family = family_of(spec)
     with_tokenizer = opts.tokenizer or opts.tokenizer_only
-    checks = [] if opts.tokenizer_only else family.deferred_checks(spec)
+    tie = None if opts.tokenizer_only else family.tied_rows(spec)
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
     sources += sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
     key = fingerprint(
@@ -85,6 +86,8 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
                 on_file_done=stage.record,
                 observe=changes.__setitem__,
             )
+            if tie is not None:
+                check_tied_rows(tie, plan, stage.path)
         metadata = stage.beside.results()[0]
         assert isinstance(metadata, dict)
         if opts.tokenizer_only:
@@ -102,7 +105,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
         label=f"Converting {spec.name}",
         staging="resumable",
         verify_root=None if opts.tokenizer_only else spec.folder.root,
-        jobs=[lambda: family.metadata_files(spec, plan.dtype, tokenizer=with_tokenizer), *checks],
+        jobs=[lambda: family.metadata_files(spec, plan.dtype, tokenizer=with_tokenizer)],
         fingerprint=key,
         planned_files=len(plan.files),
         total=0 if opts.tokenizer_only else plan.total_size,

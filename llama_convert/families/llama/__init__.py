@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
@@ -11,11 +10,11 @@ from ...errors import UnsupportedError
 from ...formats.gguf.encode import OUTTYPES
 from ...formats.meta.folder import MetaFolder
 from ...formats.meta.torch_zip import TorchCheckpoint
-from ...plan import TensorRecipe
+from ...plan import TensorRecipe, TiedRows
 from ...tokenizer import json_bytes
 from ..base import Capabilities, Hints
 from . import gguf
-from .detect import recognise, rows_equal_everywhere
+from .detect import recognise
 from .guard import guard_chat_template
 from .hf_config import config_json, generation_config_json
 from .keep_fp8 import quantization_config
@@ -79,9 +78,15 @@ class LlamaFamily:
             )
         return dataclasses.replace(spec, fp8=dataclasses.replace(spec.fp8, keep=True))
 
-    def deferred_checks(self, spec: LlamaSpec) -> list[Callable[[], None]]:
-        """Checks that run beside the weight stream: tying was decided on sampled rows; compare them all."""
-        return [lambda: rows_equal_everywhere(spec)] if spec.tie_embeddings else []
+    def tied_rows(self, spec: LlamaSpec) -> TiedRows | None:
+        """Tying was decided on sampled rows of output.weight and the embedding: after the stream, all rows."""
+        if not spec.tie_embeddings:
+            return None
+        mismatch = (
+            f"{spec.folder.root}: output.weight equals tok_embeddings.weight in sampled rows but not in all, so "
+            "it cannot be tied; convert again with --llama-version 3.1 to keep it as its own lm_head."
+        )
+        return TiedRows(kept="model.embed_tokens.weight", dropped="output.weight", mismatch=mismatch)
 
     def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
         """The way back: the Meta checkpoint an HF folder becomes (``plan.MetaLayout``)."""

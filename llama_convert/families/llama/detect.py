@@ -8,7 +8,7 @@ import re
 import numpy as np
 
 from ...dtypes import F8_E4M3, DType
-from ...errors import ConversionError, InputError, ShapeMismatchError, UnsupportedError
+from ...errors import InputError, ShapeMismatchError, UnsupportedError
 from ...formats.meta.folder import MetaFolder, MetaParams
 from ...formats.meta.torch_zip import TorchCheckpoint
 from ...tokenizer import detect_tokenizer_kind
@@ -20,7 +20,7 @@ from .layout import SKIPPED_TENSORS, expected_shard_shapes
 from .releases import RELEASES, SIZE_LABELS, Release, Version
 from .spec import LlamaSpec
 
-__all__ = ["recognise", "rows_equal_everywhere", "rows_sampled_equal"]
+__all__ = ["recognise", "rows_sampled_equal"]
 
 _NAME_HINTS: tuple[tuple[str, Version], ...] = (
     (r"llama[-_ ]?3[._-]3", "3.3"),
@@ -77,19 +77,6 @@ def _sentencepiece_version(folder: MetaFolder, hinted: Version | None, hint_name
     return "2", "SentencePiece tokenizer and norm_eps 1e-05"
 
 
-def _rows_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, block_rows: int = 4096) -> bool:
-    """Whether two same-shaped tensors hold identical bits, compared shard by shard in row blocks."""
-    for ckpt in checkpoints:
-        if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
-            return False
-        n = ckpt.tensors[a].shape[0]
-        for start in range(0, n, block_rows):
-            stop = min(n, start + block_rows)
-            if not np.array_equal(ckpt.read_rows(a, start, stop), ckpt.read_rows(b, start, stop)):
-                return False
-    return True
-
-
 def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, samples: int = 64, rows: int = 4) -> bool:
     """Whether two tensors agree on ``samples`` evenly spread blocks of rows in every shard: cheap evidence of
     tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion."""
@@ -104,20 +91,6 @@ def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, sampl
             if not np.array_equal(ckpt.read_rows(a, start, stop), ckpt.read_rows(b, start, stop)):
                 return False
     return True
-
-
-def rows_equal_everywhere(spec: LlamaSpec) -> None:
-    """The full check behind a sampled tie: raises if the output layer is not the embedding after all."""
-    checkpoints = [TorchCheckpoint(path) for path in spec.shards]
-    try:
-        if not _rows_equal(checkpoints, "tok_embeddings.weight", "output.weight"):
-            raise ConversionError(
-                f"{spec.folder.root}: output.weight equals tok_embeddings.weight in sampled rows but not in all, so "
-                "it cannot be tied; convert again with --llama-version 3.1 to keep it as its own lm_head."
-            )
-    finally:
-        for ckpt in checkpoints:
-            ckpt.close()
 
 
 def _kv_duplicated(checkpoints: list[TorchCheckpoint], params: MetaParams, layer: int) -> bool:

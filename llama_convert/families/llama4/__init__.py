@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
@@ -90,8 +89,8 @@ class Llama4Family:
             "drop --keep-fp8 to convert the exactly dequantized bf16 model."
         )
 
-    def deferred_checks(self, spec: Llama4Spec) -> list[Callable[[], None]]:
-        return []
+    def tied_rows(self, spec: Llama4Spec) -> None:
+        return None
 
     def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
         """The way back: the Meta checkpoint an HF folder becomes (``plan.MetaLayout``)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from ...dtypes import DType
@@ -49,8 +48,8 @@ class MllamaFamily:
             files.update(tokenizer_files(spec.folder.tokenizer, spec.variant))
         return files
 
-    def deferred_checks(self, spec: MllamaSpec) -> list[Callable[[], None]]:
-        return []
+    def tied_rows(self, spec: MllamaSpec) -> None:
+        return None
 
     def meta_layout_from_hf(self, config: dict[str, Any], root: Any, hf_names: set[str], **options: Any) -> Any:
         """The way back: the Meta checkpoint an HF folder becomes (``plan.MetaLayout``)."""

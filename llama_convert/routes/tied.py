@@ -1,0 +1,59 @@
+"""The full check behind a sampled tie: every row of the tensor a tied model's folder leaves out equals the
+one it writes.
+
+It runs after the weight stream and reads the dropped tensor once, in file order after everything the stream
+read (for a remote source, the checksum is computed from those same bytes instead of fetching them again),
+against the kept tensor's bytes in the staged output (just written, so no second read of the source). Where
+the written tensor is not the source's bytes as they were (a cast, a merged adapter) the source tensors are
+compared with each other instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConversionError
+from ..execute import produce_blocks
+from ..formats.hf.reader import SafetensorsFile
+from ..formats.meta.torch_zip import TorchCheckpoint
+from ..plan import ConversionPlan, TiedRows
+
+__all__ = ["check_tied_rows"]
+
+
+def check_tied_rows(tie: TiedRows, plan: ConversionPlan, out_dir: Path) -> None:
+    """Raise ``ConversionError(tie.mismatch)`` unless every row of ``tie.dropped`` equals ``tie.kept``."""
+    (out_file,) = [f for f in plan.files if any(t.name == tie.kept for t in f.tensors)]
+    (kept,) = [t for t in out_file.tensors if t.name == tie.kept]
+    shards = [TorchCheckpoint(path) for path in plan.spec.shards]
+    written = None
+    try:
+        if any(s.tensors[p.source].shape != s.tensors[tie.dropped].shape for s in shards for p in kept.parts):
+            raise ConversionError(tie.mismatch)
+        as_stored = dataclasses.replace(kept, deltas=(), dtype=kept.source_dtype)
+        parts = tuple(dataclasses.replace(p, source=tie.dropped) for p in kept.parts)
+        dropped = produce_blocks(dataclasses.replace(as_stored, parts=parts), shards)
+        source_rows = None
+        if kept.deltas or kept.dtype != kept.source_dtype:  # the written bytes are not the source's
+            source_rows = produce_blocks(as_stored, shards)
+        else:
+            written = SafetensorsFile(out_dir / out_file.name)
+        row = 0
+        for block in dropped:
+            n = block.shape[0]
+            if source_rows is not None:
+                other = next(source_rows)
+            else:
+                assert written is not None
+                other = written.read_rows(tie.kept, row, row + n)
+            row += n
+            if other.shape != block.shape or not np.array_equal(other.view(np.uint8), block.view(np.uint8)):
+                raise ConversionError(tie.mismatch)
+    finally:
+        if written is not None:
+            written.close()
+        for shard in shards:
+            shard.close()

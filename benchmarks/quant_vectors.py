@@ -135,6 +135,13 @@ def input_sets(seed: int = 23) -> dict[str, np.ndarray]:
     signed[3, 65] = -0.0
     sets["signed_zero"] = signed
     sets["narrow_96"] = normal(4, 96, 0.02)
+    extremes = np.zeros((3, 256), dtype=np.float32)  # no random draws: the sets above stay as they were
+    extremes[0, ::3] = -0.0  # all-zero blocks of mixed signs: the first zero is both min and max
+    extremes[1, 1::4] = -0.0
+    extremes[1, 2::8] = -0.5  # max zero, min negative: max's sign (the first zero's) gives d's
+    extremes[2] = np.abs(np.linspace(-1, 1, 256, dtype=np.float32))
+    extremes[2, 0::5] = -0.0  # min zero, either sign first
+    sets["zero_extremes"] = extremes
     return sets
 
 

@@ -92,8 +92,30 @@ static inline float abs_max(const float *x, int n, float *max) {
     return amax;
 }
 
+/* ----- LANES sub-blocks at once (GCC/Clang vector extensions) -----
+ * Lane j holds sub-block j: every lane does the scalar code's float32 operations in the same order, so the
+ * results are the same; branches become masks. Other compilers (or -DQUANTS_SCALAR) use the scalar code. */
+#if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)) && !defined(QUANTS_SCALAR)
+#define VECTOR 1
+#define LANES 4 /* SSE2 / NEON width: wider vectors without AVX are slower */
+typedef float vf __attribute__((vector_size(4 * LANES)));
+typedef int32_t vi __attribute__((vector_size(4 * LANES)));
+
+static inline vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
+static inline vi vseli(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
+static inline vf vabs(vf v) { return (vf)((vi)v & 0x7fffffff); }
+static inline vf vfloat(vi v) { return __builtin_convertvector(v, vf); }
+static inline vi vnearest(vf f) { return ((vi)(f + 12582912.f) & 0x007fffff) - 0x00400000; }
+static inline vi vclamp(vi v, int32_t lo, int32_t hi) {
+    vi vlo = (vi){0} + lo, vhi = (vi){0} + hi;
+    v = vseli(v < vlo, vlo, v);
+    return vseli(v > vhi, vhi, v);
+}
+#endif
+
 /* ----- K-quants with a min: make_qkx2_quants, Q2_K, Q4_K, Q5_K ----- */
 
+#ifndef VECTOR
 static float make_qkx2(int n, int nmax, const float *x, const float *w, uint8_t *L, float *the_min, float rmin,
                        float rdelta, int nstep, int use_mad) {
     uint8_t aux[32];
@@ -150,13 +172,90 @@ static float make_qkx2(int n, int nmax, const float *x, const float *w, uint8_t 
     *the_min = -min;
     return scale;
 }
+#endif
+
+#ifdef VECTOR
+static void make_qkx2_v(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf *min_out, float rmin,
+                        float rdelta, int nstep, int use_mad) { /* make_qkx2 in every lane */
+    vi aux[32];
+    vf zero = {0}, min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+    for (int i = 1; i < n; ++i) {
+        min = vsel(x[i] < min, x[i], min);
+        max = vsel(x[i] > max, x[i], max);
+        sum_w += w[i];
+        sum_x += w[i] * x[i];
+    }
+    min = vsel(min > 0, zero, min);
+    vi flat = max == min; /* the scalar code returns early: L = 0, scale 0 */
+    vf iscale = (float)nmax / (max - min), scale = 1 / iscale, best = zero, min0 = min;
+    for (int i = 0; i < n; ++i) {
+        L[i] = vclamp(vnearest(iscale * (x[i] - min)), 0, nmax);
+        vf diff = scale * vfloat(L[i]) + min - x[i];
+        best += w[i] * (use_mad ? vabs(diff) : diff * diff);
+    }
+    for (int is = 0; is <= nstep; ++is) {
+        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min); /* the min of the best trial so far */
+        vf sum_l = zero, sum_l2 = zero, sum_xl = zero;
+        for (int i = 0; i < n; ++i) {
+            aux[i] = vclamp(vnearest(iscale * (x[i] - min)), 0, nmax);
+            vf fl = vfloat(aux[i]);
+            sum_l += w[i] * fl;
+            sum_l2 += w[i] * fl * fl;
+            sum_xl += w[i] * fl * x[i];
+        }
+        vf det = sum_w * sum_l2 - sum_l * sum_l;
+        vf this_scale = (sum_w * sum_xl - sum_x * sum_l) / det, this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
+        vi clamped = this_min > 0;
+        this_min = vsel(clamped, zero, this_min);
+        this_scale = vsel(clamped, sum_xl / sum_l2, this_scale);
+        vf error = zero;
+        for (int i = 0; i < n; ++i) {
+            vf diff = this_scale * vfloat(aux[i]) + this_min - x[i];
+            error += w[i] * (use_mad ? vabs(diff) : diff * diff);
+        }
+        vi better = (det > 0) & (error < best) & ~flat;
+        for (int i = 0; i < n; ++i) L[i] = vseli(better, aux[i], L[i]);
+        best = vsel(better, error, best);
+        scale = vsel(better, this_scale, scale);
+        min = vsel(better, this_min, min);
+    }
+    for (int i = 0; i < n; ++i) L[i] = vseli(flat, (vi){0}, L[i]);
+    *scale_out = vsel(flat, zero, scale);
+    *min_out = -vsel(flat, min0, min);
+}
+#endif
+
+/* make_qkx2 of each of n_sub sub-blocks of n values of x (weights w, same layout): levels, scales, mins */
+static void solve_qkx2(const float *x, const float *w, int n, int n_sub, int nmax, float rmin, int nstep,
+                       int use_mad, uint8_t *L, float *scales, float *mins) {
+#ifdef VECTOR
+    for (int g = 0; g < n_sub; g += LANES) {
+        vf xt[32], wt[32], sc, mn;
+        vi lt[32];
+        for (int i = 0; i < n; ++i)
+            for (int j = 0; j < LANES; ++j) {
+                xt[i][j] = x[n * (g + j) + i];
+                wt[i][j] = w[n * (g + j) + i];
+            }
+        make_qkx2_v(n, nmax, xt, wt, lt, &sc, &mn, rmin, 0.1f, nstep, use_mad);
+        for (int j = 0; j < LANES; ++j) {
+            scales[g + j] = sc[j];
+            mins[g + j] = mn[j];
+            for (int i = 0; i < n; ++i) L[n * (g + j) + i] = (uint8_t)lt[i][j];
+        }
+    }
+#else
+    for (int j = 0; j < n_sub; ++j)
+        scales[j] = make_qkx2(n, nmax, x + n * j, w + n * j, L + n * j, &mins[j], rmin, 0.1f, nstep, use_mad);
+#endif
+}
 
 static void q2_k(const float *x, uint8_t *y) { /* scales[16], qs[64], d, dmin: 84 bytes */
     uint8_t L[QK_K], *sc = y;
-    float w[16], scales[16], mins[16], max_scale = 0, max_min = 0;
+    float w[QK_K], scales[16], mins[16], max_scale = 0, max_min = 0;
+    for (int i = 0; i < QK_K; ++i) w[i] = fabsf(x[i]);
+    solve_qkx2(x, w, 16, 16, 3, -0.5f, 15, 1, L, scales, mins);
     for (int j = 0; j < 16; ++j) {
-        for (int l = 0; l < 16; ++l) w[l] = fabsf(x[16 * j + l]);
-        scales[j] = make_qkx2(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], -0.5f, 0.1f, 15, 1);
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }
@@ -187,14 +286,16 @@ static void q2_k(const float *x, uint8_t *y) { /* scales[16], qs[64], d, dmin: 8
 
 /* Q4_K and Q5_K: 8 sub-blocks of 32, levels into L; writes d, dmin and the 12 scale bytes at y */
 static void k4_levels(const float *x, uint8_t *y, uint8_t *L, int nmax, float rmin, int nstep) {
-    float w[32], scales[8], mins[8], max_scale = 0, max_min = 0;
+    float w[QK_K], scales[8], mins[8], max_scale = 0, max_min = 0;
     for (int j = 0; j < 8; ++j) {
         const float *xs = x + 32 * j;
         float sum_x2 = 0;
         for (int l = 0; l < 32; ++l) sum_x2 += xs[l] * xs[l];
         float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(xs[l]);
-        scales[j] = make_qkx2(32, nmax, xs, w, L + 32 * j, &mins[j], rmin, 0.1f, nstep, 0);
+        for (int l = 0; l < 32; ++l) w[32 * j + l] = av_x + fabsf(xs[l]);
+    }
+    solve_qkx2(x, w, 32, 8, nmax, rmin, nstep, 0, L, scales, mins);
+    for (int j = 0; j < 8; ++j) {
         if (scales[j] > max_scale) max_scale = scales[j];
         if (mins[j] > max_min) max_min = mins[j];
     }

@@ -344,6 +344,7 @@ static void q5_k(const float *x, uint8_t *y) { /* d, dmin, scales[12], qh[32], q
 
 /* ----- symmetric K-quants: make_qx_quants (Q6_K), make_q3_quants (Q3_K) ----- */
 
+#ifndef VECTOR
 static float make_qx(const float *x, int nmax, int8_t *L) { /* n = 16, rmse_type 1, no weights */
     float max, amax = abs_max(x, 16, &max);
     if (amax < GROUP_MAX_EPS) {
@@ -377,11 +378,73 @@ static float make_qx(const float *x, int nmax, int8_t *L) { /* n = 16, rmse_type
     return scale;
 }
 
+#endif
+
+#ifdef VECTOR
+static void make_qx_v(const vf *x, int nmax, vi *L, vf *scale_out) { /* make_qx in every lane */
+    vf zero = {0}, amax = zero, max = zero, w[16];
+    for (int i = 0; i < 16; ++i) {
+        vf ax = vabs(x[i]);
+        vi more = ax > amax;
+        amax = vsel(more, ax, amax);
+        max = vsel(more, x[i], max);
+        w[i] = x[i] * x[i];
+    }
+    vi empty = amax < GROUP_MAX_EPS; /* the scalar code returns early: L = 0, scale 0 */
+    vf iscale = (float)(-nmax) / max, sumlx = zero, suml2 = zero;
+    for (int i = 0; i < 16; ++i) {
+        vi l = vclamp(vnearest(iscale * x[i]), -nmax, nmax - 1);
+        L[i] = l + nmax;
+        vf fl = vfloat(l);
+        sumlx += w[i] * x[i] * fl;
+        suml2 += w[i] * fl * fl;
+    }
+    vf scale = vsel(suml2 != 0, sumlx / suml2, zero), best = scale * sumlx;
+    for (int is = -9; is <= 9; ++is) {
+        if (is == 0) continue;
+        iscale = -((float)nmax + 0.1f * (float)is) / max;
+        vi l[16];
+        sumlx = suml2 = zero;
+        for (int i = 0; i < 16; ++i) {
+            l[i] = vclamp(vnearest(iscale * x[i]), -nmax, nmax - 1);
+            vf fl = vfloat(l[i]);
+            sumlx += w[i] * x[i] * fl;
+            suml2 += w[i] * fl * fl;
+        }
+        vi better = (suml2 > 0) & (sumlx * sumlx > best * suml2);
+        for (int i = 0; i < 16; ++i) L[i] = vseli(better, l[i] + nmax, L[i]);
+        scale = vsel(better, sumlx / suml2, scale);
+        best = vsel(better, scale * sumlx, best);
+    }
+    for (int i = 0; i < 16; ++i) L[i] = vseli(empty, (vi){0}, L[i]);
+    *scale_out = vsel(empty, zero, scale);
+}
+#endif
+
+/* make_qx (n = 16, rmse_type 1) of the 16 sub-blocks of a super-block: levels and scales */
+static void solve_qx(const float *x, int nmax, int8_t *L, float *scales) {
+#ifdef VECTOR
+    for (int g = 0; g < 16; g += LANES) {
+        vf xt[16], sc;
+        vi lt[16];
+        for (int i = 0; i < 16; ++i)
+            for (int j = 0; j < LANES; ++j) xt[i][j] = x[16 * (g + j) + i];
+        make_qx_v(xt, nmax, lt, &sc);
+        for (int j = 0; j < LANES; ++j) {
+            scales[g + j] = sc[j];
+            for (int i = 0; i < 16; ++i) L[16 * (g + j) + i] = (int8_t)lt[i][j];
+        }
+    }
+#else
+    for (int j = 0; j < 16; ++j) scales[j] = make_qx(x + 16 * j, nmax, L + 16 * j);
+#endif
+}
+
 static void q6_k(const float *x, uint8_t *y) { /* ql[128], qh[64], scales[16] (int8), d: 210 bytes */
     int8_t L[QK_K];
     float scales[16], max_scale = 0, max_abs = 0;
+    solve_qx(x, 32, L, scales);
     for (int j = 0; j < 16; ++j) {
-        scales[j] = make_qx(x + 16 * j, 32, L + 16 * j);
         if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
     }
     memset(y, 0, 210);

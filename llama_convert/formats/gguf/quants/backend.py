@@ -6,6 +6,7 @@ chooses; by default the native kernels where built, numpy otherwise and for type
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
@@ -15,7 +16,7 @@ from ....errors import UnsupportedError
 from .common import OutOfRangeError, for_each_chunk
 
 try:
-    from . import _native
+    _native = importlib.import_module("._native", __package__)
 except ImportError:  # built without a C compiler: numpy only
     _native = None
 

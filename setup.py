@@ -21,6 +21,7 @@ setup(
         Extension(
             "llama_convert.formats.gguf.quants._native",
             ["llama_convert/formats/gguf/quants/_native.c"],
+            depends=["llama_convert/formats/gguf/quants/_native_lanes.h"],
             optional=True,
         )
     ],

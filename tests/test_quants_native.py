@@ -53,9 +53,28 @@ def _blocks() -> dict[str, np.ndarray]:
     return sets
 
 
+def _lane_counts() -> list[int]:
+    """The widths the compiled kernels can run here: 8 (AVX2) and 4, or the one the build has."""
+    if not backends.native_available():
+        return [0]
+    top = backends._native.lanes()
+    return [8, 4] if top == 8 else [top]
+
+
+@pytest.fixture(params=_lane_counts(), ids=lambda n: f"lanes{n}")
+def lanes(request):
+    if not backends.native_available():
+        pytest.skip("the compiled quantizers are not built (no C compiler at install)")
+    before = backends._native.lanes()
+    backends._native.lanes(request.param)
+    yield request.param
+    backends._native.lanes(before)
+
+
 @native
 @pytest.mark.parametrize("qtype", NATIVE_TYPES, ids=lambda t: t.name)
-def test_native_bytes_equal_numpy(qtype):
+def test_native_bytes_equal_numpy(qtype, lanes):
+    assert backends._native.lanes() == lanes
     block_bytes = GGML_QUANT_SIZES[qtype][1]
     for name, rows in _blocks().items():
         ours = quantize(rows, qtype, backend="native")
@@ -67,6 +86,8 @@ def test_native_bytes_equal_numpy(qtype):
 @native
 def test_native_covers_the_priority_types():
     assert {t.name for t in backends.NATIVE_TYPES} >= {"Q4_K", "Q6_K", "Q5_K", "Q8_0"}
+    with pytest.raises(ValueError, match="lanes must be"):
+        backends._native.lanes(3)
 
 
 @native

@@ -92,25 +92,34 @@ static inline float abs_max(const float *x, int n, float *max) {
     return amax;
 }
 
-/* ----- LANES sub-blocks at once (GCC/Clang vector extensions) -----
- * Lane j holds sub-block j: every lane does the scalar code's float32 operations in the same order, so the
- * results are the same; branches become masks. Other compilers (or -DQUANTS_SCALAR) use the scalar code. */
+/* ----- several sub-blocks at once: _native_lanes.h, 4 lanes (SSE2, NEON), 8 with AVX2 where the CPU has it ----- */
 #if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)) && !defined(QUANTS_SCALAR)
 #define VECTOR 1
-#define LANES 4 /* SSE2 / NEON width: wider vectors without AVX are slower */
-typedef float vf __attribute__((vector_size(4 * LANES)));
-typedef int32_t vi __attribute__((vector_size(4 * LANES)));
-
-static inline vf vsel(vi m, vf a, vf b) { return (vf)(((vi)a & m) | ((vi)b & ~m)); }
-static inline vi vseli(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
-static inline vf vabs(vf v) { return (vf)((vi)v & 0x7fffffff); }
-static inline vf vfloat(vi v) { return __builtin_convertvector(v, vf); }
-static inline vi vnearest(vf f) { return ((vi)(f + 12582912.f) & 0x007fffff) - 0x00400000; }
-static inline vi vclamp(vi v, int32_t lo, int32_t hi) {
-    vi vlo = (vi){0} + lo, vhi = (vi){0} + hi;
-    v = vseli(v < vlo, vlo, v);
-    return vseli(v > vhi, vhi, v);
-}
+#define LANES 4
+#define NAME(x) x##_4
+#include "_native_lanes.h"
+#undef NAME
+#undef LANES
+#if defined(__x86_64__) && !defined(QUANTS_NO_WIDE)
+#define WIDE 1
+static int wide; /* AVX2 present: set at import */
+#ifdef __clang__
+#pragma clang attribute push(__attribute__((target("avx2"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2") /* not "fma": no fused multiply-add */
+#endif
+#define LANES 8
+#define NAME(x) x##_8
+#include "_native_lanes.h"
+#undef NAME
+#undef LANES
+#ifdef __clang__
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
 #endif
 
 /* ----- K-quants with a min: make_qkx2_quants, Q2_K, Q4_K, Q5_K ----- */
@@ -174,76 +183,17 @@ static float make_qkx2(int n, int nmax, const float *x, const float *w, uint8_t 
 }
 #endif
 
-#ifdef VECTOR
-static void make_qkx2_v(int n, int nmax, const vf *x, const vf *w, vi *L, vf *scale_out, vf *min_out, float rmin,
-                        float rdelta, int nstep, int use_mad) { /* make_qkx2 in every lane */
-    vi aux[32];
-    vf zero = {0}, min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
-    for (int i = 1; i < n; ++i) {
-        min = vsel(x[i] < min, x[i], min);
-        max = vsel(x[i] > max, x[i], max);
-        sum_w += w[i];
-        sum_x += w[i] * x[i];
-    }
-    min = vsel(min > 0, zero, min);
-    vi flat = max == min; /* the scalar code returns early: L = 0, scale 0 */
-    vf iscale = (float)nmax / (max - min), scale = 1 / iscale, best = zero, min0 = min;
-    for (int i = 0; i < n; ++i) {
-        L[i] = vclamp(vnearest(iscale * (x[i] - min)), 0, nmax);
-        vf diff = scale * vfloat(L[i]) + min - x[i];
-        best += w[i] * (use_mad ? vabs(diff) : diff * diff);
-    }
-    for (int is = 0; is <= nstep; ++is) {
-        iscale = (rmin + rdelta * (float)is + (float)nmax) / (max - min); /* the min of the best trial so far */
-        vf sum_l = zero, sum_l2 = zero, sum_xl = zero;
-        for (int i = 0; i < n; ++i) {
-            aux[i] = vclamp(vnearest(iscale * (x[i] - min)), 0, nmax);
-            vf fl = vfloat(aux[i]);
-            sum_l += w[i] * fl;
-            sum_l2 += w[i] * fl * fl;
-            sum_xl += w[i] * fl * x[i];
-        }
-        vf det = sum_w * sum_l2 - sum_l * sum_l;
-        vf this_scale = (sum_w * sum_xl - sum_x * sum_l) / det, this_min = (sum_l2 * sum_x - sum_l * sum_xl) / det;
-        vi clamped = this_min > 0;
-        this_min = vsel(clamped, zero, this_min);
-        this_scale = vsel(clamped, sum_xl / sum_l2, this_scale);
-        vf error = zero;
-        for (int i = 0; i < n; ++i) {
-            vf diff = this_scale * vfloat(aux[i]) + this_min - x[i];
-            error += w[i] * (use_mad ? vabs(diff) : diff * diff);
-        }
-        vi better = (det > 0) & (error < best) & ~flat;
-        for (int i = 0; i < n; ++i) L[i] = vseli(better, aux[i], L[i]);
-        best = vsel(better, error, best);
-        scale = vsel(better, this_scale, scale);
-        min = vsel(better, this_min, min);
-    }
-    for (int i = 0; i < n; ++i) L[i] = vseli(flat, (vi){0}, L[i]);
-    *scale_out = vsel(flat, zero, scale);
-    *min_out = -vsel(flat, min0, min);
-}
-#endif
-
 /* make_qkx2 of each of n_sub sub-blocks of n values of x (weights w, same layout): levels, scales, mins */
 static void solve_qkx2(const float *x, const float *w, int n, int n_sub, int nmax, float rmin, int nstep,
                        int use_mad, uint8_t *L, float *scales, float *mins) {
 #ifdef VECTOR
-    for (int g = 0; g < n_sub; g += LANES) {
-        vf xt[32], wt[32], sc, mn;
-        vi lt[32];
-        for (int i = 0; i < n; ++i)
-            for (int j = 0; j < LANES; ++j) {
-                xt[i][j] = x[n * (g + j) + i];
-                wt[i][j] = w[n * (g + j) + i];
-            }
-        make_qkx2_v(n, nmax, xt, wt, lt, &sc, &mn, rmin, 0.1f, nstep, use_mad);
-        for (int j = 0; j < LANES; ++j) {
-            scales[g + j] = sc[j];
-            mins[g + j] = mn[j];
-            for (int i = 0; i < n; ++i) L[n * (g + j) + i] = (uint8_t)lt[i][j];
-        }
+#ifdef WIDE
+    if (wide) {
+        qkx2_lanes_8(x, w, n, n_sub, nmax, rmin, nstep, use_mad, L, scales, mins);
+        return;
     }
+#endif
+    qkx2_lanes_4(x, w, n, n_sub, nmax, rmin, nstep, use_mad, L, scales, mins);
 #else
     for (int j = 0; j < n_sub; ++j)
         scales[j] = make_qkx2(n, nmax, x + n * j, w + n * j, L + n * j, &mins[j], rmin, 0.1f, nstep, use_mad);
@@ -380,61 +330,16 @@ static float make_qx(const float *x, int nmax, int8_t *L) { /* n = 16, rmse_type
 
 #endif
 
-#ifdef VECTOR
-static void make_qx_v(const vf *x, int nmax, vi *L, vf *scale_out) { /* make_qx in every lane */
-    vf zero = {0}, amax = zero, max = zero, w[16];
-    for (int i = 0; i < 16; ++i) {
-        vf ax = vabs(x[i]);
-        vi more = ax > amax;
-        amax = vsel(more, ax, amax);
-        max = vsel(more, x[i], max);
-        w[i] = x[i] * x[i];
-    }
-    vi empty = amax < GROUP_MAX_EPS; /* the scalar code returns early: L = 0, scale 0 */
-    vf iscale = (float)(-nmax) / max, sumlx = zero, suml2 = zero;
-    for (int i = 0; i < 16; ++i) {
-        vi l = vclamp(vnearest(iscale * x[i]), -nmax, nmax - 1);
-        L[i] = l + nmax;
-        vf fl = vfloat(l);
-        sumlx += w[i] * x[i] * fl;
-        suml2 += w[i] * fl * fl;
-    }
-    vf scale = vsel(suml2 != 0, sumlx / suml2, zero), best = scale * sumlx;
-    for (int is = -9; is <= 9; ++is) {
-        if (is == 0) continue;
-        iscale = -((float)nmax + 0.1f * (float)is) / max;
-        vi l[16];
-        sumlx = suml2 = zero;
-        for (int i = 0; i < 16; ++i) {
-            l[i] = vclamp(vnearest(iscale * x[i]), -nmax, nmax - 1);
-            vf fl = vfloat(l[i]);
-            sumlx += w[i] * x[i] * fl;
-            suml2 += w[i] * fl * fl;
-        }
-        vi better = (suml2 > 0) & (sumlx * sumlx > best * suml2);
-        for (int i = 0; i < 16; ++i) L[i] = vseli(better, l[i] + nmax, L[i]);
-        scale = vsel(better, sumlx / suml2, scale);
-        best = vsel(better, scale * sumlx, best);
-    }
-    for (int i = 0; i < 16; ++i) L[i] = vseli(empty, (vi){0}, L[i]);
-    *scale_out = vsel(empty, zero, scale);
-}
-#endif
-
 /* make_qx (n = 16, rmse_type 1) of the 16 sub-blocks of a super-block: levels and scales */
 static void solve_qx(const float *x, int nmax, int8_t *L, float *scales) {
 #ifdef VECTOR
-    for (int g = 0; g < 16; g += LANES) {
-        vf xt[16], sc;
-        vi lt[16];
-        for (int i = 0; i < 16; ++i)
-            for (int j = 0; j < LANES; ++j) xt[i][j] = x[16 * (g + j) + i];
-        make_qx_v(xt, nmax, lt, &sc);
-        for (int j = 0; j < LANES; ++j) {
-            scales[g + j] = sc[j];
-            for (int i = 0; i < 16; ++i) L[16 * (g + j) + i] = (int8_t)lt[i][j];
-        }
+#ifdef WIDE
+    if (wide) {
+        qx_lanes_8(x, nmax, L, scales);
+        return;
     }
+#endif
+    qx_lanes_4(x, nmax, L, scales);
 #else
     for (int j = 0; j < 16; ++j) scales[j] = make_qx(x + 16 * j, nmax, L + 16 * j);
 #endif
@@ -746,6 +651,31 @@ static PyObject *fp16(PyObject *self, PyObject *args) { /* float32 values -> uin
     Py_RETURN_NONE;
 }
 
+static int widest(void) { /* the widest lane count this build and CPU can run */
+#ifdef WIDE
+    if (__builtin_cpu_supports("avx2")) return 8;
+#endif
+#ifdef VECTOR
+    return 4;
+#else
+    return 1;
+#endif
+}
+
+static PyObject *lanes(PyObject *self, PyObject *args) { /* lanes([n]) -> n: sub-blocks at once, for the tests */
+    int n = 0, top = widest();
+    (void)self;
+    if (!PyArg_ParseTuple(args, "|i", &n)) return NULL;
+    if (n && !(n == top || (n == 4 && top == 8)))
+        return PyErr_Format(PyExc_ValueError, "lanes must be %d%s here", top, top == 8 ? " or 4" : "");
+#ifdef WIDE
+    if (n) wide = n == 8;
+    return PyLong_FromLong(wide ? 8 : 4);
+#else
+    return PyLong_FromLong(top);
+#endif
+}
+
 static PyObject *types(PyObject *self, PyObject *unused) {
     (void)self;
     (void)unused;
@@ -759,6 +689,7 @@ static PyMethodDef METHODS[] = {
     {"quantize", quantize, METH_VARARGS, "quantize(type, src, dst) -> bool: float32 blocks into dst's bytes."},
     {"fp16", fp16, METH_VARARGS, "fp16(src, dst): float32 -> fp16 bits (round to nearest even)."},
     {"types", types, METH_NOARGS, "types() -> the ggml type numbers with a kernel."},
+    {"lanes", lanes, METH_VARARGS, "lanes([n]) -> sub-blocks quantized at once (1, 4 or 8); n sets it."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -766,4 +697,10 @@ static struct PyModuleDef MODULE = {
     PyModuleDef_HEAD_INIT, "_native", "ggml's quantizers in C.", -1, METHODS, NULL, NULL, NULL, NULL,
 };
 
-PyMODINIT_FUNC PyInit__native(void) { return PyModule_Create(&MODULE); }
+PyMODINIT_FUNC PyInit__native(void) {
+#ifdef WIDE
+    __builtin_cpu_init();
+    wide = widest() == 8;
+#endif
+    return PyModule_Create(&MODULE);
+}

@@ -519,19 +519,25 @@ static void q5_1(const float *x, uint8_t *y) { /* d, m, qh (uint32), qs[16]: 24 
     for (int k = 0; k < 4; ++k) y[4 + k] = (uint8_t)(qh >> (8 * k));
 }
 
+#ifndef VECTOR
 static inline float round_away(float v) { /* roundf (halves away from zero), inline and exact */
     float a = fabsf(v);
     if (!(a < 8388608.f)) return v; /* 2**23 and above are integers; inf and NaN stay */
     float t = (float)(int32_t)a;
     return copysignf(t + (float)(a - t >= 0.5f), v); /* no branch: the comparison is a coin toss */
 }
+#endif
 
 static void q8_0(const float *x, uint8_t *y) { /* d, qs[32] (int8): 34 bytes */
+#ifdef VECTOR
+    q8_0_lanes_4(x, y);
+#else
     float amax = 0;
     for (int j = 0; j < 32; ++j) amax = amax > fabsf(x[j]) ? amax : fabsf(x[j]); /* MAX(amax, |v|) */
     float d = amax / 127, id = d ? 1.0f / d : 0.0f;
     put16(y, fp16_bits(d));
     for (int j = 0; j < 32; ++j) y[2 + j] = low_byte(round_away(x[j] * id));
+#endif
 }
 
 static const int8_t KVALUES[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};

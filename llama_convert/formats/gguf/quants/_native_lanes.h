@@ -147,6 +147,31 @@ static void NAME(qx_lanes)(const float *x, int nmax, int8_t *L, float *scales) {
     }
 }
 
+#if LANES == 4 /* q8_0 of _native.c, 4 values at once (8 are slower); the max of |x| does not depend on the order */
+static void NAME(q8_0_lanes)(const float *x, uint8_t *y) {
+    vf v[32 / LANES], zero = {0}, amax = zero;
+    for (int k = 0; k < 32 / LANES; ++k) {
+        memcpy(&v[k], x + k * LANES, sizeof v[k]);
+        vf a = vabs(v[k]);
+        amax = vsel(a > amax, a, amax);
+    }
+    float m = 0;
+    for (int j = 0; j < LANES; ++j) m = m > amax[j] ? m : amax[j];
+    float d = m / 127, id = d ? 1.0f / d : 0.0f;
+    put16(y, fp16_bits(d));
+    for (int k = 0; k < 32 / LANES; ++k) {
+        vf s = v[k] * id, a = vabs(s); /* round_away, then low_byte */
+        vi small = a < 8388608.f;
+        vf t = vfloat(__builtin_convertvector(vsel(small, a, zero), vi));
+        vf r = t + vfloat((a - t >= 0.5f) & 1);
+        vf rounded = vsel(small, (vf)((vi)r | ((vi)s & INT32_MIN)), s); /* r >= 0: copysign sets the sign bit */
+        vi in_range = (rounded >= -2147483648.f) & (rounded < 2147483648.f);
+        vi q = vseli(in_range, __builtin_convertvector(vsel(in_range, rounded, zero), vi), (vi){0} + INT32_MIN);
+        for (int j = 0; j < LANES; ++j) y[2 + k * LANES + j] = (uint8_t)(q[j] & 0xff);
+    }
+}
+#endif
+
 #undef vf
 #undef vi
 #undef vsel

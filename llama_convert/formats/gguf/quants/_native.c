@@ -8,7 +8,7 @@
  * nearest even); float -> integer casts follow x86-64 (out of range and NaN give INT32_MIN) on every target.
  *
  * quantize(type, src, dst) -> bool: src holds whole blocks of float32 (C-contiguous), dst their bytes; returns
- * False, leaving dst partly written, if a value is non-finite or of magnitude 2**40 or more. The GIL is released
+ * False, writing nothing, if a value is non-finite or of magnitude 2**40 or more. The GIL is released
  * while quantizing.
  */
 #define PY_SSIZE_T_CLEAN
@@ -461,27 +461,43 @@ static inline uint8_t min_int8(int top, float v) {                              
     return (uint8_t)(b < top ? b : top);
 }
 
+/* q[j] = MIN(top, (int8_t)((x[j] - sub) * id + offset)) as uint8_t, or (uint8_t)(...) for top 0; x - 0 is x */
+static void levels32(const float *x, float sub, float id, float offset, int top, uint8_t *q) {
+    for (int j = 0; j < 32; ++j) {
+        float v = (x[j] - sub) * id + offset;
+        q[j] = top ? min_int8(top, v) : low_byte(v);
+    }
+}
+
+static void pack_nibbles(const uint8_t *q, uint8_t *qs) { /* qs[j] = q[j] & 0xF | q[j + 16] << 4 */
+    for (int j = 0; j < 16; ++j) qs[j] = (uint8_t)((q[j] & 0xf) | ((q[j + 16] & 0xf) << 4));
+}
+
+static void put_high_bits(const uint8_t *q, uint8_t *qh) { /* uint32 little-endian: bit j = bit 4 of q[j] */
+    uint32_t bits = 0;
+    for (int j = 0; j < 32; ++j) bits |= (uint32_t)((q[j] >> 4) & 1) << j;
+    for (int k = 0; k < 4; ++k) qh[k] = (uint8_t)(bits >> (8 * k));
+}
+
 static void q4_0(const float *x, uint8_t *y) { /* d, qs[16]: 18 bytes */
     float max;
+    uint8_t q[32];
     abs_max(x, 32, &max);
     float d = max / -8, id = d ? 1.0f / d : 0.0f;
     put16(y, fp16_bits(d));
-    for (int j = 0; j < 16; ++j)
-        y[2 + j] = (uint8_t)(min_int8(15, x[j] * id + 8.5f) | (min_int8(15, x[j + 16] * id + 8.5f) << 4));
+    levels32(x, 0.f, id, 8.5f, 15, q);
+    pack_nibbles(q, y + 2);
 }
 
 static void q5_0(const float *x, uint8_t *y) { /* d, qh (uint32), qs[16]: 22 bytes */
     float max;
+    uint8_t q[32];
     abs_max(x, 32, &max);
     float d = max / -16, id = d ? 1.0f / d : 0.0f;
-    uint32_t qh = 0;
     put16(y, fp16_bits(d));
-    for (int j = 0; j < 16; ++j) {
-        uint8_t a = min_int8(31, x[j] * id + 16.5f), b = min_int8(31, x[j + 16] * id + 16.5f);
-        y[6 + j] = (uint8_t)((a & 0xf) | ((b & 0xf) << 4));
-        qh |= ((a & 0x10u) >> 4) << j | ((b & 0x10u) >> 4) << (j + 16);
-    }
-    for (int k = 0; k < 4; ++k) y[2 + k] = (uint8_t)(qh >> (8 * k));
+    levels32(x, 0.f, id, 16.5f, 31, q);
+    put_high_bits(q, y + 2);
+    pack_nibbles(q, y + 6);
 }
 
 static void min_max(const float *x, float *min, float *max) { /* the first of equal candidates */
@@ -496,27 +512,25 @@ static void min_max(const float *x, float *min, float *max) { /* the first of eq
 
 static void q4_1(const float *x, uint8_t *y) { /* d, m, qs[16]: 20 bytes */
     float min, max;
+    uint8_t q[32];
     min_max(x, &min, &max);
     float d = (max - min) / 15, id = d ? 1.0f / d : 0.0f;
     put16(y, fp16_bits(d));
     put16(y + 2, fp16_bits(min));
-    for (int j = 0; j < 16; ++j)
-        y[4 + j] = (uint8_t)(min_int8(15, (x[j] - min) * id + 0.5f) | (min_int8(15, (x[j + 16] - min) * id + 0.5f) << 4));
+    levels32(x, min, id, 0.5f, 15, q);
+    pack_nibbles(q, y + 4);
 }
 
 static void q5_1(const float *x, uint8_t *y) { /* d, m, qh (uint32), qs[16]: 24 bytes */
     float min, max;
+    uint8_t q[32];
     min_max(x, &min, &max);
     float d = (max - min) / 31, id = d ? 1.0f / d : 0.0f;
-    uint32_t qh = 0;
     put16(y, fp16_bits(d));
     put16(y + 2, fp16_bits(min));
-    for (int j = 0; j < 16; ++j) {
-        uint8_t a = low_byte((x[j] - min) * id + 0.5f), b = low_byte((x[j + 16] - min) * id + 0.5f);
-        y[8 + j] = (uint8_t)((a & 0xf) | ((b & 0xf) << 4));
-        qh |= ((a & 0x10u) >> 4) << j | ((b & 0x10u) >> 4) << (j + 16);
-    }
-    for (int k = 0; k < 4; ++k) y[4 + k] = (uint8_t)(qh >> (8 * k));
+    levels32(x, min, id, 0.5f, 0, q);
+    put_high_bits(q, y + 4);
+    pack_nibbles(q, y + 8);
 }
 
 #ifndef VECTOR
@@ -600,13 +614,19 @@ static const kernel KERNELS[] = {
 };
 #define N_KERNELS ((int)(sizeof KERNELS / sizeof KERNELS[0]))
 
+static int in_range(const float *x, Py_ssize_t n) { /* every |x[i]| < LIMIT: false for NaN */
+#ifdef VECTOR
+    return in_range_4(x, n);
+#else
+    int ok = 1;
+    for (Py_ssize_t i = 0; i < n; ++i) ok &= fabsf(x[i]) < LIMIT;
+    return ok;
+#endif
+}
+
 static int run(const kernel *k, const float *x, uint8_t *y, Py_ssize_t n_blocks) {
-    for (Py_ssize_t b = 0; b < n_blocks; ++b, x += k->block, y += k->size) {
-        int ok = 1;
-        for (int i = 0; i < k->block; ++i) ok &= fabsf(x[i]) < LIMIT; /* false for NaN */
-        if (!ok) return 0;
-        k->fn(x, y);
-    }
+    if (!in_range(x, n_blocks * k->block)) return 0;
+    for (Py_ssize_t b = 0; b < n_blocks; ++b, x += k->block, y += k->size) k->fn(x, y);
     return 1;
 }
 

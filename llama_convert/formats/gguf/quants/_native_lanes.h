@@ -147,7 +147,23 @@ static void NAME(qx_lanes)(const float *x, int nmax, int8_t *L, float *scales) {
     }
 }
 
-#if LANES == 4 /* q8_0 of _native.c, 4 values at once (8 are slower); the max of |x| does not depend on the order */
+#if LANES == 4
+/* whether every |x[i]| < LIMIT (false for NaN), 4 values at once */
+static int NAME(in_range)(const float *x, Py_ssize_t n) {
+    vi ok = (vi){0} - 1;
+    Py_ssize_t i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        vf v;
+        memcpy(&v, x + i, sizeof v);
+        ok &= vabs(v) < LIMIT;
+    }
+    int all = 1;
+    for (int j = 0; j < LANES; ++j) all &= ok[j] != 0;
+    for (; i < n; ++i) all &= fabsf(x[i]) < LIMIT;
+    return all;
+}
+
+/* q8_0 of _native.c, 4 values at once (8 are slower); the max of |x| does not depend on the order */
 static void NAME(q8_0_lanes)(const float *x, uint8_t *y) {
     vf v[32 / LANES], zero = {0}, amax = zero;
     for (int k = 0; k < 32 / LANES; ++k) {

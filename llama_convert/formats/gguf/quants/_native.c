@@ -1,7 +1,8 @@
-/* Compiled twins of the numpy quantizers in this package: the same bytes, block by block, at C speed.
+/* Compiled twins of the numpy quantizers in this package: the same bytes, block by block, faster.
  *
  * Each kernel follows its numpy module (kquants_min.py, kquants_sym.py, legacy.py, iq4_nl.py), whose docstrings
- * give ggml-quants.c's float32 operation order; here every loop runs element by element in that order. Exactness
+ * give ggml-quants.c's float32 operation order; here every loop runs element by element in that order, and the
+ * costly searches run on several sub-blocks at once (_native_lanes.h), each lane in the same order. Exactness
  * needs float32 arithmetic as written: build without FMA contraction (-ffp-contract=off) and without fast-math;
  * the preprocessor check below refuses targets that evaluate floats in extended precision (x87), so the optional
  * build fails there and the numpy kernels are used. fp32 -> fp16 is done with integer operations (round to

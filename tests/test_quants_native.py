@@ -3,6 +3,13 @@ block (the numpy kernels are pinned to ggml's C code by tests/test_quants_kernel
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -126,3 +133,24 @@ def test_backend_choice(monkeypatch):
     monkeypatch.setattr(backends, "_native", None)
     with pytest.raises(UnsupportedError, match="compiled quantizers are not built"):
         backends.choose_backend("native")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil.which("cc"), reason="needs a Linux C compiler")
+def test_scalar_build_equals_numpy(tmp_path):
+    """The plain C code (what compilers without vector types build, ``-DQUANTS_SCALAR``) gives the same bytes."""
+    source = Path(backends.__file__).with_name("_native.c")
+    target = tmp_path / f"_native{sysconfig.get_config_var('EXT_SUFFIX')}"
+    include = sysconfig.get_paths()["include"]
+    flags = ["-O2", "-ffp-contract=off", "-fno-fast-math", "-DQUANTS_SCALAR", "-shared", "-fPIC"]
+    subprocess.run(["cc", *flags, f"-I{include}", str(source), "-o", str(target)], check=True, capture_output=True)
+    spec = importlib.util.spec_from_file_location("_native", target)
+    scalar = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scalar)
+    assert scalar.lanes() == 1
+    for qtype in sorted((GGMLQuantizationType(t) for t in scalar.types()), key=lambda t: t.name):
+        block, block_bytes = GGML_QUANT_SIZES[qtype]
+        for name, rows in _blocks().items():
+            ours = np.empty(rows.size // block * block_bytes, dtype=np.uint8)
+            assert scalar.quantize(int(qtype), rows, ours)
+            expected = quantize(rows, qtype, backend="numpy").reshape(-1)
+            assert np.array_equal(ours, expected), f"{qtype.name} {name}"

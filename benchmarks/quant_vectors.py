@@ -12,10 +12,10 @@ it fetches the llama-cpp-python 0.3.36 sdist (which vendors llama.cpp at upstrea
 
 ``vectors`` writes ``tests/data/quants/vectors.npz``: the input sets below (float32 rows) and, for every type,
 the bytes C makes of them; ``tests/test_quants_kernels.py`` compares our kernels against it byte for byte.
-``check`` compares our bytes with C's on larger generated sets (normal, bf16-valued, Laplace, Student-t,
-bf16 grid values, one-signed), not stored. ``bench`` prints weights per second of C and of our kernels for
-each type (one C thread; ours with ``--threads``). All refuse a library built with FMA instructions, whose
-rounding differs.
+``check`` compares our bytes (both backends: numpy and, where built, native) with C's on larger generated sets
+(normal, bf16-valued, Laplace, Student-t, bf16 grid values, one-signed), not stored. ``bench`` prints weights
+per second of C and of both our backends for each type (one C thread; ours with ``--threads``). All refuse a
+library built with FMA instructions, whose rounding differs.
 """
 
 from __future__ import annotations
@@ -135,6 +135,13 @@ def input_sets(seed: int = 23) -> dict[str, np.ndarray]:
     signed[3, 65] = -0.0
     sets["signed_zero"] = signed
     sets["narrow_96"] = normal(4, 96, 0.02)
+    extremes = np.zeros((3, 256), dtype=np.float32)  # no random draws: the sets above stay as they were
+    extremes[0, ::3] = -0.0  # all-zero blocks of mixed signs: the first zero is both min and max
+    extremes[1, 1::4] = -0.0
+    extremes[1, 2::8] = -0.5  # max zero, min negative: max's sign (the first zero's) gives d's
+    extremes[2] = np.abs(np.linspace(-1, 1, 256, dtype=np.float32))
+    extremes[2, 0::5] = -0.0  # min zero, either sign first
+    sets["zero_extremes"] = extremes
     return sets
 
 
@@ -154,7 +161,9 @@ def check(lib: ctypes.CDLL, weights: int) -> None:
     """Our bytes against C's on larger sets than the committed ones (not stored): exit status 1 on a mismatch."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from llama_convert.formats.gguf.quants import quantize
+    from llama_convert.formats.gguf.quants.backend import native_available
 
+    backends = ["numpy", "native"] if native_available() else ["numpy"]
     rng = np.random.default_rng(99)
     shape = (max(1, weights // 4096), 4096)
     sets = {
@@ -170,9 +179,12 @@ def check(lib: ctypes.CDLL, weights: int) -> None:
     for name, values in sets.items():
         rows = values.astype(np.float32)
         bad = [
-            q
+            f"{q} ({backend})"
             for q in TYPES
-            if not np.array_equal(quantize(rows, GGMLQuantizationType[q]).reshape(-1), c_quantize(lib, rows, q))
+            for backend in backends
+            if not np.array_equal(
+                quantize(rows, GGMLQuantizationType[q], backend=backend).reshape(-1), c_quantize(lib, rows, q)
+            )
         ]
         failed |= bool(bad)
         print(f"{name}: {rows.size} weights, {'differ: ' + ', '.join(bad) if bad else 'all types byte-identical'}")
@@ -187,22 +199,29 @@ def _timed(fn):
 
 
 def bench(lib: ctypes.CDLL, weights: int, threads: int, types: list[str]) -> None:
-    """Throughput per core (weights per CPU second, robust on a busy machine) and per wall second."""
+    """Throughput per core (weights per CPU second, robust on a busy machine) of C and of both backends, and
+    the native backend's per wall second with ``threads`` threads."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from llama_convert.formats.gguf.quants import quantize
+    from llama_convert.formats.gguf.quants.backend import NATIVE_TYPES
 
     rows = (np.random.default_rng(0).standard_normal((weights // 4096, 4096)) * 0.02).astype(np.float32)
     print(f"{rows.size} weights (rows of 4096), N(0, 0.02); ours with {threads} thread(s); Mw = 10^6 weights")
-    print("| type | C Mw/CPU-s | ours Mw/CPU-s | ours/C per core | ours Mw/wall-s | bytes equal |")
+    print("| type | C Mw/CPU-s | numpy Mw/CPU-s | native Mw/CPU-s | native/C time per core | native Mw/wall-s |")
     print("|---|---|---|---|---|---|")
+    mw = lambda seconds: f"{rows.size / seconds / 1e6:.1f}"  # noqa: E731
     for qtype in types:
+        gtype = GGMLQuantizationType[qtype]
         ref, _, c_cpu = _timed(lambda q=qtype: c_quantize(lib, rows, q))
-        ours, wall, cpu = _timed(lambda q=qtype: quantize(rows, GGMLQuantizationType[q], threads=threads))
-        same = np.array_equal(np.asarray(ours).reshape(-1), ref)
-        print(
-            f"| {qtype} | {rows.size / c_cpu / 1e6:.1f} | {rows.size / cpu / 1e6:.2f} | {cpu / c_cpu:.1f}× | "
-            f"{rows.size / wall / 1e6:.2f} | {same} |"
-        )
+        slow, _, numpy_cpu = _timed(lambda q=gtype: quantize(rows, q, threads=threads, backend="numpy"))
+        assert np.array_equal(slow.reshape(-1), ref), f"numpy {qtype} differs from C"
+        if gtype not in NATIVE_TYPES:
+            print(f"| {qtype} | {mw(c_cpu)} | {mw(numpy_cpu)} | - | - | - |")
+            continue
+        fast, wall, cpu = _timed(lambda q=gtype: quantize(rows, q, threads=threads, backend="native"))
+        assert np.array_equal(fast.reshape(-1), ref), f"native {qtype} differs from C"
+        print(f"| {qtype} | {mw(c_cpu)} | {mw(numpy_cpu)} | {mw(cpu)} | {cpu / c_cpu:.2f}× | {mw(wall)} |")
+    print("every output byte-identical to C's")
 
 
 def main() -> None:

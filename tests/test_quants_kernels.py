@@ -1,4 +1,5 @@
-"""The numpy quantizers against ggml's C code: every type, every data set, byte for byte.
+"""The quantizers against ggml's C code: every type, every data set, byte for byte, for both backends (the numpy
+kernels and the compiled ones, skipped where not built).
 
 ``tests/data/quants/vectors.npz`` holds float32 input rows and the bytes ``ggml_quantize_chunk`` (no importance
 matrix) made of them, from ggml-quants.c of llama.cpp 0c1e570 built for x86-64 without FMA
@@ -20,12 +21,22 @@ from llama_convert.dtypes import DTYPES
 from llama_convert.errors import UnsupportedError
 from llama_convert.formats.gguf.encode import encode
 from llama_convert.formats.gguf.quants import QUANTIZED_TYPES, quantize, row_nbytes
+from llama_convert.formats.gguf.quants.backend import BACKENDS, ENV, native_available
 from llama_convert.formats.gguf.quants.common import nearest_int, seq_sum
 
 VECTORS = Path(__file__).parent / "data" / "quants" / "vectors.npz"
 TYPES = sorted(QUANTIZED_TYPES, key=lambda t: t.name)
 BITS = {"Q2_K": 2, "Q3_K": 3, "Q4_K": 4, "Q4_0": 4, "Q4_1": 4, "IQ4_NL": 4, "Q5_K": 5, "Q5_0": 5, "Q5_1": 5}
 BITS |= {"Q6_K": 6, "Q8_0": 8}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request, monkeypatch) -> str:
+    """Each backend in turn, also for code that does not name one (``encode``): through the environment."""
+    if request.param == "native" and not native_available():
+        pytest.skip("the compiled quantizers are not built (no C compiler at install)")
+    monkeypatch.setenv(ENV, request.param)
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +60,7 @@ def test_vectors_cover_every_type_and_set(vectors):
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_bytes_equal_ggml(vectors, qtype):
+def test_bytes_equal_ggml(backend, vectors, qtype):
     checked = 0
     for name in _sets(vectors):
         expected = vectors.get(f"{name}.{qtype.name}")
@@ -66,7 +77,7 @@ def test_bytes_equal_ggml(vectors, qtype):
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_encode_of_bf16_weights_equals_ggml(vectors, qtype):
+def test_encode_of_bf16_weights_equals_ggml(backend, vectors, qtype):
     """The GGUF sink's path: bf16 weights as stored in a checkpoint → encode() → C's bytes of their float32."""
     for name in ("bf16", "bf16_wide"):
         bits = (vectors[f"{name}.x"].view(np.uint32) >> 16).astype(np.uint16)
@@ -75,7 +86,7 @@ def test_encode_of_bf16_weights_equals_ggml(vectors, qtype):
 
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
-def test_threads_and_row_blocks_give_the_same_bytes(qtype):
+def test_threads_and_row_blocks_give_the_same_bytes(backend, qtype):
     rows = (np.random.default_rng(7).standard_normal((40, 768)) * 0.02).astype(np.float32)
     whole = quantize(rows, qtype)
     assert np.array_equal(quantize(rows, qtype, threads=2), whole)
@@ -85,7 +96,7 @@ def test_threads_and_row_blocks_give_the_same_bytes(qtype):
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("scale", [0.02, 1.0, 100.0])
-def test_dequantized_error_within_the_types_resolution(qtype, scale):
+def test_dequantized_error_within_the_types_resolution(backend, qtype, scale):
     """gguf-py's dequantizers give back the values within the resolution of ``bits`` levels per block:
     uniform data, RMS error at most ~1/(2^bits - 1) of the RMS value (the step over sqrt(12)), and no value
     further than two steps of its block's range; normal data, RMS error at most 1.5/(2^bits - 1). (Much
@@ -119,7 +130,7 @@ def test_nearest_int_is_ggmls_bit_trick():
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e20, -(2.0**40)])
-def test_non_finite_and_huge_values_are_refused(bad):
+def test_non_finite_and_huge_values_are_refused(backend, bad):
     rows = np.zeros((3, 512), dtype=np.float32)
     rows[2, 300] = bad
     for qtype in (GGMLQuantizationType.Q4_K, GGMLQuantizationType.Q8_0):
@@ -129,7 +140,7 @@ def test_non_finite_and_huge_values_are_refused(bad):
     assert quantize(rows, GGMLQuantizationType.Q6_K).shape == (3, 420)
 
 
-def test_refusals():
+def test_refusals(backend):
     with pytest.raises(UnsupportedError, match="Rows of 100 values cannot be stored as Q4_K"):
         quantize(np.zeros((2, 100), dtype=np.float32), GGMLQuantizationType.Q4_K)
     with pytest.raises(UnsupportedError, match="No quantizer for GGUF type IQ2_XXS"):

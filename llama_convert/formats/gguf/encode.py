@@ -5,9 +5,9 @@ norms, names not ending in ``.weight``, MoE routers (``ffn_gate_inp``) and posit
 vision patch embedding F32 (F16 in an f16 file); every other tensor gets the output type; a Q8_0 tensor
 whose rows are not a multiple of 32 values falls back to F16. The llama-quantize file types (Q4_K_M, Q6_K,
 …, ``QUANTIZE_TYPES``) start from the converter's bf16 types and take ``mixture.choose_types``'s per-tensor
-types. Quantized blocks (Q8_0 and the llama-quantize types) are made by ``.quants``,
-ggml-quants.c's quantizers in numpy, row block by row block: each block depends only on its own values, so
-quantising rows in pieces gives the bytes quantising the whole tensor gives.
+types. Quantized blocks (Q8_0 and the llama-quantize types) are made by ``.quants``, ggml-quants.c's
+quantizers (compiled where built, else numpy: the same bytes), row block by row block: each block depends
+only on its own values, so quantising rows in pieces gives the bytes quantising the whole tensor gives.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def encode(block: np.ndarray, dtype: DType, qtype: GGMLQuantizationType, threads
 
 
 def encode_threads() -> int:
-    """Threads for quantizing: every core this process may use (numpy releases the GIL in the kernels)."""
+    """Threads for quantizing: every core this process may use (the kernels release the GIL)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

@@ -4,6 +4,8 @@ matrix): Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL, Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0. 
 ``quantize(rows, qtype, threads=2)`` takes float32 rows whose length is a multiple of the type's block size and
 returns their bytes, ``[rows, row_bytes]`` uint8. Blocks are independent, so a tensor can be quantized in any
 row blocks and the pieces concatenated. Non-finite values and values of magnitude 2**40 or more are refused.
+Every type also has a compiled kernel (``_native.c``, optional at install) giving the same bytes; ``.backend``
+chooses between them.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ....errors import UnsupportedError
+from .backend import NATIVE_TYPES, choose_backend, run_native
 from .common import LIMIT, Kernel, OutOfRangeError, run_chunked
 from .iq4_nl import quantize_iq4_nl
 from .kquants_min import quantize_q2_k, quantize_q4_k, quantize_q5_k
@@ -40,10 +43,14 @@ def row_nbytes(n: int, qtype: GGMLQuantizationType) -> int:
     return n // block * type_size
 
 
-def quantize(values: np.ndarray, qtype: GGMLQuantizationType, threads: int = 1) -> np.ndarray:
+def quantize(
+    values: np.ndarray, qtype: GGMLQuantizationType, threads: int = 1, backend: str | None = None
+) -> np.ndarray:
     """Rows of float32 ``values`` (any leading shape) → ``[rows, row_bytes]`` uint8 blocks of ``qtype``, the
     bytes ``ggml_quantize_chunk`` makes without an importance matrix. ``threads`` > 1 quantizes chunks of
-    blocks in parallel threads; the bytes are the same."""
+    blocks in parallel threads; ``backend`` (``native``/``numpy``, default ``backend.choose_backend()``) picks
+    the kernels. The bytes are the same either way."""
+    name = choose_backend(backend)
     if qtype not in _KERNELS:
         raise UnsupportedError(f"No quantizer for GGUF type {qtype.name}; quantizable: {_names()}.")
     block, type_size = GGML_QUANT_SIZES[qtype]
@@ -55,6 +62,8 @@ def quantize(values: np.ndarray, qtype: GGMLQuantizationType, threads: int = 1) 
     blocks = np.ascontiguousarray(rows, dtype=np.float32).reshape(-1, block)
     kernel, chunk = _KERNELS[qtype]
     try:
+        if name == "native" and qtype in NATIVE_TYPES:
+            return run_native(qtype, blocks, threads).reshape(rows.shape[0], -1)
         return run_chunked(kernel, blocks, type_size, chunk, threads).reshape(rows.shape[0], -1)
     except OutOfRangeError:
         raise UnsupportedError(

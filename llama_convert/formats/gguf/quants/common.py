@@ -97,6 +97,17 @@ def block_major(levels: np.ndarray) -> np.ndarray:
     return levels.astype(np.uint8).transpose(1, 2, 0).reshape(n_blocks, groups * sub)
 
 
+def for_each_chunk(work: Callable[[int], None], n: int, chunk: int, threads: int) -> None:
+    """``work(start)`` for ``start`` in ``range(0, n, chunk)``, spread over ``threads`` threads."""
+    starts = range(0, n, chunk)
+    if threads <= 1 or len(starts) <= 1:
+        for start in starts:
+            work(start)
+    else:
+        with ThreadPoolExecutor(min(threads, len(starts))) as pool:
+            list(pool.map(work, starts))
+
+
 def run_chunked(kernel: Kernel, blocks: np.ndarray, type_size: int, chunk: int, threads: int) -> np.ndarray:
     """Apply ``kernel`` to ``[B, QK]`` float32 blocks ``chunk`` blocks at a time (to stay in cache), spreading
     the chunks over ``threads`` threads (numpy releases the GIL inside each operation). Blocks are independent,
@@ -110,11 +121,5 @@ def run_chunked(kernel: Kernel, blocks: np.ndarray, type_size: int, chunk: int, 
         with np.errstate(all="ignore"):
             out[start : start + chunk] = kernel(part)
 
-    starts = range(0, blocks.shape[0], chunk)
-    if threads <= 1 or len(starts) == 1:
-        for start in starts:
-            work(start)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, starts))
+    for_each_chunk(work, blocks.shape[0], chunk, threads)
     return out

@@ -4,8 +4,9 @@ Q8_0 comes from gguf-py (``gguf.quants``): its bytes equal ggml's on every commi
 of 1024 values, it runs at about 1.5-2× C's time per core. The other four are ported here although gguf-py
 quantizes them at about the same speed, because gguf-py's bytes differ from C's where the sign of a zero is
 stored: Q4_0/Q5_0 of an all-zero block whose first value is -0.0 (gguf-py takes that value as the block's max, C
-keeps its initial +0.0, so the fp16 ``d`` gets the other sign), and Q4_1/Q5_1 of a block whose min is zero
-(``blocks.min()`` may return either zero, C keeps the first). The ``signed_zero`` vectors show both.
+keeps its initial +0.0, so the fp16 ``d`` gets the other sign), and Q4_1/Q5_1 of a block whose min or max is
+zero (``blocks.min()``/``max()`` may return either zero, C keeps the first). The ``signed_zero`` and
+``zero_extremes`` vectors show them.
 
 C converts with ``(int8_t)``/``(uint8_t)`` casts of floats: x86-64 truncates to int32 (``cvttss2si``, INT_MIN for
 NaN and out of range) and keeps the low byte. ``astype(np.int32)`` then ``& 0xFF`` does the same, which keeps the
@@ -49,20 +50,20 @@ def _symmetric(blocks: np.ndarray, levels: int) -> tuple[np.ndarray, np.ndarray]
     return fp16_bits(d), q
 
 
-def _block_min(blocks: np.ndarray) -> np.ndarray:
-    """``min = FLT_MAX; if (v < min) min = v;``: the first of equal candidates, which decides the sign of a zero
-    min (stored as fp16, so -0.0 and +0.0 differ in the bytes)."""
-    low = blocks.min(axis=1)
-    zero = np.nonzero(low == 0)[0]
+def _first_zero(blocks: np.ndarray, extreme: np.ndarray) -> np.ndarray:
+    """C's ``min = FLT_MAX; if (v < min) min = v;`` (and ``max = -FLT_MAX; if (v > max) max = v;``) keep the
+    first of equal candidates: where the block's min (max) is zero, the first zero of the block, whose sign
+    decides the fp16 ``m`` (and the sign of ``d = (max - min) / n``) in the bytes."""
+    zero = np.nonzero(extreme == 0)[0]
     if zero.size:
         first = np.argmax(blocks[zero] == 0, axis=1)
-        low[zero] = blocks[zero, first]
-    return low
+        extreme[zero] = blocks[zero, first]
+    return extreme
 
 
 def _affine(blocks: np.ndarray, levels: int, top: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    low = _block_min(blocks)
-    d = (blocks.max(axis=1) - low) / F32(levels)
+    low = _first_zero(blocks, blocks.min(axis=1))
+    d = (_first_zero(blocks, blocks.max(axis=1)) - low) / F32(levels)
     q = _c_byte((blocks - low[:, None]) * _inverse(d)[:, None] + F32(0.5), top)
     return fp16_bits(d), fp16_bits(low), q
 

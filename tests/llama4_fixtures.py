@@ -171,6 +171,16 @@ def randomize(model, seed: int) -> None:
 # --- model state → shipped layout ---------------------------------------------------------------------
 
 
+def reference_models(first_seed: int) -> dict[str, Any]:
+    """A randomized Scout-like and Maverick-like reference model (seeds ``first_seed`` and the next)."""
+    out = {}
+    for seed, kind in enumerate(("scout", "maverick")):
+        model = build_reference(PARAMS[kind])
+        randomize(model, seed=first_seed + seed)
+        out[kind] = model
+    return out
+
+
 def _split_axes(model) -> dict[str, int]:
     """Model-parallel axis of every parameter, read from the fairscale module that owns it."""
     from fairscale.nn.model_parallel.layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding

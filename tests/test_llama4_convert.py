@@ -33,12 +33,7 @@ def _model_parallel(tmp_path_factory) -> None:
 
 @pytest.fixture(scope="module")
 def models():
-    out = {}
-    for seed, kind in enumerate(("scout", "maverick")):
-        model = fx.build_reference(fx.PARAMS[kind])
-        fx.randomize(model, seed=10 + seed)
-        out[kind] = model
-    return out
+    return fx.reference_models(first_seed=10)
 
 
 def _write(root: Path, name: str, kind: str, mp: int, models, **options) -> Path:

@@ -14,6 +14,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Collection
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from .errors import MissingFileError
 from .formats.storage import RemotePath
@@ -23,6 +24,7 @@ __all__ = ["HashOnRead", "StreamVerify"]
 
 FILL_BYTES = 8 << 20  # gaps are fetched in pieces of this size,
 FILL_PARTS = 4  # this many at a time
+QUEUED_BYTES = 256 << 20  # fed bytes waiting for the hashing thread, at most
 MAX_GAP = 64 << 20  # a read further ahead is not hashed now (a side job's, or out of file order): the stream
 # hashes those bytes when it gets there, or the end fetches them
 _SMALL = 64 << 20  # files hashed whole instead of watched
@@ -30,7 +32,10 @@ _SMALL = 64 << 20  # files hashed whole instead of watched
 
 class HashOnRead:
     """md5 of one remote file, fed the bytes the conversion reads (in increasing offsets; bytes already
-    hashed are skipped, a small gap is fetched and hashed first, a read far ahead waits for its turn)."""
+    hashed are skipped, a small gap is fetched and hashed first, a read far ahead waits for its turn).
+
+    The hashing runs on a thread of its own, off the conversion's path: the fed bytes are the fetched ones
+    (immutable), queued in order, at most ``QUEUED_BYTES`` of them before a feed waits."""
 
     def __init__(self, path: RemotePath, size: int) -> None:
         self.path = path
@@ -38,10 +43,21 @@ class HashOnRead:
         self.position = 0
         self.fetched = 0  # bytes fetched only to hash them (gaps and the unread tail)
         self._md5 = hashlib.md5(usedforsecurity=False)
-        self._lock = threading.Lock()
+        self._queued = 0  # bytes fed and not hashed yet
+        self._room = threading.Condition()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="llama-convert-md5")
+        self._jobs: list[Future[None]] = []
 
     def feed(self, offset: int, data: memoryview) -> None:
-        with self._lock:
+        n = len(data)
+        with self._room:  # in the order fed: the hashing thread takes them first in, first out
+            self._room.wait_for(lambda: self._queued == 0 or self._queued + n <= QUEUED_BYTES)
+            self._queued += n
+            self._jobs = [j for j in self._jobs if not j.done() or j.exception() is not None]
+            self._jobs.append(self._pool.submit(self._hash, offset, data))
+
+    def _hash(self, offset: int, data: memoryview) -> None:
+        try:
             if offset > self.position + MAX_GAP:
                 return
             if offset > self.position:
@@ -50,6 +66,10 @@ class HashOnRead:
             if start < len(data):
                 self._md5.update(data[start:])
                 self.position = offset + len(data)
+        finally:
+            with self._room:
+                self._queued -= len(data)
+                self._room.notify_all()
 
     def _fill(self, until: int) -> None:
         while self.position < until:  # FILL_PARTS ranges at a time, fetched concurrently
@@ -60,9 +80,16 @@ class HashOnRead:
                 self.position += len(data)
 
     def hexdigest(self) -> str:
-        with self._lock:
-            self._fill(self.size)
-            return self._md5.hexdigest()
+        """The md5 of the whole file: every queued feed hashed, then the tail nobody read fetched."""
+        with self._room:
+            jobs, self._jobs = self._jobs, []
+        for job in jobs:
+            job.result()  # a failed gap fetch is raised here
+        self._pool.submit(self._fill, self.size).result()
+        return self._md5.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 class StreamVerify:
@@ -133,9 +160,10 @@ class StreamVerify:
         return True
 
     def cancel(self) -> None:
-        for name in self.watched:
+        for name, watcher in self.watched.items():
             path = self._src / name
             path.store.unwatch(path.key)
+            watcher.close()
 
     @property
     def fetched(self) -> int:

@@ -249,3 +249,34 @@ def test_transient_errors_are_retried_and_refusals_are_not():
     always = RemotePath(RemoteStore(BACKENDS["s3"], _Flaky(memory, 99), attempts=3, backoff=0.01), "bucket/m/x")
     with pytest.raises(InputError, match=r"^s3://bucket/m/x could not be read \(ConnectionResetError"):
         always.read_bytes()
+
+
+def test_a_watched_read_hashes_the_fetched_bytes_not_the_callers_buffer(tmp_path):
+    """The hash of a remote file runs on a thread of its own, after the read returned; the caller may already
+    have changed its buffer (dequantized or permuted in place), so the watcher is given the fetched bytes."""
+    import hashlib
+    import os
+
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from llama_convert.formats.storage.backends import BACKENDS
+    from llama_convert.formats.storage.remote import RemotePath, RemoteStore
+    from llama_convert.verify_remote import HashOnRead
+
+    fs = MemoryFileSystem()
+    data = os.urandom(3 << 20)
+    fs.pipe_file("/bucket/blob", data)
+    path = RemotePath(RemoteStore(BACKENDS["s3"], fs), "/bucket/blob")
+    watcher = HashOnRead(path, len(data))
+    path.store.watch(path.key, watcher)
+    source = path.open_bytes()
+    try:
+        for offset, size in ((0, 100), (100, 2 << 20), ((2 << 20) + 100, 1000)):  # cached and large reads
+            out = bytearray(size)
+            source.read_into(offset, memoryview(out))
+            assert bytes(out) == data[offset : offset + size]
+            out[:] = bytes(size)  # the caller reuses its buffer at once
+        assert watcher.hexdigest() == hashlib.md5(data).hexdigest()
+    finally:
+        source.close()
+        watcher.close()

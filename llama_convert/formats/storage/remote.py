@@ -33,7 +33,8 @@ ATTEMPTS = 5
 
 
 class Watcher(Protocol):
-    """Told of every verified read of one file (``offset``, the bytes), e.g. to hash them."""
+    """Told of every verified read of one file (``offset``, the fetched bytes: immutable, so a watcher may keep
+    them and hash them later, on a thread of its own)."""
 
     def feed(self, offset: int, data: memoryview) -> None: ...
 
@@ -287,16 +288,18 @@ class RemoteBytes:
         total = len(out)
         if offset + total > self.size:
             raise InputError(f"{self.name} is truncated (read past the end); upload it again.")
+        pieces: list[tuple[int, memoryview]] = []  # the fetched (immutable) bytes copied into ``out``
         if total < BLOCK_BYTES // 2:
-            self._read_cached(offset, out)
+            self._read_cached(offset, out, pieces)
         elif total:
             with self._lock:
-                self._read_large(offset, out)
+                self._read_large(offset, out, pieces)
         watcher = self.path.store.watchers.get(self.path.key) if verify else None
-        if watcher is not None:
-            watcher.feed(offset, out)
+        if watcher is not None:  # fed the fetched bytes, not ``out``: the caller may change ``out`` at once
+            for start, data in pieces:
+                watcher.feed(start, data)
 
-    def _read_large(self, offset: int, out: memoryview) -> None:
+    def _read_large(self, offset: int, out: memoryview, pieces: list[tuple[int, memoryview]]) -> None:
         end, done = offset + len(out), 0
         sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
         kept: list[tuple[int, int, Future[bytes]]] = []
@@ -307,7 +310,9 @@ class RemoteBytes:
             if s0 <= offset + done < s1 and done < len(out):
                 data = memoryview(future.result())
                 n = min(s1 - (offset + done), len(out) - done)
-                out[done : done + n] = data[offset + done - s0 : offset + done - s0 + n]
+                piece = data[offset + done - s0 : offset + done - s0 + n]
+                out[done : done + n] = piece
+                pieces.append((offset + done, piece))
                 done += n
             if s1 > end:
                 kept.append((s0, s1, future))
@@ -315,6 +320,7 @@ class RemoteBytes:
         if done < len(out):
             for data in self.read_ranges(self._parts(offset + done, end)):
                 out[done : done + len(data)] = data
+                pieces.append((offset + done, memoryview(data)))
                 done += len(data)
         self._last_end = end
         covered = max([end, *(s1 for _, s1, _ in self._ahead)])
@@ -325,13 +331,15 @@ class RemoteBytes:
             parts = self._parts(covered, stop)
             self._ahead.append((covered, stop, self._pool.submit(lambda: b"".join(self.read_ranges(parts)))))
 
-    def _read_cached(self, offset: int, out: memoryview) -> None:
+    def _read_cached(self, offset: int, out: memoryview, pieces: list[tuple[int, memoryview]]) -> None:
         done, store, key = 0, self.path.store, self.path.key
         while done < len(out):
             index, start = divmod(offset + done, BLOCK_BYTES)
             block = store.block(key, index, self.size)
             n = min(len(out) - done, len(block) - start)
-            out[done : done + n] = block[start : start + n]
+            piece = memoryview(block)[start : start + n]
+            out[done : done + n] = piece
+            pieces.append((offset + done, piece))
             done += n
 
     def close(self) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import md5state
+from . import md5lanes, md5state
 from .errors import ChecksumError, InputError, MissingFileError
 from .formats.storage import as_source_path
 
@@ -38,6 +38,7 @@ __all__ = [
 
 CHUNK_SIZE = 8 << 20
 STATE_EVERY = 256 << 20  # bytes hashed between saved MD5 states (a killed run loses at most this per file)
+LANES = True  # hash local files in lockstep (md5lanes) where the extension is built; False: hashlib per file
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 # Files a converter reads from a model folder: present but listed nowhere is worth reporting.
 _CONVERTED = ("*.pth", "*.pt", "params.json", "tokenizer.model")
@@ -170,8 +171,8 @@ def hash_file(
     can save states), for a rerun to continue from.
     """
     saving = on_state is not None and md5state.saveable()
-    if start is not None and not md5state.saveable():
-        start = None
+    if start is not None and (not md5state.saveable() or md5lanes.is_state(start[1])):
+        start = None  # a lane state (md5lanes) is not continued here: hash from byte 0
     digest: Any = md5state.Md5(start[1] if start else None) if saving or start else hashlib.md5(usedforsecurity=False)
     buffer = bytearray(chunk_size or CHUNK_SIZE)
     view = memoryview(buffer)
@@ -217,7 +218,8 @@ def verify_checksums(
     on_state: Callable[[str, int, bytes], None] | None = None,
 ) -> VerifyReport:
     """Hash every file the checklists of ``src`` list, in ``workers`` threads (default: one per
-    file, at most one per CPU), and compare with the expected md5s.
+    file, at most one per CPU), and compare with the expected md5s. Local files are hashed in lockstep,
+    several per vector instruction, in one of those threads where :mod:`md5lanes` is built.
 
     ``progress`` receives byte counts, one call at a time. Names in ``skip`` are only checked for
     presence: a caller hashing them while reading (:class:`Md5Stream`) compares them against
@@ -263,9 +265,36 @@ def verify_checksums(
             on_file(name, expected[name], actual)
         return name, actual
 
+    # In lanes: local files, and no file an OpenSSL state of an earlier run continues (hash_file does that).
+    def in_lanes(name: str) -> bool:
+        state = (partial or {}).get(name)
+        return isinstance(present[name], (str, os.PathLike)) and (state is None or md5lanes.is_state(state[1]))
+
+    lanes = [n for n in todo if in_lanes(n)] if LANES and md5lanes.available() else []
+    lanes = lanes if len(lanes) >= 2 else []
+
+    def run_lanes(names: list[str]) -> list[tuple[str, str]]:
+        def done(i: int, actual: str) -> None:
+            if on_file is not None:
+                on_file(names[i], expected[names[i]], actual)
+
+        saved = None if on_state is None else lambda i, offset, state: on_state(names[i], offset, state)
+        starts = {i: (partial or {})[n] for i, n in enumerate(names) if n in (partial or {})}
+        try:
+            digests = md5lanes.hash_files(
+                [present[n] for n in names], chunk_size=CHUNK_SIZE, state_every=STATE_EVERY, starts=starts,
+                progress=count, on_done=done, on_state=saved, drop_cache=drop_cache,
+            )  # fmt: skip
+        except md5lanes.LaneReadError as exc:
+            path = present[names[exc.index]]
+            raise InputError(f"Cannot read {path} ({exc.error.strerror}); check the file or {_NO_VERIFY}.") from exc
+        return list(zip(names, digests, strict=True))
+
     pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="md5")
     try:
-        actual = dict(pool.map(run, todo))
+        jobs = [pool.submit(run_lanes, lanes)] if lanes else []
+        jobs += [pool.submit(lambda n: [run(n)], n) for n in todo if n not in lanes]
+        actual = dict(pair for job in jobs for pair in job.result())
     finally:
         # On an error or Ctrl-C, stop the other threads at their next chunk instead of their last.
         stop.set()

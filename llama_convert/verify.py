@@ -271,7 +271,8 @@ def verify_checksums(
         return isinstance(present[name], (str, os.PathLike)) and (state is None or md5lanes.is_state(state[1]))
 
     lanes = [n for n in todo if in_lanes(n)] if LANES and md5lanes.available() else []
-    lanes = lanes if len(lanes) >= 2 else []
+    if len(lanes) < 2 and not any(n in (partial or {}) for n in lanes):  # one file: OpenSSL is faster than a lane
+        lanes = []
 
     def run_lanes(names: list[str]) -> list[tuple[str, str]]:
         def done(i: int, actual: str) -> None:

@@ -5,7 +5,7 @@
  * vector types) holds stream j's A, B, C or D, so one vector instruction advances LANES streams by the same
  * step. Built for the generic target (SSE2 on x86-64, NEON on arm64) and, on x86-64, once more for AVX2, chosen
  * at import where the CPU has it. A lane with nothing to hash is masked out by not writing its state back; when
- * a single lane has blocks left, the scalar code runs it (one stream gains nothing from vectors).
+ * one or two lanes have blocks left, scalar code runs them (two interleaved: a vector of mostly idle lanes is slower).
  * -DMD5LANES_SCALAR builds the plain C code only (what compilers without vector types get).
  *
  * update(states, buffers, blocks): states is a writable buffer of 16 bytes per lane (A, B, C, D as native
@@ -21,49 +21,52 @@
 
 #define MAX_LANES 256
 
-/* RFC 1321 section 3.4: the auxiliary functions (F and G in the form with one operation fewer), one step */
+/* RFC 1321 section 3.4: the auxiliary functions, written so that x (the newest word, on the critical path) meets
+ * as few operations as possible: F with one operation fewer, G's two terms have no bit in common (| is +), H and I
+ * combine y and z first */
 #define F(x, y, z) ((z) ^ ((x) & ((y) ^ (z))))
-#define G(x, y, z) ((y) ^ ((z) & ((x) ^ (y))))
-#define H(x, y, z) ((x) ^ (y) ^ (z))
+#define G(x, y, z) (((x) & (z)) + ((y) & ~(z)))
+#define H(x, y, z) ((x) ^ ((y) ^ (z)))
 #define I(x, y, z) ((y) ^ ((x) | ~(z)))
-#define STEP(f, a, b, c, d, x, k, s)                                                                         \
-    a += f(b, c, d) + (x) + (k);                                                                             \
+#define ONE(f, a, b, c, d, x, k, s)                                                                          \
+    a += (x) + (k);                                                                                          \
+    a += f(b, c, d);                                                                                         \
     a = ((a << (s)) | (a >> (32 - (s)))) + b;
 
-/* the 64 steps: X(i) is word i of the block; the constants are floor(abs(sin(i + 1)) * 2**32) */
-#define ROUNDS(X) \
-    STEP(F, a, b, c, d, X(0), 0xd76aa478u, 7) STEP(F, d, a, b, c, X(1), 0xe8c7b756u, 12) \
-    STEP(F, c, d, a, b, X(2), 0x242070dbu, 17) STEP(F, b, c, d, a, X(3), 0xc1bdceeeu, 22) \
-    STEP(F, a, b, c, d, X(4), 0xf57c0fafu, 7) STEP(F, d, a, b, c, X(5), 0x4787c62au, 12) \
-    STEP(F, c, d, a, b, X(6), 0xa8304613u, 17) STEP(F, b, c, d, a, X(7), 0xfd469501u, 22) \
-    STEP(F, a, b, c, d, X(8), 0x698098d8u, 7) STEP(F, d, a, b, c, X(9), 0x8b44f7afu, 12) \
-    STEP(F, c, d, a, b, X(10), 0xffff5bb1u, 17) STEP(F, b, c, d, a, X(11), 0x895cd7beu, 22) \
-    STEP(F, a, b, c, d, X(12), 0x6b901122u, 7) STEP(F, d, a, b, c, X(13), 0xfd987193u, 12) \
-    STEP(F, c, d, a, b, X(14), 0xa679438eu, 17) STEP(F, b, c, d, a, X(15), 0x49b40821u, 22) \
-    STEP(G, a, b, c, d, X(1), 0xf61e2562u, 5) STEP(G, d, a, b, c, X(6), 0xc040b340u, 9) \
-    STEP(G, c, d, a, b, X(11), 0x265e5a51u, 14) STEP(G, b, c, d, a, X(0), 0xe9b6c7aau, 20) \
-    STEP(G, a, b, c, d, X(5), 0xd62f105du, 5) STEP(G, d, a, b, c, X(10), 0x02441453u, 9) \
-    STEP(G, c, d, a, b, X(15), 0xd8a1e681u, 14) STEP(G, b, c, d, a, X(4), 0xe7d3fbc8u, 20) \
-    STEP(G, a, b, c, d, X(9), 0x21e1cde6u, 5) STEP(G, d, a, b, c, X(14), 0xc33707d6u, 9) \
-    STEP(G, c, d, a, b, X(3), 0xf4d50d87u, 14) STEP(G, b, c, d, a, X(8), 0x455a14edu, 20) \
-    STEP(G, a, b, c, d, X(13), 0xa9e3e905u, 5) STEP(G, d, a, b, c, X(2), 0xfcefa3f8u, 9) \
-    STEP(G, c, d, a, b, X(7), 0x676f02d9u, 14) STEP(G, b, c, d, a, X(12), 0x8d2a4c8au, 20) \
-    STEP(H, a, b, c, d, X(5), 0xfffa3942u, 4) STEP(H, d, a, b, c, X(8), 0x8771f681u, 11) \
-    STEP(H, c, d, a, b, X(11), 0x6d9d6122u, 16) STEP(H, b, c, d, a, X(14), 0xfde5380cu, 23) \
-    STEP(H, a, b, c, d, X(1), 0xa4beea44u, 4) STEP(H, d, a, b, c, X(4), 0x4bdecfa9u, 11) \
-    STEP(H, c, d, a, b, X(7), 0xf6bb4b60u, 16) STEP(H, b, c, d, a, X(10), 0xbebfbc70u, 23) \
-    STEP(H, a, b, c, d, X(13), 0x289b7ec6u, 4) STEP(H, d, a, b, c, X(0), 0xeaa127fau, 11) \
-    STEP(H, c, d, a, b, X(3), 0xd4ef3085u, 16) STEP(H, b, c, d, a, X(6), 0x04881d05u, 23) \
-    STEP(H, a, b, c, d, X(9), 0xd9d4d039u, 4) STEP(H, d, a, b, c, X(12), 0xe6db99e5u, 11) \
-    STEP(H, c, d, a, b, X(15), 0x1fa27cf8u, 16) STEP(H, b, c, d, a, X(2), 0xc4ac5665u, 23) \
-    STEP(I, a, b, c, d, X(0), 0xf4292244u, 6) STEP(I, d, a, b, c, X(7), 0x432aff97u, 10) \
-    STEP(I, c, d, a, b, X(14), 0xab9423a7u, 15) STEP(I, b, c, d, a, X(5), 0xfc93a039u, 21) \
-    STEP(I, a, b, c, d, X(12), 0x655b59c3u, 6) STEP(I, d, a, b, c, X(3), 0x8f0ccc92u, 10) \
-    STEP(I, c, d, a, b, X(10), 0xffeff47du, 15) STEP(I, b, c, d, a, X(1), 0x85845dd1u, 21) \
-    STEP(I, a, b, c, d, X(8), 0x6fa87e4fu, 6) STEP(I, d, a, b, c, X(15), 0xfe2ce6e0u, 10) \
-    STEP(I, c, d, a, b, X(6), 0xa3014314u, 15) STEP(I, b, c, d, a, X(13), 0x4e0811a1u, 21) \
-    STEP(I, a, b, c, d, X(4), 0xf7537e82u, 6) STEP(I, d, a, b, c, X(11), 0xbd3af235u, 10) \
-    STEP(I, c, d, a, b, X(2), 0x2ad7d2bbu, 15) STEP(I, b, c, d, a, X(9), 0xeb86d391u, 21) \
+/* the 64 steps, STEP(f, a, b, c, d, i, k, s) with word i of the block; the constants are floor(abs(sin(i + 1)) * 2**32) */
+#define ROUNDS(STEP) \
+    STEP(F, a, b, c, d, 0, 0xd76aa478u, 7) STEP(F, d, a, b, c, 1, 0xe8c7b756u, 12) \
+    STEP(F, c, d, a, b, 2, 0x242070dbu, 17) STEP(F, b, c, d, a, 3, 0xc1bdceeeu, 22) \
+    STEP(F, a, b, c, d, 4, 0xf57c0fafu, 7) STEP(F, d, a, b, c, 5, 0x4787c62au, 12) \
+    STEP(F, c, d, a, b, 6, 0xa8304613u, 17) STEP(F, b, c, d, a, 7, 0xfd469501u, 22) \
+    STEP(F, a, b, c, d, 8, 0x698098d8u, 7) STEP(F, d, a, b, c, 9, 0x8b44f7afu, 12) \
+    STEP(F, c, d, a, b, 10, 0xffff5bb1u, 17) STEP(F, b, c, d, a, 11, 0x895cd7beu, 22) \
+    STEP(F, a, b, c, d, 12, 0x6b901122u, 7) STEP(F, d, a, b, c, 13, 0xfd987193u, 12) \
+    STEP(F, c, d, a, b, 14, 0xa679438eu, 17) STEP(F, b, c, d, a, 15, 0x49b40821u, 22) \
+    STEP(G, a, b, c, d, 1, 0xf61e2562u, 5) STEP(G, d, a, b, c, 6, 0xc040b340u, 9) \
+    STEP(G, c, d, a, b, 11, 0x265e5a51u, 14) STEP(G, b, c, d, a, 0, 0xe9b6c7aau, 20) \
+    STEP(G, a, b, c, d, 5, 0xd62f105du, 5) STEP(G, d, a, b, c, 10, 0x02441453u, 9) \
+    STEP(G, c, d, a, b, 15, 0xd8a1e681u, 14) STEP(G, b, c, d, a, 4, 0xe7d3fbc8u, 20) \
+    STEP(G, a, b, c, d, 9, 0x21e1cde6u, 5) STEP(G, d, a, b, c, 14, 0xc33707d6u, 9) \
+    STEP(G, c, d, a, b, 3, 0xf4d50d87u, 14) STEP(G, b, c, d, a, 8, 0x455a14edu, 20) \
+    STEP(G, a, b, c, d, 13, 0xa9e3e905u, 5) STEP(G, d, a, b, c, 2, 0xfcefa3f8u, 9) \
+    STEP(G, c, d, a, b, 7, 0x676f02d9u, 14) STEP(G, b, c, d, a, 12, 0x8d2a4c8au, 20) \
+    STEP(H, a, b, c, d, 5, 0xfffa3942u, 4) STEP(H, d, a, b, c, 8, 0x8771f681u, 11) \
+    STEP(H, c, d, a, b, 11, 0x6d9d6122u, 16) STEP(H, b, c, d, a, 14, 0xfde5380cu, 23) \
+    STEP(H, a, b, c, d, 1, 0xa4beea44u, 4) STEP(H, d, a, b, c, 4, 0x4bdecfa9u, 11) \
+    STEP(H, c, d, a, b, 7, 0xf6bb4b60u, 16) STEP(H, b, c, d, a, 10, 0xbebfbc70u, 23) \
+    STEP(H, a, b, c, d, 13, 0x289b7ec6u, 4) STEP(H, d, a, b, c, 0, 0xeaa127fau, 11) \
+    STEP(H, c, d, a, b, 3, 0xd4ef3085u, 16) STEP(H, b, c, d, a, 6, 0x04881d05u, 23) \
+    STEP(H, a, b, c, d, 9, 0xd9d4d039u, 4) STEP(H, d, a, b, c, 12, 0xe6db99e5u, 11) \
+    STEP(H, c, d, a, b, 15, 0x1fa27cf8u, 16) STEP(H, b, c, d, a, 2, 0xc4ac5665u, 23) \
+    STEP(I, a, b, c, d, 0, 0xf4292244u, 6) STEP(I, d, a, b, c, 7, 0x432aff97u, 10) \
+    STEP(I, c, d, a, b, 14, 0xab9423a7u, 15) STEP(I, b, c, d, a, 5, 0xfc93a039u, 21) \
+    STEP(I, a, b, c, d, 12, 0x655b59c3u, 6) STEP(I, d, a, b, c, 3, 0x8f0ccc92u, 10) \
+    STEP(I, c, d, a, b, 10, 0xffeff47du, 15) STEP(I, b, c, d, a, 1, 0x85845dd1u, 21) \
+    STEP(I, a, b, c, d, 8, 0x6fa87e4fu, 6) STEP(I, d, a, b, c, 15, 0xfe2ce6e0u, 10) \
+    STEP(I, c, d, a, b, 6, 0xa3014314u, 15) STEP(I, b, c, d, a, 13, 0x4e0811a1u, 21) \
+    STEP(I, a, b, c, d, 4, 0xf7537e82u, 6) STEP(I, d, a, b, c, 11, 0xbd3af235u, 10) \
+    STEP(I, c, d, a, b, 2, 0x2ad7d2bbu, 15) STEP(I, b, c, d, a, 9, 0xeb86d391u, 21) \
     /* end of ROUNDS */
 
 static inline uint32_t le32(const uint8_t *p) {
@@ -81,9 +84,8 @@ static void scalar_blocks(uint32_t *state, const uint8_t *p, Py_ssize_t n) {
     for (Py_ssize_t blk = 0; blk < n; ++blk, p += 64) {
         uint32_t w[16], a0 = a, b0 = b, c0 = c, d0 = d;
         for (int i = 0; i < 16; ++i) w[i] = le32(p + 4 * i);
-#define X(i) w[i]
-        ROUNDS(X)
-#undef X
+#define STEP(f, a, b, c, d, i, k, s) ONE(f, a, b, c, d, w[i], k, s)
+        ROUNDS(STEP)
         a += a0;
         b += b0;
         c += c0;
@@ -93,6 +95,37 @@ static void scalar_blocks(uint32_t *state, const uint8_t *p, Py_ssize_t n) {
     state[1] = b;
     state[2] = c;
     state[3] = d;
+}
+
+/* two streams, their steps interleaved: one stream leaves most of a core idle waiting for its previous step */
+static void scalar2_blocks(uint32_t *s1, const uint8_t *p1, uint32_t *s2, const uint8_t *p2, Py_ssize_t n) {
+    uint32_t a = s1[0], b = s1[1], c = s1[2], d = s1[3], a2 = s2[0], b2 = s2[1], c2 = s2[2], d2 = s2[3];
+    for (Py_ssize_t blk = 0; blk < n; ++blk, p1 += 64, p2 += 64) {
+        uint32_t w[16], w2[16], a0 = a, b0 = b, c0 = c, d0 = d, a20 = a2, b20 = b2, c20 = c2, d20 = d2;
+        for (int i = 0; i < 16; ++i) {
+            w[i] = le32(p1 + 4 * i);
+            w2[i] = le32(p2 + 4 * i);
+        }
+#define STEP2(f, a, b, c, d, i, k, s) ONE(f, a, b, c, d, w[i], k, s) ONE(f, a##2, b##2, c##2, d##2, w2[i], k, s)
+        ROUNDS(STEP2)
+#undef STEP2
+        a += a0;
+        b += b0;
+        c += c0;
+        d += d0;
+        a2 += a20;
+        b2 += b20;
+        c2 += c20;
+        d2 += d20;
+    }
+    s1[0] = a;
+    s1[1] = b;
+    s1[2] = c;
+    s1[3] = d;
+    s2[0] = a2;
+    s2[1] = b2;
+    s2[2] = c2;
+    s2[3] = d2;
 }
 
 #if (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 9)) && !defined(MD5LANES_SCALAR) && \
@@ -142,7 +175,7 @@ typedef uint32_t v8 __attribute__((vector_size(4 * LANES)));
                 for (int j = 0; j < LANES; ++j) memcpy(&r[j], p[j] + 64 * blk + 32 * half, sizeof r[j]);     \
                 transpose(r, w + 8 * half);                                                                  \
             }                                                                                                \
-            ROUNDS(X)                                                                                        \
+            ROUNDS(STEP)                                                                                     \
             a += a0;                                                                                         \
             b += b0;                                                                                         \
             c += c0;                                                                                         \
@@ -155,7 +188,6 @@ typedef uint32_t v8 __attribute__((vector_size(4 * LANES)));
             state[j][3] = d[j];                                                                              \
         }                                                                                                    \
     }
-#define X(i) w[i]
 TRANSPOSE(transpose)
 VECTOR_BLOCKS(vector_blocks_generic)
 #if defined(__x86_64__) && !defined(MD5LANES_NO_AVX2)
@@ -177,9 +209,17 @@ VECTOR_BLOCKS(vector_blocks_avx2)
 #pragma GCC pop_options
 #endif
 #endif
-#undef X
 #else
 #define LANES 1
+#endif
+
+#ifdef VECTOR
+static int min_lanes(void) { /* measured: 8 AVX2 lanes ~4x one stream, 8 SSE2 lanes ~2x */
+#ifdef WIDE
+    if (wide) return 3;
+#endif
+    return 7;
+}
 #endif
 
 /* every lane j with blocks[j] > 0: LANES at a time while two or more have blocks left, then the scalar code */
@@ -196,7 +236,7 @@ static void run(uint32_t *states, const uint8_t **data, Py_ssize_t *blocks, Py_s
                 m = (k == 0 || blocks[j] < m) ? blocks[j] : m;
                 ++k;
             }
-        if (k < 2) break;
+        if (k < min_lanes()) break; /* fewer streams run faster in scalar code, two interleaved */
         for (Py_ssize_t i = 0; i < LANES; ++i) {
             st[i] = i < k ? states + 4 * idx[i] : spare[i];
             p[i] = data[idx[i < k ? i : 0]];
@@ -213,8 +253,22 @@ static void run(uint32_t *states, const uint8_t **data, Py_ssize_t *blocks, Py_s
         }
     }
 #endif
-    for (Py_ssize_t j = 0; j < n_lanes; ++j)
-        if (blocks[j] > 0) scalar_blocks(states + 4 * j, data[j], blocks[j]);
+    for (;;) { /* the rest two at a time, then one */
+        Py_ssize_t i = -1, j = -1;
+        for (Py_ssize_t l = 0; l < n_lanes && j < 0; ++l)
+            if (blocks[l] > 0) *(i < 0 ? &i : &j) = l;
+        if (i < 0) return;
+        if (j < 0) {
+            scalar_blocks(states + 4 * i, data[i], blocks[i]);
+            return;
+        }
+        Py_ssize_t m = blocks[i] < blocks[j] ? blocks[i] : blocks[j];
+        scalar2_blocks(states + 4 * i, data[i], states + 4 * j, data[j], m);
+        data[i] += 64 * m;
+        data[j] += 64 * m;
+        blocks[i] -= m;
+        blocks[j] -= m;
+    }
 }
 
 static PyObject *update(PyObject *self, PyObject *args) {

@@ -18,6 +18,7 @@ from llama_convert.verify import (
     verify_checksums,
 )
 
+
 @pytest.fixture(autouse=True, params=["lanes", "hashlib"])
 def hashing(request, monkeypatch):
     """Every test both ways: local files in lockstep (md5lanes, where built) and one file per thread (hashlib)."""

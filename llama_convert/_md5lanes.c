@@ -4,7 +4,8 @@
  * five cycles whatever its width. Different files are independent: lane j of a vector of uint32 (GCC/Clang
  * vector types) holds stream j's A, B, C or D, so one vector instruction advances LANES streams by the same
  * step. Built for the generic target (SSE2 on x86-64, NEON on arm64) and, on x86-64, once more for AVX2, chosen
- * at import where the CPU has it. A lane with nothing to hash is masked out by not writing its state back; when
+ * at import where the CPU has it; with AVX2 the steps of two vectors interleave (16 streams). A lane with nothing
+ * to hash is masked out by not writing its state back; when
  * one or two lanes have blocks left, scalar code runs them (two interleaved: a vector of mostly idle lanes is slower).
  * -DMD5LANES_SCALAR builds the plain C code only (what compilers without vector types get).
  *
@@ -97,6 +98,8 @@ static void scalar_blocks(uint32_t *state, const uint8_t *p, Py_ssize_t n) {
     state[3] = d;
 }
 
+#define STEP2(f, a, b, c, d, i, k, s) ONE(f, a, b, c, d, w[i], k, s) ONE(f, a##2, b##2, c##2, d##2, w2[i], k, s)
+
 /* two streams, their steps interleaved: one stream leaves most of a core idle waiting for its previous step */
 static void scalar2_blocks(uint32_t *s1, const uint8_t *p1, uint32_t *s2, const uint8_t *p2, Py_ssize_t n) {
     uint32_t a = s1[0], b = s1[1], c = s1[2], d = s1[3], a2 = s2[0], b2 = s2[1], c2 = s2[2], d2 = s2[3];
@@ -106,9 +109,7 @@ static void scalar2_blocks(uint32_t *s1, const uint8_t *p1, uint32_t *s2, const 
             w[i] = le32(p1 + 4 * i);
             w2[i] = le32(p2 + 4 * i);
         }
-#define STEP2(f, a, b, c, d, i, k, s) ONE(f, a, b, c, d, w[i], k, s) ONE(f, a##2, b##2, c##2, d##2, w2[i], k, s)
         ROUNDS(STEP2)
-#undef STEP2
         a += a0;
         b += b0;
         c += c0;
@@ -188,6 +189,33 @@ typedef uint32_t v8 __attribute__((vector_size(4 * LANES)));
             state[j][3] = d[j];                                                                              \
         }                                                                                                    \
     }
+/* 2 * LANES streams, two vectors' steps interleaved (one vector's chain of steps leaves the core half idle) */
+#define VECTOR_BLOCKS2(name)                                                                                 \
+    static void name(uint32_t *const *state, const uint8_t *const *p, Py_ssize_t n) {                        \
+        v8 a, b, c, d, a2, b2, c2, d2;                                                                       \
+        for (int j = 0; j < LANES; ++j) {                                                                    \
+            a[j] = state[j][0], b[j] = state[j][1], c[j] = state[j][2], d[j] = state[j][3];                  \
+            a2[j] = state[LANES + j][0], b2[j] = state[LANES + j][1];                                        \
+            c2[j] = state[LANES + j][2], d2[j] = state[LANES + j][3];                                        \
+        }                                                                                                    \
+        for (Py_ssize_t blk = 0; blk < n; ++blk) {                                                           \
+            v8 w[16], w2[16], a0 = a, b0 = b, c0 = c, d0 = d, a20 = a2, b20 = b2, c20 = c2, d20 = d2;        \
+            for (int half = 0; half < 4; ++half) {                                                           \
+                v8 r[LANES];                                                                                 \
+                const uint8_t *const *q = p + LANES * (half >> 1);                                           \
+                for (int j = 0; j < LANES; ++j) memcpy(&r[j], q[j] + 64 * blk + 32 * (half & 1), sizeof r[j]); \
+                transpose(r, (half >> 1 ? w2 : w) + 8 * (half & 1));                                        \
+            }                                                                                                \
+            ROUNDS(STEP2)                                                                                    \
+            a += a0, b += b0, c += c0, d += d0;                                                              \
+            a2 += a20, b2 += b20, c2 += c20, d2 += d20;                                                      \
+        }                                                                                                    \
+        for (int j = 0; j < LANES; ++j) {                                                                    \
+            state[j][0] = a[j], state[j][1] = b[j], state[j][2] = c[j], state[j][3] = d[j];                  \
+            state[LANES + j][0] = a2[j], state[LANES + j][1] = b2[j];                                        \
+            state[LANES + j][2] = c2[j], state[LANES + j][3] = d2[j];                                        \
+        }                                                                                                    \
+    }
 TRANSPOSE(transpose)
 VECTOR_BLOCKS(vector_blocks_generic)
 #if defined(__x86_64__) && !defined(MD5LANES_NO_AVX2)
@@ -203,6 +231,7 @@ static int wide; /* AVX2 present: set at import */
 #define transpose transpose_avx2
 TRANSPOSE(transpose_avx2)
 VECTOR_BLOCKS(vector_blocks_avx2)
+VECTOR_BLOCKS2(vector_blocks_avx2_16)
 #ifdef __clang__
 #pragma clang attribute pop
 #else
@@ -222,27 +251,31 @@ static int min_lanes(void) { /* measured: 8 AVX2 lanes ~4x one stream, 8 SSE2 la
 }
 #endif
 
-/* every lane j with blocks[j] > 0: LANES at a time while two or more have blocks left, then the scalar code */
+/* every lane j with blocks[j] > 0: LANES at a time (2 * LANES with AVX2) while min_lanes() or more have blocks left,
+ * then the scalar code */
 static void run(uint32_t *states, const uint8_t **data, Py_ssize_t *blocks, Py_ssize_t n_lanes) {
 #ifdef VECTOR
-    uint32_t spare[LANES][4]; /* the states of unused lanes, which hash lane 0's data again */
+    uint32_t spare[2 * LANES][4]; /* the states of unused lanes, which hash another lane's data again */
     for (;;) {
-        uint32_t *st[LANES];
-        const uint8_t *p[LANES];
-        Py_ssize_t idx[LANES], k = 0, m = 0;
-        for (Py_ssize_t j = 0; j < n_lanes && k < LANES; ++j)
-            if (blocks[j] > 0) {
-                idx[k] = j;
-                m = (k == 0 || blocks[j] < m) ? blocks[j] : m;
-                ++k;
-            }
+        uint32_t *st[2 * LANES];
+        const uint8_t *p[2 * LANES];
+        Py_ssize_t idx[2 * LANES], k = 0, m = 0, group = LANES;
+        for (Py_ssize_t j = 0; j < n_lanes && k < 2 * LANES; ++j)
+            if (blocks[j] > 0) idx[k++] = j;
         if (k < min_lanes()) break; /* fewer streams run faster in scalar code, two interleaved */
-        for (Py_ssize_t i = 0; i < LANES; ++i) {
+#ifdef WIDE
+        if (wide && k > LANES) group = 2 * LANES; /* measured: 16 lanes ~1.45x the speed of 8 */
+#endif
+        k = k < group ? k : group;
+        for (Py_ssize_t i = 0; i < k; ++i) m = (i == 0 || blocks[idx[i]] < m) ? blocks[idx[i]] : m;
+        for (Py_ssize_t i = 0; i < group; ++i) {
             st[i] = i < k ? states + 4 * idx[i] : spare[i];
             p[i] = data[idx[i < k ? i : 0]];
         }
 #ifdef WIDE
-        if (wide)
+        if (group > LANES)
+            vector_blocks_avx2_16(st, p, m);
+        else if (wide)
             vector_blocks_avx2(st, p, m);
         else
 #endif
@@ -375,7 +408,11 @@ PyMODINIT_FUNC PyInit__md5lanes(void) {
     wide = __builtin_cpu_supports("avx2") != 0;
 #endif
     PyObject *m = PyModule_Create(&MODULE);
-    if (m && PyModule_AddIntConstant(m, "LANES", LANES) < 0) {
+    int lanes = LANES;
+#ifdef WIDE
+    if (wide) lanes = 2 * LANES;
+#endif
+    if (m && PyModule_AddIntConstant(m, "LANES", lanes) < 0) {
         Py_DECREF(m);
         return NULL;
     }

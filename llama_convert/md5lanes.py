@@ -1,12 +1,12 @@
 """MD5 of several files in lockstep: one vector instruction advances up to ``LANES`` independent streams.
 
 One MD5 stream runs at about 0.6 GB/s on a core whatever the CPU (each step waits for the one before), so a
-checkpoint of eight shards costs eight times that. The shards are independent: ``_md5lanes.c`` keeps stream j in
-lane j of uint32 vectors (8 lanes with AVX2) and advances all of them by the same number of 64-byte blocks;
-this module does the rest of RFC 1321 (partial blocks, padding, the length, the digest) per lane, saves and
-restores lane states, and :func:`hash_files` feeds the lanes from files, a new file joining a lane as soon as
-its previous file ended. Without the compiled extension :func:`available` is False and callers hash one file
-per thread with hashlib.
+checkpoint of eight shards costs eight times that. The shards are independent: ``_md5lanes.c`` keeps stream j
+in lane j of uint32 vectors (8 lanes a vector; with AVX2 two vectors at once, 16 streams) and advances all of
+them by the same number of 64-byte blocks; this module does the rest of RFC 1321 (partial blocks, padding, the
+length, the digest) per lane, saves and restores lane states, and :func:`hash_files` feeds the lanes from
+files, a new file joining a lane as soon as its previous file ended. Without the compiled extension
+:func:`available` is False and callers hash one file per thread with hashlib.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ __all__ = [
 CHUNK_SIZE = 8 << 20
 STATE_EVERY = 256 << 20  # bytes hashed between saved MD5 states (a killed run loses at most this per file)
 LANES = True  # hash local files in lockstep (md5lanes) where the extension is built; False: hashlib per file
+LANE_CHUNK = 512 << 10  # bytes per file and round in lockstep: all lanes' chunks stay in cache until hashed
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 # Files a converter reads from a model folder: present but listed nowhere is worth reporting.
 _CONVERTED = ("*.pth", "*.pt", "params.json", "tokenizer.model")
@@ -283,8 +284,8 @@ def verify_checksums(
         starts = {i: (partial or {})[n] for i, n in enumerate(names) if n in (partial or {})}
         try:
             digests = md5lanes.hash_files(
-                [present[n] for n in names], chunk_size=CHUNK_SIZE, state_every=STATE_EVERY, starts=starts,
-                progress=count, on_done=done, on_state=saved, drop_cache=drop_cache,
+                [present[n] for n in names], chunk_size=min(CHUNK_SIZE, LANE_CHUNK), state_every=STATE_EVERY,
+                starts=starts, progress=count, on_done=done, on_state=saved, drop_cache=drop_cache,
             )  # fmt: skip
         except md5lanes.LaneReadError as exc:
             path = present[names[exc.index]]

@@ -5,8 +5,8 @@
  * vector types) holds stream j's A, B, C or D, so one vector instruction advances LANES streams by the same
  * step. Built for the generic target (SSE2 on x86-64, NEON on arm64) and, on x86-64, once more for AVX2, chosen
  * at import where the CPU has it; with AVX2 the steps of two vectors interleave (16 streams). A lane with nothing
- * to hash is masked out by not writing its state back; when
- * one or two lanes have blocks left, scalar code runs them (two interleaved: a vector of mostly idle lanes is slower).
+ * to hash is masked out by not writing its state back; when few lanes have blocks left (min_lanes), scalar code
+ * runs them, two streams interleaved (a vector of mostly idle lanes is slower).
  * -DMD5LANES_SCALAR builds the plain C code only (what compilers without vector types get).
  *
  * update(states, buffers, blocks): states is a writable buffer of 16 bytes per lane (A, B, C, D as native

@@ -259,9 +259,18 @@ def test_verify_in_lanes_read_error_and_cancel(tmp_path, monkeypatch):
     with pytest.raises(CancelledError):
         verify_checksums(model, cancel=cancel)
 
-    def failing(*args, **kwargs):
-        raise md5lanes.LaneReadError(0, OSError(5, "Input/output error"))  # paths[0]: the largest file
+    real_open = open
 
-    monkeypatch.setattr(md5lanes, "hash_files", failing)
-    with pytest.raises(InputError, match=r"Cannot read .*consolidated.01.pth \(Input/output error\)"):
+    def failing_open(path, *args, **kwargs):  # a read error on one shard, as a failing disk gives
+        f = real_open(path, *args, **kwargs)
+        if Path(path).name == "consolidated.00.pth":
+            f.close()
+            raise OSError(5, "Input/output error")
+        return f
+
+    monkeypatch.setattr(md5lanes, "open", failing_open, raising=False)
+    with pytest.raises(InputError, match=r"Cannot read .*consolidated.00.pth \(Input/output error\)"):
         verify_checksums(model)
+    with pytest.raises(md5lanes.LaneReadError) as caught:
+        md5lanes.hash_files([model / "consolidated.01.pth", model], chunk_size=4096, state_every=1 << 30)
+    assert caught.value.index == 1 and isinstance(caught.value.error, IsADirectoryError)

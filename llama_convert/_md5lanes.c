@@ -135,7 +135,12 @@ static void scalar2_blocks(uint32_t *s1, const uint8_t *p1, uint32_t *s2, const 
 #define LANES 8
 typedef uint32_t v8 __attribute__((vector_size(4 * LANES)));
 
-#if defined(__has_builtin) && __has_builtin(__builtin_shufflevector)
+#ifdef __has_builtin /* not in GCC 9 */
+#if __has_builtin(__builtin_shufflevector)
+#define SHUFFLEVECTOR 1
+#endif
+#endif
+#ifdef SHUFFLEVECTOR
 #define SHUFFLE(a, b, ...) __builtin_shufflevector(a, b, __VA_ARGS__)
 #else
 #define SHUFFLE(a, b, ...) __builtin_shuffle(a, b, (v8){__VA_ARGS__})

@@ -28,6 +28,7 @@ except ImportError:  # built without a C compiler
 __all__ = ["LANES", "LaneReadError", "Md5Lanes", "available", "hash_files", "is_state"]
 
 LANES = _c.LANES if _c is not None else 1  # streams one vector step advances
+MAX_LANES = 256  # streams one Md5Lanes holds (_md5lanes.c's MAX_LANES)
 # A saved lane state: this prefix, A B C D and the byte count (little-endian), then the pending bytes (< 64).
 # OpenSSL MD5_CTX states (md5state) are 92 raw bytes and never start with it.
 MAGIC = b"llama-convert md5lanes 1\n"
@@ -61,6 +62,8 @@ class Md5Lanes:
     def __init__(self, n: int) -> None:
         if _c is None:
             raise RuntimeError("llama_convert._md5lanes is not built")
+        if not 0 < n <= MAX_LANES:
+            raise ValueError(f"Md5Lanes takes 1 to {MAX_LANES} lanes, not {n}")
         self.n = n
         self._states = bytearray(_NATIVE.pack(*_INIT) * n)
         self._count = [0] * n

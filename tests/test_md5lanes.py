@@ -274,3 +274,15 @@ def test_verify_in_lanes_read_error_and_cancel(tmp_path, monkeypatch):
     with pytest.raises(md5lanes.LaneReadError) as caught:
         md5lanes.hash_files([model / "consolidated.01.pth", model], chunk_size=4096, state_every=1 << 30)
     assert caught.value.index == 1 and isinstance(caught.value.error, IsADirectoryError)
+
+
+def test_hash_file_starts_a_lane_state_from_byte_zero(tmp_path):
+    """A lane state handed to the one-file path (a rerun without the extension) is not mistaken for OpenSSL's."""
+    path = _files(tmp_path, [20_000])[0]
+    lanes = md5lanes.Md5Lanes(1)
+    lanes.update([path.read_bytes()[:8192]])
+    seen: list[int] = []
+    digest = verify.hash_file(path, start=(8192, lanes.state(0)), progress=seen.append)
+    assert digest == hashlib.md5(path.read_bytes()).hexdigest() and sum(seen) == 20_000
+    with pytest.raises(ValueError):
+        md5lanes.Md5Lanes(md5lanes.MAX_LANES + 1)

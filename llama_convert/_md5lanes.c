@@ -135,7 +135,7 @@ static void scalar2_blocks(uint32_t *s1, const uint8_t *p1, uint32_t *s2, const 
 #define LANES 8
 typedef uint32_t v8 __attribute__((vector_size(4 * LANES)));
 
-#ifdef __has_builtin /* not in GCC 9 */
+#if defined(__has_builtin) && !defined(MD5LANES_NO_SHUFFLEVECTOR) /* no __has_builtin in GCC 9 */
 #if __has_builtin(__builtin_shufflevector)
 #define SHUFFLEVECTOR 1
 #endif

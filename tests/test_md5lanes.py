@@ -127,9 +127,10 @@ def test_update_refuses_short_buffers():
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux") or not shutil.which("cc"), reason="needs a Linux C compiler")
-@pytest.mark.parametrize("define", ["-DMD5LANES_SCALAR", "-DMD5LANES_NO_AVX2"])
+@pytest.mark.parametrize("define", ["-DMD5LANES_SCALAR", "-DMD5LANES_NO_AVX2", "-DMD5LANES_NO_SHUFFLEVECTOR"])
 def test_other_builds_equal_hashlib(tmp_path, define):
-    """The plain C build (what compilers without vector types get) and the build without AVX2."""
+    """The plain C build (what compilers without vector types get), the build without AVX2, and the one with
+    GCC 9's __builtin_shuffle."""
     source = Path(md5lanes.__file__).with_name("_md5lanes.c")
     target = tmp_path / f"_md5lanes{sysconfig.get_config_var('EXT_SUFFIX')}"
     include = sysconfig.get_paths()["include"]
@@ -138,7 +139,9 @@ def test_other_builds_equal_hashlib(tmp_path, define):
     spec = importlib.util.spec_from_file_location("_md5lanes", target)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert module.isa() == ("scalar" if define == "-DMD5LANES_SCALAR" else "vector")
+    assert module.isa() == {"-DMD5LANES_SCALAR": "scalar", "-DMD5LANES_NO_AVX2": "vector"}.get(
+        define, md5lanes._c.isa()
+    )
     rng = random.Random(9)
     data = [rng.randbytes(rng.choice([*EDGES, rng.randrange(9000)])) for _ in range(11)]
     padded = [d + b"\x80" + bytes((55 - len(d)) % 64) + struct.pack("<Q", 8 * len(d)) for d in data]

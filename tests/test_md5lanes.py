@@ -177,6 +177,7 @@ def test_hash_files_with_more_files_than_lanes(tmp_path):
     want = [hashlib.md5(p.read_bytes()).hexdigest() for p in paths]
     assert digests == want and done == dict(enumerate(want))
     assert sum(seen) == sum(sizes) and all(n > 0 for n in seen)
+    assert md5lanes.hash_files(paths, chunk_size=chunk, state_every=1 << 30, drop_cache=True) == want
 
 
 def test_hash_files_saves_states_a_rerun_continues(tmp_path):

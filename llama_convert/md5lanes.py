@@ -25,7 +25,7 @@ try:
 except ImportError:  # built without a C compiler
     _c = None
 
-__all__ = ["LANES", "LaneReadError", "Md5Lanes", "available", "hash_files", "is_state"]
+__all__ = ["LANES", "LaneReadError", "Md5Lanes", "available", "from_openssl", "hash_files", "is_state", "to_openssl"]
 
 LANES = _c.LANES if _c is not None else 1  # streams one vector step advances
 MAX_LANES = 256  # streams one Md5Lanes holds (_md5lanes.c's MAX_LANES)
@@ -54,6 +54,70 @@ def available() -> bool:
 def is_state(state: bytes) -> bool:
     """Whether ``state`` is a lane state saved by :meth:`Md5Lanes.state` (not, e.g., an OpenSSL one)."""
     return bytes(state[: len(MAGIC)]) == MAGIC
+
+
+# OpenSSL's MD5_CTX (what md5state saves): A B C D, the bit count (low, high), a 64-byte block buffer, its fill.
+_CTX = struct.Struct("=6I64sI")
+
+
+def from_openssl(state: bytes) -> bytes | None:
+    """An OpenSSL MD5 state (``md5state``) as a lane state, or None when it is not one or this process could not
+    check that its OpenSSL's states have that layout."""
+    return _from_ctx(state) if _layout_checked() else None
+
+
+def to_openssl(state: bytes) -> bytes | None:
+    """A lane state as an OpenSSL MD5 state (for ``md5state.Md5``), or None (not a lane state, or unchecked)."""
+    return _to_ctx(state) if _layout_checked() else None
+
+
+def _from_ctx(state: bytes) -> bytes | None:
+    if len(state) != _CTX.size or is_state(state):
+        return None
+    *words, low, high, block, num = _CTX.unpack(state)
+    count = ((high << 32) | low) >> 3
+    if num != count % 64 or low & 7:
+        return None
+    return MAGIC + _SAVED.pack(*words, count) + block[:num]
+
+
+def _to_ctx(state: bytes) -> bytes | None:
+    head = len(MAGIC) + _SAVED.size
+    if not is_state(state) or len(state) < head:
+        return None
+    *words, count = _SAVED.unpack_from(state, len(MAGIC))
+    pending = bytes(state[head:])
+    if len(pending) != count % 64:
+        return None
+    bits = (8 * count) & (2**64 - 1)
+    return _CTX.pack(*words, bits & 0xFFFFFFFF, bits >> 32, pending.ljust(64, b"\0"), len(pending))
+
+
+@cache
+def _layout_checked() -> bool:
+    """Whether OpenSSL's states read as _CTX here: a state moved each way mid-block continues to hashlib's md5."""
+    from . import md5state  # only here: it loads OpenSSL
+
+    if not md5state.saveable() or not available():
+        return False
+    data = bytes(range(256)) * 11 + b"tail"
+    ssl = md5state.Md5()
+    ssl.update(data[:1001])
+    lane_state = _from_ctx(ssl.state() or b"")
+    if lane_state is None:
+        return False
+    lanes = Md5Lanes(1)
+    lanes.reset(0, lane_state)
+    lanes.update([data[1001:]])
+    try:
+        back = md5state.Md5(_to_ctx(lanes.state(0)))
+    except ValueError:
+        return False
+    back.update(b"more")
+    return (lanes.hexdigest(0), back.hexdigest()) == (
+        hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        hashlib.md5(data + b"more", usedforsecurity=False).hexdigest(),
+    )
 
 
 class Md5Lanes:

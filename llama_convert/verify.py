@@ -172,8 +172,10 @@ def hash_file(
     can save states), for a rerun to continue from.
     """
     saving = on_state is not None and md5state.saveable()
-    if start is not None and (not md5state.saveable() or md5lanes.is_state(start[1])):
-        start = None  # a lane state (md5lanes) is not continued here: hash from byte 0
+    if start is not None and md5lanes.is_state(start[1]):  # saved in lanes (md5lanes): as OpenSSL's, or from 0
+        start = None if (state := md5lanes.to_openssl(start[1])) is None else (start[0], state)
+    if start is not None and not md5state.saveable():
+        start = None
     digest: Any = md5state.Md5(start[1] if start else None) if saving or start else hashlib.md5(usedforsecurity=False)
     buffer = bytearray(chunk_size or CHUNK_SIZE)
     view = memoryview(buffer)
@@ -266,10 +268,11 @@ def verify_checksums(
             on_file(name, expected[name], actual)
         return name, actual
 
-    # In lanes: local files, and no file an OpenSSL state of an earlier run continues (hash_file does that).
+    # In lanes: local files, continued from a lane state or an OpenSSL one (from a run without lanes) moved to lanes.
     def in_lanes(name: str) -> bool:
         state = (partial or {}).get(name)
-        return isinstance(present[name], (str, os.PathLike)) and (state is None or md5lanes.is_state(state[1]))
+        lane_state = state is None or md5lanes.is_state(state[1]) or md5lanes.from_openssl(state[1]) is not None
+        return isinstance(present[name], (str, os.PathLike)) and lane_state
 
     lanes = [n for n in todo if in_lanes(n)] if LANES and md5lanes.available() else []
     if len(lanes) < 2 and not any(n in (partial or {}) for n in lanes):  # one file: OpenSSL is faster than a lane
@@ -281,7 +284,10 @@ def verify_checksums(
                 on_file(names[i], expected[names[i]], actual)
 
         saved = None if on_state is None else lambda i, offset, state: on_state(names[i], offset, state)
-        starts = {i: (partial or {})[n] for i, n in enumerate(names) if n in (partial or {})}
+        starts = {}
+        for i, n in enumerate(names):
+            if (start := (partial or {}).get(n)) is not None:
+                starts[i] = start if md5lanes.is_state(start[1]) else (start[0], md5lanes.from_openssl(start[1]))
         try:
             digests = md5lanes.hash_files(
                 [present[n] for n in names], chunk_size=min(CHUNK_SIZE, LANE_CHUNK), state_every=STATE_EVERY,

@@ -232,7 +232,8 @@ def test_verify_in_lanes_names_the_one_corrupted_shard(tmp_path, monkeypatch, n)
     assert report.bytes_hashed == sum(p.stat().st_size for p in model.glob("*.pth"))
 
 
-def test_verify_resumes_in_lanes_and_hands_openssl_states_to_hash_file(tmp_path, monkeypatch):
+def test_verify_resumes_in_lanes_openssl_states_too(tmp_path, monkeypatch):
+    """Lane states saved by a killed run continue in lanes; so do OpenSSL states of a run without lanes."""
     from llama_convert import md5state
 
     monkeypatch.setattr(verify, "CHUNK_SIZE", 4096)
@@ -242,15 +243,37 @@ def test_verify_resumes_in_lanes_and_hands_openssl_states_to_hash_file(tmp_path,
     assert verify_checksums(model, on_state=lambda name, o, s: states.setdefault(name, (o, s))).ok
     assert set(states) == {"consolidated.00.pth", "consolidated.01.pth", "consolidated.02.pth"}
     assert all(md5lanes.is_state(s) for _, s in states.values())
+    starts: list[dict] = []
+    real = md5lanes.hash_files
+    monkeypatch.setattr(md5lanes, "hash_files", lambda paths, **kw: starts.append(kw["starts"]) or real(paths, **kw))
     seen: list[int] = []
     report = verify_checksums(model, partial=states, progress=seen.append)
     assert report.ok and sum(seen) == 120_000 - sum(o for o, _ in states.values())
-    if md5state.saveable():  # an OpenSSL state of a run without lanes: that file continues in hash_file
-        ssl = md5state.Md5()
-        ssl.update((model / "consolidated.00.pth").read_bytes()[:8192])
-        partial = {"consolidated.00.pth": (8192, ssl.state())}
-        seen = []
-        assert verify_checksums(model, partial=partial, progress=seen.append).ok and sum(seen) == 120_000 - 8192
+    if not md5state.saveable():
+        return
+    ssl = md5state.Md5()
+    ssl.update((model / "consolidated.00.pth").read_bytes()[: 8192 + 100])  # mid-block
+    partial = {"consolidated.00.pth": (8292, ssl.state())}
+    seen = []
+    assert verify_checksums(model, partial=partial, progress=seen.append).ok and sum(seen) == 120_000 - 8292
+    assert md5lanes.is_state(starts[-1][0][1])  # continued in lanes
+
+
+def test_states_move_between_lanes_and_openssl():
+    from llama_convert import md5state
+
+    if not md5state.saveable():
+        pytest.skip("this Python's OpenSSL has no MD5_Init/MD5_Update: no OpenSSL states")
+    data = os.urandom(5000)
+    for cut in (0, 1, 63, 64, 1000, 4999):
+        lanes = md5lanes.Md5Lanes(1)
+        lanes.update([data[:cut]])
+        ssl = md5state.Md5(md5lanes.to_openssl(lanes.state(0)))
+        ssl.update(data[cut:])
+        assert ssl.hexdigest() == hashlib.md5(data).hexdigest()
+        assert md5lanes.from_openssl(md5lanes.to_openssl(lanes.state(0))) == lanes.state(0)
+    assert md5lanes.to_openssl(bytes(92)) is None and md5lanes.from_openssl(lanes.state(0)) is None
+    assert md5lanes.from_openssl(b"short") is None
 
 
 def test_verify_in_lanes_read_error_and_cancel(tmp_path, monkeypatch):
@@ -280,13 +303,17 @@ def test_verify_in_lanes_read_error_and_cancel(tmp_path, monkeypatch):
     assert caught.value.index == 1 and isinstance(caught.value.error, IsADirectoryError)
 
 
-def test_hash_file_starts_a_lane_state_from_byte_zero(tmp_path):
-    """A lane state handed to the one-file path (a rerun without the extension) is not mistaken for OpenSSL's."""
+def test_hash_file_continues_a_lane_state(tmp_path):
+    """A lane state handed to the one-file path (a remote file, a rerun without the extension) continues as an
+    OpenSSL state where OpenSSL's are saveable, else from byte 0; never mistaken for OpenSSL's own."""
+    from llama_convert import md5state
+
     path = _files(tmp_path, [20_000])[0]
     lanes = md5lanes.Md5Lanes(1)
     lanes.update([path.read_bytes()[:8192]])
     seen: list[int] = []
     digest = verify.hash_file(path, start=(8192, lanes.state(0)), progress=seen.append)
-    assert digest == hashlib.md5(path.read_bytes()).hexdigest() and sum(seen) == 20_000
+    assert digest == hashlib.md5(path.read_bytes()).hexdigest()
+    assert sum(seen) == (20_000 - 8192 if md5state.saveable() else 20_000)
     with pytest.raises(ValueError):
         md5lanes.Md5Lanes(md5lanes.MAX_LANES + 1)

@@ -126,7 +126,7 @@ def test_a_killed_verification_continues_from_its_saved_md5_state(lanes, sources
     assert result.verified
     continued = {name: (who, s) for name, (who, s) in starts.items() if s is not None}
     assert continued and all(offset >= 16 << 10 for _, (offset, _) in continued.values()), starts
-    # a lane state continues in lanes, an OpenSSL state in hash_file (each would start the other's from byte 0)
+    # saved and continued the same way: lane states in lanes, OpenSSL states in hash_file
     assert all(md5lanes.is_state(state) == lanes == (who == "lanes") for who, (_, state) in continued.values())
     _same(reference, dst)
 

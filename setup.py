@@ -1,5 +1,6 @@
-"""The optional compiled quantizers (``llama_convert/formats/gguf/quants/_native.c``); everything else is in
-pyproject.toml. Without a C compiler the build skips the extension and the numpy kernels (same bytes) are used."""
+"""The optional compiled quantizers (``llama_convert/formats/gguf/quants/_native.c``) and multi-buffer MD5
+(``llama_convert/_md5lanes.c``); everything else is in pyproject.toml. Without a C compiler the build skips them:
+the numpy kernels (same bytes) quantize and hashlib verifies checksums, one file per thread."""
 
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
@@ -23,7 +24,8 @@ setup(
             ["llama_convert/formats/gguf/quants/_native.c"],
             depends=["llama_convert/formats/gguf/quants/_native_lanes.h"],
             optional=True,
-        )
+        ),
+        Extension("llama_convert._md5lanes", ["llama_convert/_md5lanes.c"], optional=True),
     ],
     cmdclass={"build_ext": BuildExt},
 )

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import md5state
+from . import md5lanes, md5state
 from .errors import ChecksumError, InputError, MissingFileError
 from .formats.storage import as_source_path
 
@@ -38,6 +38,8 @@ __all__ = [
 
 CHUNK_SIZE = 8 << 20
 STATE_EVERY = 256 << 20  # bytes hashed between saved MD5 states (a killed run loses at most this per file)
+LANES = True  # hash local files in lockstep (md5lanes) where the extension is built; False: hashlib per file
+LANE_CHUNK = 512 << 10  # bytes per file and round in lockstep: all lanes' chunks stay in cache until hashed
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")
 # Files a converter reads from a model folder: present but listed nowhere is worth reporting.
 _CONVERTED = ("*.pth", "*.pt", "params.json", "tokenizer.model")
@@ -170,6 +172,8 @@ def hash_file(
     can save states), for a rerun to continue from.
     """
     saving = on_state is not None and md5state.saveable()
+    if start is not None and md5lanes.is_state(start[1]):  # saved in lanes (md5lanes): as OpenSSL's, or from 0
+        start = None if (state := md5lanes.to_openssl(start[1])) is None else (start[0], state)
     if start is not None and not md5state.saveable():
         start = None
     digest: Any = md5state.Md5(start[1] if start else None) if saving or start else hashlib.md5(usedforsecurity=False)
@@ -217,7 +221,8 @@ def verify_checksums(
     on_state: Callable[[str, int, bytes], None] | None = None,
 ) -> VerifyReport:
     """Hash every file the checklists of ``src`` list, in ``workers`` threads (default: one per
-    file, at most one per CPU), and compare with the expected md5s.
+    file, at most one per CPU), and compare with the expected md5s. Local files are hashed in lockstep,
+    several per vector instruction, in one of those threads where :mod:`md5lanes` is built.
 
     ``progress`` receives byte counts, one call at a time. Names in ``skip`` are only checked for
     presence: a caller hashing them while reading (:class:`Md5Stream`) compares them against
@@ -263,9 +268,41 @@ def verify_checksums(
             on_file(name, expected[name], actual)
         return name, actual
 
+    # In lanes: local files, continued from a lane state or an OpenSSL one (from a run without lanes) moved to lanes.
+    def in_lanes(name: str) -> bool:
+        state = (partial or {}).get(name)
+        lane_state = state is None or md5lanes.is_state(state[1]) or md5lanes.from_openssl(state[1]) is not None
+        return isinstance(present[name], (str, os.PathLike)) and lane_state
+
+    lanes = [n for n in todo if in_lanes(n)] if LANES and md5lanes.available() else []
+    if len(lanes) < 2 and not any(n in (partial or {}) for n in lanes):  # one file: OpenSSL is faster than a lane
+        lanes = []
+
+    def run_lanes(names: list[str]) -> list[tuple[str, str]]:
+        def done(i: int, actual: str) -> None:
+            if on_file is not None:
+                on_file(names[i], expected[names[i]], actual)
+
+        saved = None if on_state is None else lambda i, offset, state: on_state(names[i], offset, state)
+        starts = {}
+        for i, n in enumerate(names):
+            if (start := (partial or {}).get(n)) is not None:
+                starts[i] = start if md5lanes.is_state(start[1]) else (start[0], md5lanes.from_openssl(start[1]))
+        try:
+            digests = md5lanes.hash_files(
+                [present[n] for n in names], chunk_size=min(CHUNK_SIZE, LANE_CHUNK), state_every=STATE_EVERY,
+                starts=starts, progress=count, on_done=done, on_state=saved, drop_cache=drop_cache,
+            )  # fmt: skip
+        except md5lanes.LaneReadError as exc:
+            path = present[names[exc.index]]
+            raise InputError(f"Cannot read {path} ({exc.error.strerror}); check the file or {_NO_VERIFY}.") from exc
+        return list(zip(names, digests, strict=True))
+
     pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="md5")
     try:
-        actual = dict(pool.map(run, todo))
+        jobs = [pool.submit(run_lanes, lanes)] if lanes else []
+        jobs += [pool.submit(lambda n: [run(n)], n) for n in todo if n not in lanes]
+        actual = dict(pair for job in jobs for pair in job.result())
     finally:
         # On an error or Ctrl-C, stop the other threads at their next chunk instead of their last.
         stop.set()

@@ -24,6 +24,7 @@ LAYERS: dict[str, int] = {
     "tokenizer": 1,
     "output": 1,
     "md5state": 0,
+    "md5lanes": 0,
     "ahead": 0,
     "resume": 1,
     "verify": 1,

@@ -87,14 +87,18 @@ def test_a_changed_option_starts_clean(sources, tmp_path):
     _same(reference, dst)
 
 
-def test_a_killed_verification_continues_from_its_saved_md5_state(sources, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lanes", [False, True], ids=["hashlib", "lanes"])
+def test_a_killed_verification_continues_from_its_saved_md5_state(lanes, sources, tmp_path, monkeypatch):
     """The background verifier saves its running MD5 state in the journal as it goes; a rerun continues each
-    source file from there instead of hashing it from the start, and still verifies every file."""
-    from llama_convert import md5state, verify
+    source file from there instead of hashing it from the start, and still verifies every file. Both ways of
+    hashing: one file per thread (OpenSSL states) and files in lockstep (md5lanes states)."""
+    from llama_convert import md5lanes, md5state, verify
 
-    if not md5state.saveable():
+    if not lanes and not md5state.saveable():
         pytest.skip("this Python's OpenSSL has no MD5_Init/MD5_Update: states cannot be saved")
-    settings = {"CHUNK_SIZE": 16 << 10, "STATE_EVERY": 16 << 10}
+    if lanes and not md5lanes.available():
+        pytest.skip("llama_convert._md5lanes is not built")
+    settings = {"CHUNK_SIZE": 16 << 10, "STATE_EVERY": 16 << 10, "LANES": lanes}
     reference = tmp_path / "reference.gguf"
     assert main(["convert", str(sources["meta"]), str(reference), "-q", "--no-verify"]) == 0
     dst = tmp_path / "out.gguf"
@@ -103,20 +107,27 @@ def test_a_killed_verification_continues_from_its_saved_md5_state(sources, tmp_p
         ["convert", str(sources["meta"]), str(dst), "-q"], after=3, on=("hashing",), verify_settings=settings
     )
     assert _killed_on.returncode == -signal.SIGKILL, _killed_on.stderr
-    starts: dict[str, tuple[int, bytes] | None] = {}
-    real = verify.hash_file
+    starts: dict[str, tuple[str, tuple[int, bytes] | None]] = {}  # name → (who hashed it, where it started)
+    real, real_lanes = verify.hash_file, md5lanes.hash_files
 
     def spy(path, **kwargs):
-        starts[Path(path).name] = kwargs.get("start")
+        starts[Path(path).name] = ("hash_file", kwargs.get("start"))
         return real(path, **kwargs)
+
+    def spy_lanes(paths, **kwargs):
+        starts.update({Path(p).name: ("lanes", kwargs["starts"].get(i)) for i, p in enumerate(paths)})
+        return real_lanes(paths, **kwargs)
 
     for name, value in settings.items():
         monkeypatch.setattr(verify, name, value)
     monkeypatch.setattr(verify, "hash_file", spy)
+    monkeypatch.setattr(md5lanes, "hash_files", spy_lanes)
     result = llama_convert.convert(sources["meta"], dst)
     assert result.verified
-    continued = {name: s[0] for name, s in starts.items() if s is not None}
-    assert continued and all(offset >= 16 << 10 for offset in continued.values()), starts
+    continued = {name: (who, s) for name, (who, s) in starts.items() if s is not None}
+    assert continued and all(offset >= 16 << 10 for _, (offset, _) in continued.values()), starts
+    # saved and continued the same way: lane states in lanes, OpenSSL states in hash_file
+    assert all(md5lanes.is_state(state) == lanes == (who == "lanes") for who, (_, state) in continued.values())
     _same(reference, dst)
 
 

@@ -18,6 +18,19 @@ from llama_convert.verify import (
     verify_checksums,
 )
 
+
+@pytest.fixture(autouse=True, params=["lanes", "hashlib"])
+def hashing(request, monkeypatch):
+    """Every test both ways: local files in lockstep (md5lanes, where built) and one file per thread (hashlib)."""
+    from llama_convert import md5lanes
+
+    if request.param == "lanes" and not md5lanes.available():
+        pytest.skip("llama_convert._md5lanes is not built")
+    if request.param == "hashlib":
+        monkeypatch.setattr(md5lanes, "available", lambda: False)
+    return request.param
+
+
 FILES = {
     "consolidated.00.pth": b"shard zero " * 1000,
     "consolidated.01.pth": b"shard one " * 700,

@@ -263,7 +263,8 @@ def e2e(args: argparse.Namespace) -> int:
     types, hf_types = args.types.split(","), args.hf_types.split(",") if args.hf_types else []
     models = args.models.split(",")
     cases = [c for c in base.CASES if c.key in models] + [k for k in LLAMA4_E2E if k in models]
-    spm = base.train_sentencepiece(args.workdir / "spm") if any(getattr(c, "family", "") == "llama2" for c in cases) else None
+    llama2 = any(getattr(c, "family", "") == "llama2" for c in cases)
+    spm = base.train_sentencepiece(args.workdir / "spm") if llama2 else None
     rows, failed = [], 0
     for case in cases:
         key = case if isinstance(case, str) else case.key

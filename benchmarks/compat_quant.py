@@ -8,7 +8,10 @@ rounds as our numpy kernels do) unless ``--quantize`` names a built one, and use
 ``e2e`` — for Llama 3.1 8B-shaped (width 256: ffn rows of 896 are not whole super-blocks, so they fall back),
 Llama 3.2 1B-shaped (tied embeddings, ffn 1024), Llama 3.1 70B-shaped (80 layers, MP8, width 256: the 70B
 rule) and Llama 2 7B chat-shaped (SentencePiece, ffn 704) checkpoints, each with its release's real
-tokenizer, and every file type:
+tokenizer, and Llama 4 Scout- and Maverick-shaped ones (``4-scout``: 16 experts in each of 8 layers, MP1;
+``4-maverick``: 128 experts in every other one of 4 layers, MP2; Meta's reference model, width 256, experts of
+416 rows so that ffn_down falls back, Meta's Llama 4 tokenizer; text model only, no projector), and every file
+type:
 
 1. synthesize the Meta checkpoint and convert it to a Hugging Face folder with llama-convert;
 2. llama.cpp: ``convert_hf_to_gguf.py --outtype bf16`` of that folder, then ``llama-quantize IN OUT TYPE 2``;

@@ -8,7 +8,10 @@ rounds as our numpy kernels do) unless ``--quantize`` names a built one, and use
 ``e2e`` — for Llama 3.1 8B-shaped (width 256: ffn rows of 896 are not whole super-blocks, so they fall back),
 Llama 3.2 1B-shaped (tied embeddings, ffn 1024), Llama 3.1 70B-shaped (80 layers, MP8, width 256: the 70B
 rule) and Llama 2 7B chat-shaped (SentencePiece, ffn 704) checkpoints, each with its release's real
-tokenizer, and every file type:
+tokenizer, and Llama 4 Scout- and Maverick-shaped ones (``4-scout``: 16 experts in each of 8 layers, MP1;
+``4-maverick``: 128 experts in every other one of 4 layers, MP2; Meta's reference model, width 256, experts of
+416 rows so that ffn_down falls back, Meta's Llama 4 tokenizer; text model only, no projector), and every file
+type:
 
 1. synthesize the Meta checkpoint and convert it to a Hugging Face folder with llama-convert;
 2. llama.cpp: ``convert_hf_to_gguf.py --outtype bf16`` of that folder, then ``llama-quantize IN OUT TYPE 2``;
@@ -56,6 +59,11 @@ NAMING_KEYS = frozenset(
 )  # fmt: skip
 E2E = {"3.1-8b-instruct": 8, "3.2-1b": 8, "3.1-70b-mp8": 4, "2-7b-chat": 8}  # case → head_dim
 E2E_LAYERS = {"3.1-70b-mp8": 80}
+# Llama 4 cases: release params (llama_convert.testing.llama4) shrunk → (kind, MP, seed, layers, experts, folder).
+LLAMA4_E2E = {
+    "4-scout": ("scout", 1, 40, 8, 16, "Llama-4-Scout-17B-16E-Instruct"),
+    "4-maverick": ("maverick", 2, 41, 4, 128, "Llama-4-Maverick-17B-128E-Instruct"),
+}
 
 
 # --- building llama-quantize -------------------------------------------------------------------------
@@ -256,40 +264,46 @@ def e2e(args: argparse.Namespace) -> int:
 
     binary = args.quantize or build_quantize(args.workdir, args.source)
     types, hf_types = args.types.split(","), args.hf_types.split(",") if args.hf_types else []
-    cases = [c for c in base.CASES if c.key in args.models.split(",")]
-    spm = base.train_sentencepiece(args.workdir / "spm") if any(c.family == "llama2" for c in cases) else None
+    models = args.models.split(",")
+    cases = [c for c in base.CASES if c.key in models] + [k for k in LLAMA4_E2E if k in models]
+    llama2 = any(getattr(c, "family", "") == "llama2" for c in cases)
+    spm = base.train_sentencepiece(args.workdir / "spm") if llama2 else None
     rows, failed = [], 0
     for case in cases:
-        work = args.workdir / case.key
+        key = case if isinstance(case, str) else case.key
+        work = args.workdir / key
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        base.HEAD_DIM, base.N_LAYERS = E2E[case.key], E2E_LAYERS.get(case.key, 2)
-        src = synthesize(work / case.folder, base.synth_spec(case, spm))
-        hf = work / "hf" / case.hf_name
+        if isinstance(case, str):
+            src, hf_name = synthesize_llama4(case, work)
+        else:
+            base.HEAD_DIM, base.N_LAYERS = E2E[case.key], E2E_LAYERS.get(case.key, 2)
+            src, hf_name = synthesize(work / case.folder, base.synth_spec(case, spm)), case.hf_name
+        hf = work / "hf" / hf_name
         hf.parent.mkdir()
         llama_convert.convert(src, hf)
         bf16 = work / "llamacpp.bf16.gguf"
         args.outtype = "bf16"
         rc, _ = base.run_converter(args, hf, bf16, work / "convert.log")
         if rc:
-            rows.append((case.key, "bf16", [f"llama.cpp's converter exited {rc}"], 0.0, 0.0))
+            rows.append((key, "bf16", [f"llama.cpp's converter exited {rc}"], 0.0, 0.0))
             failed += 1
             continue
         for outtype in types:
             theirs, ours = work / f"llamacpp.{outtype}.gguf", work / f"ours.{outtype}.gguf"
             c_seconds = quantize(binary, bf16, theirs, outtype, work / f"quantize.{outtype}.log")
             started = time.perf_counter()
-            llama_convert.convert(src, ours, to="gguf", outtype=outtype.upper())
+            llama_convert.convert(src, ours, to="gguf", outtype=outtype.upper(), mmproj=False)
             our_seconds = time.perf_counter() - started
             diffs = compare(theirs, ours, naming_too=False)
             if outtype in hf_types:
                 from_hf = work / f"ours-from-hf.{outtype}.gguf"
-                llama_convert.convert(hf, from_hf, outtype=outtype)
+                llama_convert.convert(hf, from_hf, outtype=outtype, mmproj=False)
                 diffs += [f"from HF: {d}" for d in compare(theirs, from_hf, naming_too=True)]
                 from_hf.unlink()
-            rows.append((case.key, outtype, diffs, c_seconds, our_seconds))
+            rows.append((key, outtype, diffs, c_seconds, our_seconds))
             failed += bool(diffs)
-            print(case.key, outtype, "same" if not diffs else f"{len(diffs)} differences", flush=True)
+            print(key, outtype, "same" if not diffs else f"{len(diffs)} differences", flush=True)
             theirs.unlink()
             ours.unlink()
         shutil.rmtree(work, ignore_errors=True)
@@ -298,6 +312,27 @@ def e2e(args: argparse.Namespace) -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(report)
     return 1 if failed else 0
+
+
+def synthesize_llama4(case: str, work: Path) -> tuple[Path, str]:
+    """A Llama 4 checkpoint in Meta's layout (Meta's reference model, ``tests/llama4_fixtures.py``) of the
+    release's params shrunk: width 256 with 8 heads over 2 KV heads (rows of 256: K-quants apply; GQA 4), routed
+    and shared experts of 416 rows (``multiple_of`` 32: ffn_down rows fall back), the release's expert count
+    and interleaving, Meta's real Llama 4 tokenizer (202,048 tokens) and a 3-layer vision tower (the fewest
+    llama.cpp's converter names). Returns the folder and the Hugging Face folder's name."""
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    import llama4_fixtures as fx
+
+    from llama_convert.testing.llama4 import MAVERICK_PARAMS, SCOUT_PARAMS
+
+    kind, mp, seed, layers, experts, folder = LLAMA4_E2E[case]
+    release = SCOUT_PARAMS if kind == "scout" else MAVERICK_PARAMS
+    params = {**release, "dim": 256, "n_layers": layers, "n_heads": 8, "n_kv_heads": 2, "multiple_of": 32}
+    params["moe_args"] = {**release["moe_args"], "num_experts": experts}
+    params["vision_args"] = {**fx.gguf_params(kind)["vision_args"]}
+    fx.init_model_parallel(work.parent)
+    fx.cpu_threads()
+    return fx.make_checkpoint(work / folder, kind, mp=mp, seed=seed, params=params), folder + "-hf"
 
 
 def markdown(rows: list[tuple], info: dict[str, str], hf_types: list[str]) -> str:

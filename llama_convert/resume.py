@@ -133,7 +133,9 @@ class Journal:
 
     def hashing(self, name: str, offset: int, state: bytes) -> None:
         """Source file ``name``'s first ``offset`` bytes hash to the saved MD5 ``state`` (``md5state``)."""
-        self._write_line({"hashing": name, "offset": offset, "md5_state": state.hex()}, mode="a")
+        # Not fsync'd: an fsync amid the conversion's writes waits for the disk, and the line is only a shortcut
+        # (after a kill the page cache keeps it; after a power loss it is missing or torn, then ignored).
+        self._write_line({"hashing": name, "offset": offset, "md5_state": state.hex()}, mode="a", sync=False)
 
     def partial_hashes(self) -> dict[str, tuple[int, bytes]]:
         """The last saved MD5 state of each source file hashed part way: name → (offset, state)."""
@@ -167,8 +169,9 @@ class Journal:
         }
         self._write_line(entry, mode="a")
 
-    def _write_line(self, value: dict[str, Any], *, mode: str) -> None:
+    def _write_line(self, value: dict[str, Any], *, mode: str, sync: bool = True) -> None:
         with _LOCK, open(self.path, mode, encoding="utf-8") as f:
             f.write(json.dumps(value) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+            if sync:
+                os.fsync(f.fileno())

@@ -16,6 +16,7 @@ from ..execute import write_weights
 from ..families import family_of
 from ..formats.meta.torch_zip import TorchCheckpoint
 from ..formats.peft import Adapter
+from ..formats.storage import is_remote
 from ..options import ConversionResult, ConvertOptions, Progress, as_dtype
 from ..plan import ConversionPlan, build_plan, parse_size
 from ..resume import fingerprint
@@ -67,6 +68,8 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
     family = family_of(spec)
     with_tokenizer = opts.tokenizer or opts.tokenizer_only
     tie = None if opts.tokenizer_only else family.tied_rows(spec)
+    remote = is_remote(spec.folder.root)
+    checks = [lambda: check_tied_rows(tie, plan, None)] if tie is not None and not remote else []
     sources = [*spec.shards, spec.folder.params_path, *([spec.folder.tokenizer] if spec.folder.tokenizer else [])]
     sources += sorted(spec.folder.root.glob("fp8_scales_*.pt"))  # an FP8 release: its scales make the values
     key = fingerprint(
@@ -86,7 +89,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
                 on_file_done=stage.record,
                 observe=changes.__setitem__,
             )
-            if tie is not None:
+            if tie is not None and remote:
                 check_tied_rows(tie, plan, stage.path)
         metadata = stage.beside.results()[0]
         assert isinstance(metadata, dict)
@@ -105,7 +108,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
         label=f"Converting {spec.name}",
         staging="resumable",
         verify_root=None if opts.tokenizer_only else spec.folder.root,
-        jobs=[lambda: family.metadata_files(spec, plan.dtype, tokenizer=with_tokenizer)],
+        jobs=[lambda: family.metadata_files(spec, plan.dtype, tokenizer=with_tokenizer), *checks],
         fingerprint=key,
         planned_files=len(plan.files),
         total=0 if opts.tokenizer_only else plan.total_size,

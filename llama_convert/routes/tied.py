@@ -1,11 +1,12 @@
 """The full check behind a sampled tie: every row of the tensor a tied model's folder leaves out equals the
 one it writes.
 
-It runs after the weight stream and reads the dropped tensor once, in file order after everything the stream
-read (for a remote source, the checksum is computed from those same bytes instead of fetching them again),
-against the kept tensor's bytes in the staged output (just written, so no second read of the source). Where
-the written tensor is not the source's bytes as they were (a cast, a merged adapter) the source tensors are
-compared with each other instead.
+For a remote source it runs after the weight stream and reads the dropped tensor once, in file order after
+everything the stream read (the checksum is computed from those same bytes instead of fetching them again),
+against the kept tensor's bytes in the staged output (no second fetch of the source). For a local source it
+runs beside the stream and compares the two source tensors (their pages are read anyway; after the stream it
+would wait for the disk). Where the written tensor is not the source's bytes as they were (a cast, a merged
+adapter) the source tensors are compared with each other too.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from ..plan import ConversionPlan, TiedRows
 __all__ = ["check_tied_rows"]
 
 
-def check_tied_rows(tie: TiedRows, plan: ConversionPlan, out_dir: Path) -> None:
-    """Raise ``ConversionError(tie.mismatch)`` unless every row of ``tie.dropped`` equals ``tie.kept``."""
+def check_tied_rows(tie: TiedRows, plan: ConversionPlan, out_dir: Path | None) -> None:
+    """Raise ``ConversionError(tie.mismatch)`` unless every row of ``tie.dropped`` equals ``tie.kept``: against
+    the written tensor in ``out_dir`` (after the stream), or with ``out_dir`` None against its source tensor
+    (beside the stream: a local source's pages are read by the stream anyway)."""
     (out_file,) = [f for f in plan.files if any(t.name == tie.kept for t in f.tensors)]
     (kept,) = [t for t in out_file.tensors if t.name == tie.kept]
     shards = [TorchCheckpoint(path) for path in plan.spec.shards]
@@ -37,7 +40,7 @@ def check_tied_rows(tie: TiedRows, plan: ConversionPlan, out_dir: Path) -> None:
         parts = tuple(dataclasses.replace(p, source=tie.dropped) for p in kept.parts)
         dropped = produce_blocks(dataclasses.replace(as_stored, parts=parts), shards)
         source_rows = None
-        if kept.deltas or kept.dtype != kept.source_dtype:  # the written bytes are not the source's
+        if out_dir is None or kept.deltas or kept.dtype != kept.source_dtype:  # not the written bytes
             source_rows = produce_blocks(as_stored, shards)
         else:
             written = SafetensorsFile(out_dir / out_file.name)

@@ -251,7 +251,7 @@ def hash_files(
                     continue
                 got = len(chunks[lane])
                 if drop_cache:
-                    _advise(slot[1].fileno(), slot[2], got, "POSIX_FADV_DONTNEED")
+                    advise(slot[1].fileno(), slot[2], got, "POSIX_FADV_DONTNEED")
                 slot[2] += got
                 if on_state is not None and slot[2] - slot[3] >= state_every:
                     on_state(slot[0], slot[2], hasher.state(lane))
@@ -283,12 +283,12 @@ def _open(hasher: Md5Lanes, lane: int, index: int, paths: Sequence[Any], starts:
     except OSError as exc:
         f.close()
         raise LaneReadError(index, exc) from exc
-    _advise(f.fileno(), 0, 0, "POSIX_FADV_SEQUENTIAL")
+    advise(f.fileno(), 0, 0, "POSIX_FADV_SEQUENTIAL")
     return [index, f, offset, offset]
 
 
-def _advise(fd: int, offset: int, length: int, advice: str) -> None:
-    # posix_fadvise is a hint: absent on macOS and Windows, refused by some filesystems.
-    if hasattr(os, "posix_fadvise"):
+def advise(fd: int, offset: int, length: int, advice: str) -> None:
+    """``posix_fadvise`` as a hint: nothing where it is absent (macOS, Windows), refused, or ``fd`` < 0."""
+    if hasattr(os, "posix_fadvise") and fd >= 0:
         with contextlib.suppress(OSError):
             os.posix_fadvise(fd, offset, length, getattr(os, advice))

@@ -7,7 +7,6 @@ reads anyway instead of reading twice.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import re
@@ -182,7 +181,7 @@ def hash_file(
     local = isinstance(path, (str, os.PathLike))
     with open(path, "rb", buffering=0) if local else path.open("rb") as f:  # a remote file: range reads
         fd = f.fileno() if local else -1
-        _advise(fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
+        md5lanes.advise(fd, 0, 0, "POSIX_FADV_SEQUENTIAL")
         offset = start[0] if start else 0
         if offset:
             f.seek(offset)
@@ -190,7 +189,7 @@ def hash_file(
         while n := f.readinto(buffer):
             digest.update(view[:n])
             if drop_cache:
-                _advise(fd, offset, n, "POSIX_FADV_DONTNEED")
+                md5lanes.advise(fd, offset, n, "POSIX_FADV_DONTNEED")
             offset += n
             if progress is not None:
                 progress(n)
@@ -199,13 +198,6 @@ def hash_file(
                 on_state(offset, digest.state())
                 saved = offset
     return digest.hexdigest()
-
-
-def _advise(fd: int, offset: int, length: int, advice: str) -> None:
-    # posix_fadvise is a hint: absent on macOS and Windows, refused by some filesystems.
-    if hasattr(os, "posix_fadvise") and fd >= 0:
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(fd, offset, length, getattr(os, advice))
 
 
 def verify_checksums(
@@ -234,6 +226,7 @@ def verify_checksums(
     :class:`~llama_convert.errors.MissingFileError` without a checklist.
     """
     start = time.perf_counter()
+    partial = partial or {}
     src = as_source_path(src)
     expected = expected_checksums(src)
     present = {name: src / name for name in expected if (src / name).is_file()}
@@ -260,22 +253,22 @@ def verify_checksums(
     def run(name: str) -> tuple[str, str]:
         try:
             saved = None if on_state is None else lambda offset, state: on_state(name, offset, state)
-            start = (partial or {}).get(name)
+            start = partial.get(name)
             actual = hash_file(present[name], progress=count, drop_cache=drop_cache, start=start, on_state=saved)
         except OSError as exc:
-            raise InputError(f"Cannot read {present[name]} ({exc.strerror}); check the file or {_NO_VERIFY}.") from exc
+            raise _unreadable(present[name], exc) from exc
         if on_file is not None:
             on_file(name, expected[name], actual)
         return name, actual
 
     # In lanes: local files, continued from a lane state or an OpenSSL one (from a run without lanes) moved to lanes.
     def in_lanes(name: str) -> bool:
-        state = (partial or {}).get(name)
+        state = partial.get(name)
         lane_state = state is None or md5lanes.is_state(state[1]) or md5lanes.from_openssl(state[1]) is not None
         return isinstance(present[name], (str, os.PathLike)) and lane_state
 
     lanes = [n for n in todo if in_lanes(n)] if LANES and md5lanes.available() else []
-    if len(lanes) < 2 and not any(n in (partial or {}) for n in lanes):  # one file: OpenSSL is faster than a lane
+    if len(lanes) < 2 and not any(n in partial for n in lanes):  # one file: OpenSSL is faster than a lane
         lanes = []
 
     def run_lanes(names: list[str]) -> list[tuple[str, str]]:
@@ -286,7 +279,7 @@ def verify_checksums(
         saved = None if on_state is None else lambda i, offset, state: on_state(names[i], offset, state)
         starts = {}
         for i, n in enumerate(names):
-            if (start := (partial or {}).get(n)) is not None:
+            if (start := partial.get(n)) is not None:
                 starts[i] = start if md5lanes.is_state(start[1]) else (start[0], md5lanes.from_openssl(start[1]))
         try:
             digests = md5lanes.hash_files(
@@ -294,8 +287,7 @@ def verify_checksums(
                 starts=starts, progress=count, on_done=done, on_state=saved, drop_cache=drop_cache,
             )  # fmt: skip
         except md5lanes.LaneReadError as exc:
-            path = present[names[exc.index]]
-            raise InputError(f"Cannot read {path} ({exc.error.strerror}); check the file or {_NO_VERIFY}.") from exc
+            raise _unreadable(present[names[exc.index]], exc.error) from exc
         return list(zip(names, digests, strict=True))
 
     pool = ThreadPoolExecutor(max_workers=pool_size, thread_name_prefix="md5")
@@ -317,6 +309,10 @@ def verify_checksums(
         bytes_hashed=hashed,
         seconds=time.perf_counter() - start,
     )
+
+
+def _unreadable(path: Path, exc: OSError) -> InputError:
+    return InputError(f"Cannot read {path} ({exc.strerror}); check the file or {_NO_VERIFY}.")
 
 
 def raise_for_report(report: VerifyReport, src: Path) -> None:

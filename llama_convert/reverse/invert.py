@@ -28,13 +28,14 @@ import numpy as np
 
 from ..dtypes import DType, cast
 from ..errors import ConversionError, UnsupportedError
-from ..execute import block_rows, rotary_to_pairs
+from ..execute import BLOCK_BYTES, block_rows, rotary_to_pairs
 from ..formats.meta.writer import MetaShardWriter
 from ..plan import Part, TensorRecipe
 
 __all__ = ["MetaTensor", "RowSource", "Segment", "invert_recipes", "write_meta_tensors"]
 
-_READ_AHEAD = 2  # blocks produced ahead of the one being written
+_READ_AHEAD = 2  # blocks produced ahead of the one being written (small blocks: as many elements as 2 blocks)
+_BLOCK_ELEMENTS = BLOCK_BYTES // 2
 
 
 class RowSource(Protocol):
@@ -309,7 +310,10 @@ def _gathered(seg: Segment, source: RowSource, start: int, stop: int) -> np.ndar
     return np.stack(out).reshape(stop - start, *seg.shape[1:])
 
 
-def _blocks(seg: Segment, itemsize: int) -> Iterator[tuple[int, int]]:
+def _blocks(seg: Segment, itemsize: int, mp_axis: int | None, mp: int) -> Iterator[tuple[int, int]]:
+    """The segment's merged rows in blocks of about ``BLOCK_BYTES``. Split on dim 0, each shard's rows are
+    one range: the blocks then take turns between the shards (``mp`` blocks of 1/``mp`` the size), so that
+    every shard file is written, and hashed in its MD5 lane, side by side with the others."""
     rows = seg.shape[0] if seg.shape else 1
     if seg.transpose:  # small, and read whole: one block
         yield 0, rows
@@ -317,9 +321,16 @@ def _blocks(seg: Segment, itemsize: int) -> Iterator[tuple[int, int]]:
     row_bytes = math.prod(seg.shape[1:]) * itemsize
     if seg.cat_axis:  # whole rows of the assembled tensor are read for each part
         row_bytes = math.prod(seg.assembled[1:]) * itemsize
-    step = block_rows(row_bytes, seg.unit)
-    for start in range(0, rows, step):
-        yield start, min(rows, start + step)
+    per_shard = rows // mp
+    if mp_axis != 0 or mp == 1 or seg.gather is not None or per_shard % seg.unit:  # (heads repeated across shards)
+        step = block_rows(row_bytes, seg.unit)
+        for start in range(0, rows, step):
+            yield start, min(rows, start + step)
+        return
+    step = min(per_shard, block_rows(row_bytes * mp, seg.unit))
+    for start in range(0, per_shard, step):
+        for shard in range(mp):
+            yield shard * per_shard + start, shard * per_shard + min(per_shard, start + step)
 
 
 def _route(block: np.ndarray, t: MetaTensor, seg: Segment, start: int, stop: int, sinks: list, mp: int) -> None:
@@ -361,23 +372,27 @@ def write_meta_tensors(
     mp = writer.mp
     index = {id(t): i for i, t in enumerate(tensors)}
     jobs = [
-        (t, seg, start, stop)
+        (t, seg, start, stop, (stop - start) * math.prod(seg.shape[1:]))
         for t in tensors[first:]
         for seg in t.segments
-        for start, stop in _blocks(seg, max(t.dtype.itemsize, source.dtype_of(seg.source).itemsize))
+        for start, stop in _blocks(seg, max(t.dtype.itemsize, source.dtype_of(seg.source).itemsize), t.mp_axis, mp)
     ]
-    pending: deque[Future[np.ndarray]] = deque()
+    pending: deque[tuple[Future[np.ndarray], int]] = deque()
     with ThreadPoolExecutor(1, thread_name_prefix="read") as reader:
         try:
-            submitted = 0
+            submitted = ahead = 0
             current: MetaTensor | None = None
             sinks: list = []
-            for t, seg, start, stop in jobs:
-                while submitted < len(jobs) and len(pending) <= _READ_AHEAD:
-                    jt, js, ja, jb = jobs[submitted]
-                    pending.append(reader.submit(_produce, js, source, ja, jb, jt.dtype))
+            for t, seg, start, stop, _ in jobs:
+                # blocks produced ahead: at least _READ_AHEAD, and at least _READ_AHEAD blocks' worth of elements
+                while submitted < len(jobs) and (len(pending) <= _READ_AHEAD or ahead < _READ_AHEAD * _BLOCK_ELEMENTS):
+                    jt, js, ja, jb, elements = jobs[submitted]
+                    pending.append((reader.submit(_produce, js, source, ja, jb, jt.dtype), elements))
+                    ahead += elements
                     submitted += 1
-                block = pending.popleft().result()
+                future, elements = pending.popleft()
+                ahead -= elements
+                block = future.result()
                 if t is not current:
                     if current is not None:
                         writer.close_tensor()
@@ -388,5 +403,5 @@ def write_meta_tensors(
             if current is not None:
                 writer.close_tensor()
         finally:
-            for future in pending:
+            for future, _ in pending:
                 future.cancel()

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,9 +48,7 @@ def write_meta_folder(
     names = [shard_name(r) for r in range(mp)]
     kept = stage.checkpoints.get(_SHARDS)
     resume = kept.position if kept is not None and _usable(kept.position, mp, len(tensors)) else None
-    # One MD5 lane per core (at most one per shard): shards hash in parallel, each file's bytes in order.
-    lanes = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
-    writer = MetaShardWriter(stage.path, mp, lanes, resume=resume["shards"] if resume else None)
+    writer = MetaShardWriter(stage.path, mp, resume=resume["shards"] if resume else None)
     first = resume["tensors"] if resume else 0
     every = min(CHECKPOINT_BYTES, max(1, sum(t.nbytes(mp) for t in tensors) // 16))
     since = 0
@@ -71,9 +67,6 @@ def write_meta_folder(
     except BaseException:
         writer.abort()
         raise
-    finally:
-        for lane in lanes:
-            lane.shutdown(wait=True, cancel_futures=True)
     for name, data in small_files.items():
         (stage.path / name).write_bytes(data)
         digests[name] = hashlib.md5(data).hexdigest()

@@ -2,8 +2,9 @@
 
 Every shard is a ``torch.save``-compatible zip (``TorchZipWriter``) written through ``HashedFile``: bytes
 go to disk once, strictly in order (zipfile then records each member's CRC after its data), and an
-MD5 of every file is computed on a second thread as they go, so ``checklist.chk`` needs no re-read.
-All shards are open at once: a tensor is cut into its model-parallel slices as its row blocks pass.
+MD5 of every file is computed off the writing thread as they go, so ``checklist.chk`` needs no re-read.
+All shards are open at once: a tensor is cut into its model-parallel slices as its row blocks pass. The
+shards' MD5s (and the members' CRC-32) run in md5lanes' vector lanes on one thread (``shard_hashing``).
 """
 
 from __future__ import annotations
@@ -12,51 +13,50 @@ import contextlib
 import hashlib
 import io
 import os
-from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from ... import md5lanes
 from ...dtypes import DTYPES, DType
-from ...md5state import Md5, saveable
 from ..stream import Writeback
+from .shard_hashing import FileHash, LaneHashes, ThreadMd5
 from .torch_zip_writer import RunningCrc, StorageSink, TorchZipWriter
 
 __all__ = ["HashedFile", "MetaShardWriter", "checklist_text", "shard_name", "write_checklist"]
-
-_IN_FLIGHT = 4  # hash jobs queued per file before the writer waits: bounds the blocks kept alive
 
 
 def shard_name(rank: int) -> str:
     return f"consolidated.{rank:02d}.pth"
 
 
-def _md5_and_crc(md5, crc: RunningCrc, view: memoryview) -> None:
-    md5.update(view)
-    crc.update(view)
-
-
 class HashedFile(io.RawIOBase):
-    """A write-only, unseekable file that MD5-hashes its bytes on a worker thread and paces writeback (and,
-    for the zip members that ask, computes their CRC-32 on the same thread)."""
+    """A write-only, unseekable file that MD5-hashes its bytes off the writing thread and paces writeback (and,
+    for the zip members that ask, computes their CRC-32 beside the MD5)."""
 
     writes_crc = True
 
-    def __init__(self, path: Path, hasher: ThreadPoolExecutor, *, keep: int = 0, md5_state: str | None = None) -> None:
-        """``keep``: continue after the first ``keep`` bytes an interrupted run wrote (the rest of the file is cut
-        off); their MD5 continues from ``md5_state`` (:meth:`md5_state` at that point) or they are hashed again."""
+    def __init__(
+        self,
+        path: Path,
+        hashing: FileHash | ThreadPoolExecutor,
+        *,
+        keep: int = 0,
+        md5_state: str | None = None,
+    ) -> None:
+        """``hashing``: this file's :class:`FileHash` (or an executor to hash it on with OpenSSL). ``keep``:
+        continue after the first ``keep`` bytes an interrupted run wrote (the rest of the file is cut off); their
+        MD5 continues from ``md5_state`` (:meth:`md5_state` at that point) or they are hashed again."""
         super().__init__()
         self.path = path
-        self._md5 = Md5()
-        if keep and md5_state is not None and saveable():
-            self._md5 = Md5(bytes.fromhex(md5_state))
-        elif keep:
+        self._hash = ThreadMd5(hashing) if isinstance(hashing, ThreadPoolExecutor) else hashing
+        if keep and not (md5_state is not None and self._hash.restore(bytes.fromhex(md5_state))):
             with open(path, "rb") as f:
                 left = keep
                 while left and (block := f.read(min(left, 1 << 24))):
-                    self._md5.update(block)
+                    self._hash.add(memoryview(block), None)
                     left -= len(block)
             if left:
                 raise OSError(f"{path} is shorter than the {keep} bytes an interrupted run recorded")
@@ -64,8 +64,6 @@ class HashedFile(io.RawIOBase):
         os.ftruncate(self._fd, keep)
         os.lseek(self._fd, keep, os.SEEK_SET)
         self._pos = keep
-        self._hasher = hasher
-        self._jobs: deque[Future] = deque()
         self._writeback = Writeback(self._fd)
 
     def writable(self) -> bool:
@@ -81,7 +79,7 @@ class HashedFile(io.RawIOBase):
         raise io.UnsupportedOperation("HashedFile is written strictly in order")
 
     def write(self, data, crc: RunningCrc | None = None) -> int:  # type: ignore[override]
-        """Write ``data``; with ``crc``, its CRC-32 is also folded into ``crc`` on the hash lane, in order."""
+        """Write ``data``; with ``crc``, its CRC-32 is also folded into ``crc`` beside the MD5, in order."""
         view = memoryview(data).cast("B")
         size = len(view)
         done = 0
@@ -89,29 +87,19 @@ class HashedFile(io.RawIOBase):
             done += os.write(self._fd, view[done:])
         self._writeback.wrote(size)
         self._pos += size
-        # hashlib releases the GIL for large buffers: hashing overlaps the next block's read and write.
-        # The caller never reuses a buffer it has written, so hashing it later is safe.
-        if crc is None:
-            self._jobs.append(self._hasher.submit(self._md5.update, view))
-        else:
-            self._jobs.append(self._hasher.submit(_md5_and_crc, self._md5, crc, view))
-        while len(self._jobs) > _IN_FLIGHT:
-            self._jobs.popleft().result()
+        self._hash.add(view, crc)  # the caller never reuses a buffer it has written: hashing it later is safe
         return size
 
     def drain(self) -> None:
         """Wait until every byte written so far is hashed (and its CRC folded in)."""
-        while self._jobs:
-            self._jobs.popleft().result()
+        self._hash.drain()
 
     def md5(self) -> str:
-        self.drain()
-        return self._md5.hexdigest()
+        return self._hash.hexdigest()
 
     def md5_state(self) -> str | None:
         """The MD5's running state after every byte written so far (hex), or None where it cannot be saved."""
-        self.drain()
-        state = self._md5.state()
+        state = self._hash.state()
         return None if state is None else state.hex()
 
     def flush(self) -> None:
@@ -131,33 +119,25 @@ class HashedFile(io.RawIOBase):
     def close(self) -> None:
         if self._fd >= 0:
             with contextlib.suppress(Exception):
-                while self._jobs:
-                    self._jobs.popleft().result()
+                self._hash.drain()
             os.close(self._fd)
             self._fd = -1
         super().close()
 
 
-def _open_files(
-    out_dir: Path, lanes: list[ThreadPoolExecutor], keep: list[int], states: list[str | None]
-) -> list[HashedFile]:
-    """The shard files; on a resumed run each MD5 continues from its saved state, or (where none was saved)
-    the kept prefixes are hashed again, the shards in parallel (the hash releases the GIL)."""
-
-    def one(r: int) -> HashedFile:
-        return HashedFile(out_dir / shard_name(r), lanes[r % len(lanes)], keep=keep[r], md5_state=states[r])
-
-    if sum(1 for k, state in zip(keep, states, strict=True) if k and state is None) < 2:
-        return [one(r) for r in range(len(keep))]
-    with ThreadPoolExecutor(max_workers=min(len(keep), os.cpu_count() or 1)) as pool:
-        futures = [pool.submit(one, r) for r in range(len(keep))]
-    failed = next((f.exception() for f in futures if f.exception() is not None), None)
-    if failed is not None:
-        for f in futures:
-            if f.exception() is None:
-                f.result().close()
-        raise failed
-    return [f.result() for f in futures]
+def _hashing(mp: int, hasher: ThreadPoolExecutor | Sequence[ThreadPoolExecutor] | None) -> tuple[list, list]:
+    """Each shard's :class:`FileHash`, and the executors made for them (to shut down). Without ``hasher``:
+    all shards in md5lanes' lanes on one thread where they are built, else one OpenSSL thread per core."""
+    if hasher is None and md5lanes.available():
+        own = [ThreadPoolExecutor(1, thread_name_prefix="md5")]
+        lanes = LaneHashes(mp, own[0])
+        return [lanes.file(r) for r in range(mp)], own
+    if hasher is None:
+        own = [ThreadPoolExecutor(1, thread_name_prefix="md5") for _ in range(min(mp, os.cpu_count() or 1))]
+        executors = own
+    else:
+        own, executors = [], [hasher] if isinstance(hasher, ThreadPoolExecutor) else list(hasher)
+    return [ThreadMd5(executors[r % len(executors)]) for r in range(mp)], own
 
 
 class MetaShardWriter:
@@ -167,18 +147,26 @@ class MetaShardWriter:
         self,
         out_dir: Path,
         mp: int,
-        hasher: ThreadPoolExecutor | Sequence[ThreadPoolExecutor],
+        hasher: ThreadPoolExecutor | Sequence[ThreadPoolExecutor] | None = None,
         *,
         resume: Sequence[dict] | None = None,
     ) -> None:
-        """``hasher``: one single-thread executor, or several (lanes): shard r hashes on lane r mod lanes, so
-        each file's bytes stay in order while different shards hash in parallel. ``resume``: each shard's
-        ``state()`` at a checkpoint of an interrupted run, to continue from."""
+        """``hasher``: by default md5lanes on a thread of the writer's own (one OpenSSL thread per core where the
+        lanes are not built); or one single-thread executor, or several: shard r hashes on executor r mod their
+        number, so each file's bytes stay in order while different shards hash in parallel. ``resume``: each
+        shard's ``state()`` at a checkpoint of an interrupted run, to continue from."""
         self.out_dir = Path(out_dir)
-        lanes = [hasher] if isinstance(hasher, ThreadPoolExecutor) else list(hasher)
+        hashing, self._own = _hashing(mp, hasher)
         keep = [int(r["size"]) for r in resume] if resume else [0] * mp
         states = [r.get("md5") for r in resume] if resume else [None] * mp
-        self.files = _open_files(self.out_dir, lanes, keep, states)
+        self.files: list[HashedFile] = []
+        try:
+            for r in range(mp):
+                path = self.out_dir / shard_name(r)
+                self.files.append(HashedFile(path, hashing[r], keep=keep[r], md5_state=states[r]))
+        except BaseException:
+            self.abort()
+            raise
         self.writers = [
             TorchZipWriter(f.path, prefix=f.path.stem, fileobj=f)
             for f in self.files  # type: ignore[arg-type]
@@ -224,14 +212,20 @@ class MetaShardWriter:
         for writer, f in zip(self.writers, self.files, strict=True):
             writer.close()
             self.digests[f.path.name] = f.finish(sync=sync)
+        self._shutdown()
         return self.digests
 
     def abort(self) -> None:
-        for writer in self.writers:
+        for writer in getattr(self, "writers", ()):
             writer.discard()
         for f in self.files:
             with contextlib.suppress(Exception):
                 f.close()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        for executor in self._own:
+            executor.shutdown(wait=True, cancel_futures=True)
 
 
 def checklist_text(digests: dict[str, str]) -> str:

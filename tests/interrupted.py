@@ -16,7 +16,7 @@ __all__ = ["run_interrupted"]
 
 _CHILD = textwrap.dedent(
     """
-    import json, os, signal, sys
+    import importlib, json, os, signal, sys
     from llama_convert import resume, verify
     from llama_convert.cli import main
 
@@ -40,6 +40,9 @@ _CHILD = textwrap.dedent(
         setattr(resume.Journal, method, counted(getattr(resume.Journal, method)))
     for name, value in json.loads(os.environ["INTERRUPT_VERIFY_SETTINGS"]).items():
         setattr(verify, name, value)  # e.g. small chunks, so that a tiny file is hashed in many steps
+    for module, settings in json.loads(os.environ["INTERRUPT_SETTINGS"]).items():
+        for name, value in settings.items():  # e.g. small blocks, so that a checkpoint falls inside a tensor
+            setattr(importlib.import_module(module), name, value)
     sys.exit(main(sys.argv[1:]))
     """
 )
@@ -53,15 +56,18 @@ def run_interrupted(
     timeout: float = 300,
     on: tuple[str, ...] = ("record", "checkpoint"),
     verify_settings: dict[str, int] | None = None,
+    settings: dict[str, dict[str, int]] | None = None,
 ) -> subprocess.CompletedProcess:
     """Run ``llama-convert *args`` in a child that sends itself ``signum`` after its ``after``-th journal entry
-    of the kinds ``on`` (``resume.Journal`` methods), with ``verify_settings`` set on ``llama_convert.verify``."""
+    of the kinds ``on`` (``resume.Journal`` methods), with ``verify_settings`` set on ``llama_convert.verify`` and
+    ``settings`` ({module: {name: value}}) on other modules."""
     env = {
         **os.environ,
         "INTERRUPT_AFTER_ENTRIES": str(after),
         "INTERRUPT_SIGNAL": str(int(signum)),
         "INTERRUPT_ON": ",".join(on),
         "INTERRUPT_VERIFY_SETTINGS": json.dumps(verify_settings or {}),
+        "INTERRUPT_SETTINGS": json.dumps(settings or {}),
     }
     return subprocess.run(
         [sys.executable, "-c", _CHILD, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout

@@ -176,16 +176,23 @@ def test_dense_llama4_is_refused(tmp_path, sources):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
 
 
-def _checkpoints(plan) -> int:
-    """How many checkpoints writing ``plan``'s file records (``gguf_plan.write_planned_gguf``'s rule)."""
-    from llama_convert.routes.gguf_plan import CHECKPOINT_BYTES
+def _checkpoints_of(name: str, convert) -> int:
+    """How many checkpoints of the file ``name`` ``convert()`` records (its journal's own count)."""
+    from llama_convert import resume
 
-    every, since, count = min(CHECKPOINT_BYTES, max(1, plan.file_size // 16)), 0, 0
-    for i, t in enumerate(plan.tensors):
-        since += t.entry.nbytes
-        if since >= every and i + 1 < len(plan.tensors):
-            count, since = count + 1, 0
-    return count
+    seen: list[str] = []
+    original = resume.Journal.checkpoint
+
+    def counted(self, key, files, position):
+        seen.append(key)
+        original(self, key, files, position)
+
+    resume.Journal.checkpoint = counted  # type: ignore[method-assign]
+    try:
+        convert()
+    finally:
+        resume.Journal.checkpoint = original  # type: ignore[method-assign]
+    return seen.count(name)
 
 
 @pytest.mark.slow
@@ -197,10 +204,10 @@ def test_a_run_killed_in_the_mmproj_file_continues_to_the_same_bytes(tmp_path, s
 
     src, _ = sources["scout"]
     reference = tmp_path / "reference" / "out.gguf"
-    plan = llama_convert.plan(src, reference, outtype="q8_0")
-    llama_convert.convert(src, reference, outtype="q8_0")
+    main_file = _checkpoints_of("out.gguf", lambda: llama_convert.convert(src, reference, outtype="q8_0"))
     dst = tmp_path / "resumed" / "out.gguf"
-    _killed(["convert", str(src), str(dst), "-q", "--outtype", "q8_0"], after=_checkpoints(plan) + 2)
+    # the main file's checkpoints, its record as complete, then the mmproj file's first checkpoint
+    _killed(["convert", str(src), str(dst), "-q", "--outtype", "q8_0"], after=main_file + 2)
     assert (dst.parent / ".out.gguf.llama-convert-partial").is_dir() and not dst.exists()
     rerun = subprocess.run(
         [sys.executable, "-m", "llama_convert", "convert", str(src), str(dst), "--outtype", "q8_0"],

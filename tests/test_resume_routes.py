@@ -5,6 +5,7 @@ point, not a race — and the same command then continues from it, producing the
 from __future__ import annotations
 
 import filecmp
+import json
 import signal
 import subprocess
 import sys
@@ -152,3 +153,34 @@ def test_a_saved_md5_state_of_a_changed_source_is_not_used(sources, tmp_path):
     )  # fmt: skip
     assert rerun.returncode != 0 and "consolidated.00.pth" in rerun.stderr and "md5" in rerun.stderr
     assert not dst.exists()
+
+
+def _last_checkpoint(partial: Path) -> list:
+    lines = (partial / ".llama-convert-journal").read_text().splitlines()
+    return [e["position"] for e in map(json.loads, lines) if "checkpoint" in e][-1]
+
+
+@pytest.mark.parametrize("case", ["meta-gguf", "hf-gguf", "meta-gguf-q4_k_m"])
+def test_a_run_killed_part_way_into_a_tensor_continues_inside_it(case, sources, tmp_path):
+    """Checkpoints fall between two pieces of a tensor too (small blocks and checkpoints here, so that the
+    tiny tensors come in many pieces): the rerun, with the usual block size, continues inside that tensor."""
+    source, name, extra = CASES[case]
+    reference = tmp_path / "reference" / name
+    assert main(["convert", str(sources[source]), str(reference), "-q", *extra]) == 0
+    dst = tmp_path / "resumed" / name
+    small = {
+        "llama_convert.execute": {"BLOCK_BYTES": 1000},
+        "llama_convert.routes.gguf_plan": {"CHECKPOINT_BYTES": 3000},
+    }
+    proc = run_interrupted(["convert", str(sources[source]), str(dst), "-q", *extra], after=12, settings=small)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    partial = dst.parent / f".{dst.name}.llama-convert-partial"
+    _, in_tensor = _last_checkpoint(partial)
+    assert in_tensor > 0, "the checkpoint should fall inside a tensor"
+    rerun = subprocess.run(
+        [sys.executable, "-m", "llama_convert", "convert", str(sources[source]), str(dst), *extra],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stderr
+    assert "written part way" in rerun.stderr
+    _same(reference, dst)

@@ -224,6 +224,17 @@ def quantize_metadata(writer: GGUFWriter, outtype: str) -> None:
     writer.add_file_type(file_type(outtype))
 
 
+def _resume_point(position: object, size: int, n_tensors: int) -> tuple[int, int, int] | None:
+    """(tensors complete, file size, bytes of the next tensor written) from a checkpoint's position: [index,
+    bytes into that tensor], or the tensors complete alone (an earlier version's)."""
+    if isinstance(position, int) and not isinstance(position, bool):
+        position = [position, 0]
+    if not (isinstance(position, list) and len(position) == 2 and all(type(v) is int for v in position)):
+        return None
+    index, in_tensor = position
+    return (index, size, in_tensor) if 0 <= index < n_tensors and in_tensor >= 0 else None
+
+
 def write_planned_gguf(
     plan: GGUFPlan,
     stage: Stage,
@@ -232,26 +243,34 @@ def write_planned_gguf(
     path: Path | None = None,
 ) -> None:
     """Write ``plan``'s GGUF file at ``path`` (default ``stage.path``): the header from ``writer``, then each
-    tensor through ``write_tensor``. Every ``CHECKPOINT_BYTES`` the file is fsync'd and the stage records how
-    far it got, so a rerun after a crash continues from there (the header is compared byte for byte first)."""
+    tensor through ``write_tensor``. Every ``CHECKPOINT_BYTES`` (between two pieces, also part way into a tensor)
+    the file is fsync'd and the stage records how far it got, so a rerun after a crash continues from there (the
+    header is compared byte for byte first); ``write_tensor`` then sees ``stream.skip`` bytes of the tensor
+    to leave out (it may start later and tell ``stream.skipped``, or give them, to be dropped)."""
     path = path or stage.path
     name = path.name
     kept = stage.checkpoints.get(name)
-    resume = (kept.position, kept.sizes[name]) if kept is not None and isinstance(kept.position, int) else None
+    resume = _resume_point(kept.position, kept.sizes[name], len(plan.tensors)) if kept is not None else None
     stream = GGUFStreamWriter(path, writer, [t.entry for t in plan.tensors], resume=resume)
     start = stream.index
-    stage.advance(sum(t.entry.nbytes for t in plan.tensors[:start]))
+    stage.advance(sum(t.entry.nbytes for t in plan.tensors[:start]) + stream.in_tensor)
     every = min(CHECKPOINT_BYTES, max(1, plan.file_size // 16))
     since = 0
+
+    def advance(n: int) -> None:
+        """Progress; and every ``every`` bytes (between two pieces, part way into a tensor too) a checkpoint."""
+        nonlocal since
+        stage.advance(n)
+        since += n
+        if since >= every:
+            stream.sync()
+            stage.checkpoint(name, [name], [stream.index, stream.in_tensor])
+            since = 0
+
     try:
-        for i, tensor in enumerate(plan.tensors[start:], start):
-            write_tensor(stream, tensor, stage.advance)
+        for tensor in plan.tensors[start:]:
+            write_tensor(stream, tensor, advance)
             stream.end_tensor()
-            since += tensor.entry.nbytes
-            if since >= every and i + 1 < len(plan.tensors):
-                stream.sync()
-                stage.checkpoint(name, [name], i + 1)
-                since = 0
     except BaseException:
         stream.abort()
         raise

@@ -11,8 +11,10 @@ alignment padding it uses.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from gguf import GGMLQuantizationType, GGUFWriter
@@ -38,10 +40,17 @@ class GGUFStreamWriter(AppendingFile):
     order, in pieces (``write`` / ``copy_from``), closing each tensor with ``end_tensor``."""
 
     def __init__(
-        self, path: Path, writer: GGUFWriter, tensors: list[TensorEntry], *, resume: tuple[int, int] | None = None
+        self,
+        path: Path,
+        writer: GGUFWriter,
+        tensors: list[TensorEntry],
+        *,
+        resume: tuple[int, int] | tuple[int, int, int] | None = None,
     ) -> None:
-        """``resume`` = (tensors already complete, file size then): continue a file an interrupted run wrote,
-        if its header is byte for byte the one ``writer`` makes (else start over). ``resumed`` says which."""
+        """``resume`` = (tensors already complete, file size then[, bytes of the next tensor in it]): continue a
+        file an interrupted run wrote, if its header is byte for byte the one ``writer`` makes (else start over).
+        ``resumed`` says which. Resumed part way into a tensor, the first ``in_tensor`` bytes the caller gives
+        for it are dropped (they are in the file): callers that can start later skip them (``skip``)."""
         for t in tensors:
             # numpy-order shape (GGUFWriter writes it reversed, as ggml's ne); a non-uint8 dtype keeps it as is
             writer.add_tensor_info(t.name, t.shape, np.dtype(np.float32), t.nbytes, raw_dtype=t.qtype)
@@ -57,11 +66,13 @@ class GGUFStreamWriter(AppendingFile):
         self._tensors = list(tensors)
         self._index = 0
         self._in_tensor = 0
+        self._skip = 0  # bytes of the current tensor still to drop (in the file from an interrupted run)
         self.resumed = False
         if resume is not None:
             self.resumed = _same_prefix(header, path, resume[1])
             if self.resumed:
                 self._index = resume[0]
+                self._in_tensor = self._skip = resume[2] if len(resume) > 2 else 0
                 with open(path, "r+b") as f:
                     f.truncate(resume[1])
             else:
@@ -79,13 +90,47 @@ class GGUFStreamWriter(AppendingFile):
         """Flush what was written to disk (before recording a checkpoint)."""
         os.fsync(self._fd)
 
+    @property
+    def in_tensor(self) -> int:
+        """Bytes of the current tensor in the file so far."""
+        return self._in_tensor
+
+    @property
+    def skip(self) -> int:
+        """Bytes at the start of the current tensor that are in the file already (from an interrupted run)."""
+        return self._skip
+
     def counted(self, n: int) -> None:
         self._in_tensor += n
+
+    def write(self, block: np.ndarray) -> int:
+        """Append a block of tensor data; returns the bytes written (after dropping any still to skip)."""
+        if not self._skip:
+            return super().write(block)
+        data = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
+        drop = min(self._skip, data.nbytes)
+        self._skip -= drop
+        return super().write(data[drop:]) if drop < data.nbytes else 0
+
+    def copy_range(
+        self, source: Any, offset: int, nbytes: int, advance: Callable[[int], None] = lambda n: None
+    ) -> None:
+        drop = min(self._skip, nbytes)
+        self._skip -= drop
+        if drop < nbytes:
+            super().copy_range(source, offset + drop, nbytes - drop, advance)
+
+    def skipped(self, n: int) -> None:
+        """The caller left out ``n`` of the bytes still to skip (it started the tensor later)."""
+        if n > self._skip:
+            name = self._tensors[self._index].name
+            raise ConversionError(f"{self.path}: {n} bytes of {name} skipped where {self._skip} were written")
+        self._skip -= n
 
     def end_tensor(self) -> None:
         """Check the current tensor's size and pad to the alignment."""
         entry = self._tensors[self._index]
-        if self._in_tensor != entry.nbytes:
+        if self._in_tensor != entry.nbytes or self._skip:
             raise ConversionError(f"{self.path}: {entry.name} got {self._in_tensor} bytes, expected {entry.nbytes}.")
         pad = -entry.nbytes % self._alignment
         if pad:  # as GGUFWriter does, after every tensor

@@ -217,3 +217,35 @@ def test_a_run_killed_in_the_mmproj_file_continues_to_the_same_bytes(tmp_path, s
     assert "resumed an interrupted run" in rerun.stderr
     _same(reference, dst)
     _same(reference.with_name("mmproj-out.gguf"), dst.with_name("mmproj-out.gguf"))
+
+
+@pytest.mark.slow
+def test_a_run_killed_inside_the_stacked_experts_continues_inside_them(tmp_path, sources):
+    """A checkpoint inside ``ffn_*_exps`` (each expert a recipe of its own): the rerun leaves out the experts
+    already in the file whole and gives the same bytes."""
+    import signal
+
+    from interrupted import run_interrupted
+    from test_resume_routes import _last_checkpoint, _same
+
+    src, _ = sources["scout"]
+    reference = tmp_path / "reference" / "out.gguf"
+    plan = llama_convert.plan(src, reference, mmproj=False)
+    llama_convert.convert(src, reference, mmproj=False)
+    names = [t.entry.name for t in plan.tensors]
+    small = {"llama_convert.execute": {"BLOCK_BYTES": 256}, "llama_convert.routes.gguf_plan": {"CHECKPOINT_BYTES": 512}}
+    args = ["convert", str(src), "-q", "--no-mmproj"]
+    for attempt, after in enumerate(range(10, 400, 10)):
+        dst = tmp_path / f"try{attempt}" / "out.gguf"
+        proc = run_interrupted([*args[:2], str(dst), *args[2:]], after=after, settings=small)
+        assert proc.returncode == -signal.SIGKILL, proc.stderr
+        index, in_tensor = _last_checkpoint(dst.parent / ".out.gguf.llama-convert-partial")
+        each = plan.tensors[index].entry.nbytes // max(1, len(plan.tensors[index].recipes))
+        if "_exps" in names[index] and in_tensor >= each:
+            break
+    else:
+        pytest.fail("no checkpoint fell inside an experts tensor")
+    rerun = run_interrupted(["convert", str(src), str(dst), "--no-mmproj"], after=10**9)
+    assert rerun.returncode == 0, rerun.stderr
+    assert "written part way" in rerun.stderr
+    _same(reference, dst)

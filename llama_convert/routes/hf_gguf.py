@@ -177,9 +177,13 @@ def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
         rows = ref.shape[0]
         step = block_rows(math.prod(ref.shape[1:]) * 4, head_dim if t.rotary_heads else 1)
 
+        # blocks in the file from an interrupted run are not read again
+        first = stream.skip // (step * (t.entry.nbytes // rows)) * step if t.entry.nbytes % rows == 0 else 0
+        stream.skipped(first * (t.entry.nbytes // rows))
+
         def encoded() -> Iterator[np.ndarray]:
             assert t.hf_name is not None
-            for start in range(0, rows, step):
+            for start in range(first, rows, step):
                 block, dtype = hf.read_rows(t.hf_name, start, min(rows, start + step)), ref.dtype
                 if t.hf_columns is not None:
                     block = block[..., t.hf_columns[0] : t.hf_columns[1]]

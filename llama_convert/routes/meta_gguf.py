@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,14 @@ def entries(plan: GGUFPlan) -> list[tuple[str, tuple[int, ...]]]:
     return [(t.entry.name, tuple(t.entry.shape)) for t in plan.tensors]
 
 
+def _stacked_bytes(tensor: GGUFTensor) -> int:
+    """Bytes each recipe of a tensor stacked from equal parts (Llama 4's experts) makes, else 0."""
+    recipes = tensor.recipes
+    if len(recipes) < 2 or len({math.prod(r.shape) for r in recipes}) != 1 or tensor.entry.nbytes % len(recipes):
+        return 0
+    return tensor.entry.nbytes // len(recipes)
+
+
 def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
     """Write the GGUF file of ``plan`` (and its companions) into the stage (metadata from the family's facts
     over ``files``)."""
@@ -145,7 +154,11 @@ def write_gguf(plan: GGUFPlan, stage: Stage, files: dict[str, bytes]) -> None:
             assert tensor.values is not None
             advance(stream.write(tensor.values))
             return
+        each = _stacked_bytes(tensor)
         for recipe in tensor.recipes:
+            if each and stream.skip >= each:  # in the file from an interrupted run: not read again
+                stream.skipped(each)
+                continue
             # Read, cast and quantize in a thread a block ahead of the writes (spans are not read there).
             for piece in ahead(_encoded(recipe, tensor.entry.qtype)):
                 if isinstance(piece, FileSpan):

@@ -17,7 +17,7 @@ __all__ = ["run_interrupted"]
 _CHILD = textwrap.dedent(
     """
     import importlib, json, os, signal, sys
-    from llama_convert import resume, verify
+    from llama_convert import resume
     from llama_convert.cli import main
 
     # Python leaves SIGINT ignored when it started ignored (a background job of a shell): Ctrl-C's handler.
@@ -38,10 +38,8 @@ _CHILD = textwrap.dedent(
 
     for method in os.environ["INTERRUPT_ON"].split(","):
         setattr(resume.Journal, method, counted(getattr(resume.Journal, method)))
-    for name, value in json.loads(os.environ["INTERRUPT_VERIFY_SETTINGS"]).items():
-        setattr(verify, name, value)  # e.g. small chunks, so that a tiny file is hashed in many steps
     for module, settings in json.loads(os.environ["INTERRUPT_SETTINGS"]).items():
-        for name, value in settings.items():  # e.g. small blocks, so that a checkpoint falls inside a tensor
+        for name, value in settings.items():  # e.g. small chunks or blocks, so that a tiny file comes in many steps
             setattr(importlib.import_module(module), name, value)
     sys.exit(main(sys.argv[1:]))
     """
@@ -66,8 +64,7 @@ def run_interrupted(
         "INTERRUPT_AFTER_ENTRIES": str(after),
         "INTERRUPT_SIGNAL": str(int(signum)),
         "INTERRUPT_ON": ",".join(on),
-        "INTERRUPT_VERIFY_SETTINGS": json.dumps(verify_settings or {}),
-        "INTERRUPT_SETTINGS": json.dumps(settings or {}),
+        "INTERRUPT_SETTINGS": json.dumps({"llama_convert.verify": verify_settings or {}, **(settings or {})}),
     }
     return subprocess.run(
         [sys.executable, "-c", _CHILD, *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout

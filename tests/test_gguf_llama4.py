@@ -176,7 +176,7 @@ def test_dense_llama4_is_refused(tmp_path, sources):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dense"]
 
 
-def _checkpoints_of(name: str, convert) -> int:
+def _checkpoints_of(name: str, convert, monkeypatch) -> int:
     """How many checkpoints of the file ``name`` ``convert()`` records (its journal's own count)."""
     from llama_convert import resume
 
@@ -187,16 +187,14 @@ def _checkpoints_of(name: str, convert) -> int:
         seen.append(key)
         original(self, key, files, position)
 
-    resume.Journal.checkpoint = counted  # type: ignore[method-assign]
-    try:
+    with monkeypatch.context() as patch:
+        patch.setattr(resume.Journal, "checkpoint", counted)
         convert()
-    finally:
-        resume.Journal.checkpoint = original  # type: ignore[method-assign]
     return seen.count(name)
 
 
 @pytest.mark.slow
-def test_a_run_killed_in_the_mmproj_file_continues_to_the_same_bytes(tmp_path, sources):
+def test_a_run_killed_in_the_mmproj_file_continues_to_the_same_bytes(tmp_path, sources, monkeypatch):
     import subprocess
     import sys
 
@@ -204,7 +202,8 @@ def test_a_run_killed_in_the_mmproj_file_continues_to_the_same_bytes(tmp_path, s
 
     src, _ = sources["scout"]
     reference = tmp_path / "reference" / "out.gguf"
-    main_file = _checkpoints_of("out.gguf", lambda: llama_convert.convert(src, reference, outtype="q8_0"))
+    convert = lambda: llama_convert.convert(src, reference, outtype="q8_0")  # noqa: E731
+    main_file = _checkpoints_of("out.gguf", convert, monkeypatch)
     dst = tmp_path / "resumed" / "out.gguf"
     # the main file's checkpoints, its record as complete, then the mmproj file's first checkpoint
     _killed(["convert", str(src), str(dst), "-q", "--outtype", "q8_0"], after=main_file + 2)
@@ -234,10 +233,9 @@ def test_a_run_killed_inside_the_stacked_experts_continues_inside_them(tmp_path,
     llama_convert.convert(src, reference, mmproj=False)
     names = [t.entry.name for t in plan.tensors]
     small = {"llama_convert.execute": {"BLOCK_BYTES": 256}, "llama_convert.routes.gguf_plan": {"CHECKPOINT_BYTES": 512}}
-    args = ["convert", str(src), "-q", "--no-mmproj"]
     for attempt, after in enumerate(range(10, 400, 10)):
         dst = tmp_path / f"try{attempt}" / "out.gguf"
-        proc = run_interrupted([*args[:2], str(dst), *args[2:]], after=after, settings=small)
+        proc = run_interrupted(["convert", str(src), str(dst), "-q", "--no-mmproj"], after=after, settings=small)
         assert proc.returncode == -signal.SIGKILL, proc.stderr
         index, in_tensor = _last_checkpoint(dst.parent / ".out.gguf.llama-convert-partial")
         each = plan.tensors[index].entry.nbytes // max(1, len(plan.tensors[index].recipes))

@@ -178,8 +178,9 @@ def _write_tensor(hf: HFFolder, head_dim: int) -> TensorWriter:
         step = block_rows(math.prod(ref.shape[1:]) * 4, head_dim if t.rotary_heads else 1)
 
         # blocks in the file from an interrupted run are not read again
-        first = stream.skip // (step * (t.entry.nbytes // rows)) * step if t.entry.nbytes % rows == 0 else 0
-        stream.skipped(first * (t.entry.nbytes // rows))
+        out_row = t.entry.nbytes // rows if t.entry.nbytes % rows == 0 else 0  # bytes of one row in the file
+        first = stream.skip // (step * out_row) * step if out_row else 0
+        stream.skipped(first * out_row)
 
         def encoded() -> Iterator[np.ndarray]:
             assert t.hf_name is not None

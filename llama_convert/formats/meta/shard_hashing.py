@@ -122,7 +122,7 @@ class LaneHashes:
             self._submit()
 
     def _submit(self) -> None:
-        if not self._bytes and all(not w for w in self._waiting):
+        if self._empty == len(self._waiting):  # nothing waiting
             return
         batch, self._waiting = self._waiting, [[] for _ in self._waiting]
         self._empty, self._bytes = len(batch), 0

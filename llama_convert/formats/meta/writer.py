@@ -160,6 +160,7 @@ class MetaShardWriter:
         keep = [int(r["size"]) for r in resume] if resume else [0] * mp
         states = [r.get("md5") for r in resume] if resume else [None] * mp
         self.files: list[HashedFile] = []
+        self.writers: list[TorchZipWriter] = []
         try:
             for r in range(mp):
                 path = self.out_dir / shard_name(r)
@@ -216,7 +217,7 @@ class MetaShardWriter:
         return self.digests
 
     def abort(self) -> None:
-        for writer in getattr(self, "writers", ()):
+        for writer in self.writers:
             writer.discard()
         for f in self.files:
             with contextlib.suppress(Exception):

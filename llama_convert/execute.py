@@ -346,11 +346,12 @@ def write_weights(
     skip: frozenset[str] = frozenset(),
     on_file_done: Callable[[str], None] = lambda name: None,
     observe: Callable[[str, float], None] = lambda name, change: None,
+    keep_cached: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Write every safetensors file of the plan (and the index when there are several) into ``out_dir``.
 
     Files named in ``skip`` are already complete there (a resumed run); ``on_file_done`` is called after
-    each file is written and synced.
+    each file is written and synced. The written bytes of the tensors in ``keep_cached`` stay in the page cache.
     """
     shards = [TorchCheckpoint(path) for path in plan.spec.shards]
     try:
@@ -359,7 +360,7 @@ def write_weights(
                 advance(out_file.nbytes)
                 continue
             entries = [(t.name, t.dtype.safetensors, t.shape, t.nbytes) for t in out_file.tensors]
-            writer = SafetensorsWriter(out_dir / out_file.name, entries, {"format": "pt"})
+            writer = SafetensorsWriter(out_dir / out_file.name, entries, {"format": "pt"}, keep_cached=keep_cached)
             try:
                 for recipe in out_file.tensors:
                     for piece in produce_pieces(recipe, shards, observe, threaded=True):

@@ -10,7 +10,6 @@ import ctypes.util
 import errno
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ from ..errors import InputError
 __all__ = ["COPY_CHUNK", "WRITEBACK_WINDOW", "AppendingFile", "Writeback"]
 
 WRITEBACK_WINDOW = 64 << 20  # bytes; see Writeback
-COPY_CHUNK = 32 << 20  # bytes of a remote source fetched per read while copying a verbatim range
+COPY_CHUNK = 32 << 20  # bytes of a remote source asked for per read while copying a verbatim range
 
 
 class Writeback:
@@ -36,8 +35,9 @@ class Writeback:
 
     _WAIT_BEFORE, _WRITE, _WAIT_AFTER = 1, 2, 4
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, keep: tuple[int, int] | None = None) -> None:
         self._fd = fd
+        self._keep = keep  # a byte range that stays in the page cache (read back soon after)
         self._flushed = 0  # start of the window whose writeback was started last
         self._pending = 0  # bytes written since then
         self._call = _sync_file_range()
@@ -51,10 +51,18 @@ class Writeback:
         if start:
             previous = max(0, start - WRITEBACK_WINDOW)
             self._call(self._fd, previous, start - previous, self._WAIT_BEFORE | self._WRITE | self._WAIT_AFTER)
-            with contextlib.suppress(OSError, AttributeError):
-                os.posix_fadvise(self._fd, previous, start - previous, os.POSIX_FADV_DONTNEED)
+            self._drop(previous, start)
         self._flushed += self._pending
         self._pending = 0
+
+    def _drop(self, start: int, end: int) -> None:
+        spans = [(start, end)]
+        if self._keep is not None:
+            spans = [(start, min(end, self._keep[0])), (max(start, self._keep[1]), end)]
+        for a, b in spans:
+            if a < b:
+                with contextlib.suppress(OSError, AttributeError):
+                    os.posix_fadvise(self._fd, a, b - a, os.POSIX_FADV_DONTNEED)
 
 
 def _sync_file_range():
@@ -70,11 +78,12 @@ def _sync_file_range():
 
 class AppendingFile:
     """An open file that output is appended to; ``counted(n)`` is told of every data byte appended through
-    ``write`` or ``copy_from`` (subclasses count per tensor or per file)."""
+    ``write`` or ``copy_from`` (subclasses count per tensor or per file). The bytes of ``keep_cached`` (a file
+    range) stay in the page cache when the rest is dropped behind the writeback."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int, keep_cached: tuple[int, int] | None = None) -> None:
         self._fd = fd
-        self._writeback = Writeback(fd)
+        self._writeback = Writeback(fd, keep_cached)
 
     def counted(self, n: int) -> None:
         """Called with the size of every data piece appended."""
@@ -128,24 +137,14 @@ class AppendingFile:
         self, source: Any, offset: int, nbytes: int, advance: Callable[[int], None] = lambda n: None
     ) -> None:
         """Append ``nbytes`` of ``source`` (a ``formats.storage.ByteSource``) from ``offset``: in the kernel
-        for a local file, else fetched in chunks with the next one read ahead while this one is written."""
+        for a local file, else written from the fetched bytes themselves, chunk by chunk (the source reads ahead)."""
         fd = source.fileno()
         if fd is not None:
             self.copy_from(fd, offset, nbytes, advance)
             return
-        spans = [(o, min(o + COPY_CHUNK, offset + nbytes)) for o in range(offset, offset + nbytes, COPY_CHUNK)]
-
-        def fetch(span: tuple[int, int]) -> bytearray:
-            data = bytearray(span[1] - span[0])
-            source.read_into(span[0], memoryview(data))
-            return data
-
-        with ThreadPoolExecutor(1, thread_name_prefix="llama-convert-fetch") as pool:
-            pending = pool.submit(fetch, spans[0]) if spans else None
-            for i in range(len(spans)):
-                assert pending is not None
-                data = pending.result()
-                pending = pool.submit(fetch, spans[i + 1]) if i + 1 < len(spans) else None
-                self._write_all(data)
-                self.counted(len(data))
-                advance(len(data))
+        for start in range(offset, offset + nbytes, COPY_CHUNK):
+            n = min(COPY_CHUNK, offset + nbytes - start)
+            for _, piece in source.read_pieces(start, n):
+                self._write_all(piece)
+            self.counted(n)
+            advance(n)

@@ -88,6 +88,7 @@ def run_meta_to_hf(plan: ConversionPlan, dst: Path, opts: ConvertOptions, progre
                 skip=frozenset(stage.resumed),
                 on_file_done=stage.record,
                 observe=changes.__setitem__,
+                keep_cached=frozenset([tie.kept] if tie is not None and remote else []),  # read back after
             )
             if tie is not None and remote:
                 check_tied_rows(tie, plan, stage.path)

@@ -85,10 +85,12 @@ def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, sampl
             return False  # the layout check names the missing tensor
         if ckpt.tensors[a].shape != ckpt.tensors[b].shape:
             return False
-        last = max(0, ckpt.tensors[a].shape[0] - rows)  # first and last block included
-        for start in sorted({i * last // (samples - 1) for i in range(samples)}):
-            stop = min(start + rows, ckpt.tensors[a].shape[0])
-            if not np.array_equal(ckpt.read_rows(a, start, stop), ckpt.read_rows(b, start, stop)):
+        n = ckpt.tensors[a].shape[0]
+        last = max(0, n - rows)  # first and last block included
+        starts = sorted({i * last // (samples - 1) for i in range(samples)})
+        blocks = [(start, min(start + rows, n)) for start in starts]
+        for x, y in zip(ckpt.read_row_blocks(a, blocks), ckpt.read_row_blocks(b, blocks), strict=True):
+            if not np.array_equal(x, y):
                 return False
     return True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from ..stream import AppendingFile
@@ -42,12 +43,22 @@ class SafetensorsWriter(AppendingFile):
         path: str | os.PathLike[str],
         entries: list[tuple[str, str, tuple[int, ...], int]],
         metadata: dict[str, str] | None = None,
+        *,
+        keep_cached: Collection[str] = (),
     ) -> None:
+        """``keep_cached`` names tensors whose bytes stay in the page cache (to be read back soon after)."""
         self.path = Path(path)
         self._expected = sum(e[3] for e in entries)
         self._written = 0
-        super().__init__(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
-        self._write_all(safetensors_header(entries, metadata))
+        header = safetensors_header(entries, metadata)
+        spans, offset = [], len(header)
+        for name, _, _, nbytes in entries:
+            if name in keep_cached:
+                spans.append((offset, offset + nbytes))
+            offset += nbytes
+        keep = (spans[0][0], spans[-1][1]) if spans else None
+        super().__init__(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), keep)
+        self._write_all(header)
 
     def counted(self, n: int) -> None:
         self._written += n

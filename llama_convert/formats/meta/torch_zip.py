@@ -18,7 +18,7 @@ import os
 import pickle
 import struct
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -260,7 +260,13 @@ class TorchCheckpoint:
         self.source: ByteSource = open_bytes(self.path)  # local pread or remote range reads
         self.file_size = self.source.size
         try:
-            members, pickle_bytes = self._index_archive()
+            memo = self.source.memo  # a remote file's index is fetched once per run, not at every opening
+            index = memo.get("torch_zip") if memo is not None else None
+            if index is None:
+                index = self._index_archive()
+                if memo is not None:
+                    memo["torch_zip"] = index
+            members, pickle_bytes = index
             self.tensors: dict[str, TensorRef] = self._unpickle(pickle_bytes, members)
         except BaseException:
             self.source.close()
@@ -405,6 +411,23 @@ class TorchCheckpoint:
         view = np.lib.stride_tricks.as_strided(span, sub_shape, tuple(s * item for s in stride))
         out.reshape(sub_shape)[...] = view
         return out.reshape(sub_shape)
+
+    def read_row_blocks(self, name: str, blocks: Sequence[tuple[int, int]]) -> list[np.ndarray]:
+        """Rows ``start:stop`` for each (start, stop) of ``blocks``, read in one batch of ranges where the tensor
+        is contiguous (one round trip for a remote file, not one per block)."""
+        ref = self.tensors[name]
+        if not ref.is_contiguous or not ref.shape:
+            return [self.read_rows(name, start, stop) for start, stop in blocks]
+        row_bytes = math.prod(ref.shape[1:]) * ref.dtype.itemsize
+        base = ref.storage.file_offset + ref.storage_offset * ref.dtype.itemsize
+        ranges = [(base + start * row_bytes, base + stop * row_bytes) for start, stop in blocks]
+        datas = self.source.read_ranges(ranges)
+        if any(len(data) != end - begin for data, (begin, end) in zip(datas, ranges, strict=True)):
+            raise self._damaged("truncated")
+        return [
+            np.frombuffer(data, dtype=ref.dtype.storage).reshape(stop - start, *ref.shape[1:])
+            for data, (start, stop) in zip(datas, blocks, strict=True)
+        ]
 
     def read(self, name: str) -> np.ndarray:
         """A whole tensor (small ones only: norms, test helpers)."""

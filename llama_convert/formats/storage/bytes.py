@@ -19,8 +19,13 @@ class ByteSource(Protocol):
 
     name: str  # for messages: the path or URL
     size: int
+    memo: dict[str, Any] | None  # remote: shared by every opening of the file in one run; local: None
 
     def read_into(self, offset: int, out: memoryview, *, verify: bool = True) -> None: ...
+
+    def read_pieces(self, offset: int, nbytes: int, *, verify: bool = True) -> list[tuple[int, memoryview]]:
+        """The bytes ``offset:offset + nbytes`` as (offset, bytes) pieces in order, without copying them again."""
+        ...
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]: ...
 
@@ -37,6 +42,7 @@ class LocalBytes:
         self.path = path
         self.name = str(path)
         self.size = path.stat().st_size
+        self.memo = None  # a local index is read again quickly, and the file may change between runs
         self._fd: int | None = None
 
     def fileno(self) -> int:
@@ -51,6 +57,11 @@ class LocalBytes:
             if n == 0:
                 raise InputError(f"{self.path} is truncated (read past the end); download it again.")
             done += n
+
+    def read_pieces(self, offset: int, nbytes: int, *, verify: bool = True) -> list[tuple[int, memoryview]]:
+        out = memoryview(bytearray(nbytes))
+        self.read_into(offset, out)
+        return [(offset, out)] if nbytes else []
 
     def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         fd = self.fileno()

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -24,10 +24,12 @@ from .bytes import open_file
 __all__ = ["RemoteBytes", "RemotePath", "RemoteStat", "RemoteStore", "Watcher"]
 
 T = TypeVar("T")
+Piece = tuple[int, memoryview]  # (file offset, bytes)
 PART_BYTES = 8 << 20  # a large read is fetched as concurrent ranges of this size
 BLOCK_BYTES = 1 << 20  # small reads (headers, norms, sampled rows) are served from cached blocks of this size
 CACHED_BLOCKS = 32  # at most this many blocks are kept, per store
-AHEAD_BYTES = 32 << 20  # reading a file in order, the next this many bytes are fetched while the last are used
+AHEAD_BYTES = 64 << 20  # reading a file in order, the next this many bytes are fetched while the last are used,
+AHEAD_PARTS = 4  # this many parts at a time
 SEQUENTIAL_SLACK = 1 << 20  # a read starting this close after the previous one continues a sequential pass
 ATTEMPTS = 5
 
@@ -52,6 +54,12 @@ class RemoteStore:
         self.requests = 0  # range and metadata requests made (for tests and benchmarks)
         self._infos: dict[str, dict[str, Any] | None] = {}
         self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        self._memos: dict[str, dict[str, Any]] = {}
+
+    def memo(self, key: str) -> dict[str, Any]:
+        """The dict readers of ``key`` share in this run (what they parsed of its index, say)."""
+        with self.lock:
+            return self._memos.setdefault(key, {})
 
     @classmethod
     def for_url(cls, url: str) -> RemoteStore:
@@ -264,7 +272,10 @@ class RemotePath:
 
 class RemoteBytes:
     """One remote file read by ranges: large reads as concurrent parts, small ones from cached blocks, and a
-    read-ahead window while the file is read in order (the network keeps busy while the bytes are used)."""
+    sliding read-ahead while the file is read in order (``AHEAD_PARTS`` parts in flight while the bytes are used).
+
+    Reads hand out views of the fetched bytes (:meth:`read_pieces`) rather than copies: every copy of a
+    model's bytes is CPU the other core's hashing and the server need, and fresh buffers cost page faults."""
 
     def __init__(self, path: RemotePath) -> None:
         self.path = path
@@ -272,8 +283,10 @@ class RemoteBytes:
         self.size = path.stat().st_size
         self._lock = threading.Lock()
         self._last_end = -1  # end of the previous large read
-        self._ahead: list[tuple[int, int, Future[bytes]]] = []  # prefetched segments: (start, end, the fetch)
+        self._ahead: list[tuple[int, int, Future[bytes]]] = []  # prefetched parts in file order: (start, end, fetch)
         self._pool: ThreadPoolExecutor | None = None
+        self._feeding = threading.Lock()
+        self._fed = 0  # the watcher has been given the bytes before this offset (or skipped them)
 
     def fileno(self) -> None:
         return None
@@ -284,62 +297,99 @@ class RemoteBytes:
     def _parts(self, start: int, end: int) -> list[tuple[int, int]]:
         return [(s, min(s + PART_BYTES, end)) for s in range(start, end, PART_BYTES)]
 
-    def read_into(self, offset: int, out: memoryview, *, verify: bool = True) -> None:
-        total = len(out)
-        if offset + total > self.size:
-            raise InputError(f"{self.name} is truncated (read past the end); upload it again.")
-        pieces: list[tuple[int, memoryview]] = []  # the fetched (immutable) bytes copied into ``out``
-        if total < BLOCK_BYTES // 2:
-            self._read_cached(offset, out, pieces)
-        elif total:
-            with self._lock:
-                self._read_large(offset, out, pieces)
-        watcher = self.path.store.watchers.get(self.path.key) if verify else None
-        if watcher is not None:  # fed the fetched bytes, not ``out``: the caller may change ``out`` at once
-            for start, data in pieces:
-                watcher.feed(start, data)
+    @property
+    def memo(self) -> dict[str, Any]:
+        """A dict shared by every opening of this file in one run (readers keep what they parsed of it)."""
+        return self.path.store.memo(self.path.key)
 
-    def _read_large(self, offset: int, out: memoryview, pieces: list[tuple[int, memoryview]]) -> None:
-        end, done = offset + len(out), 0
+    def read_pieces(self, offset: int, nbytes: int, *, verify: bool = True) -> list[tuple[int, memoryview]]:
+        """The bytes ``offset:offset + nbytes`` as (offset, view) pieces of the fetched, immutable bytes, in order."""
+        if offset + nbytes > self.size:
+            raise InputError(f"{self.name} is truncated (read past the end); upload it again.")
+        pieces: list[tuple[int, memoryview]] = []
+        fetched: list[tuple[int, memoryview]] = []  # whole parts and blocks the pieces came from, for the hash
+        if nbytes and (nbytes >= BLOCK_BYTES // 2 or not self._from_part(offset, nbytes, pieces, fetched)):
+            if nbytes < BLOCK_BYTES // 2:
+                self._read_cached(offset, nbytes, pieces, fetched)
+            else:
+                with self._lock:
+                    self._read_large(offset, nbytes, pieces, fetched)
+        watcher = self.path.store.watchers.get(self.path.key) if verify else None
+        if watcher is not None:  # whole parts: the bytes between tensors (zip headers) are hashed, not fetched again
+            with self._feeding:
+                for start, data in fetched:
+                    if start + len(data) > self._fed:
+                        skip = max(0, self._fed - start)
+                        watcher.feed(start + skip, data[skip:])
+                        self._fed = start + len(data)
+        return pieces
+
+    def read_into(self, offset: int, out: memoryview, *, verify: bool = True) -> None:
+        done = 0
+        for _, piece in self.read_pieces(offset, len(out), verify=verify):
+            out[done : done + len(piece)] = piece
+            done += len(piece)
+
+    def _from_part(self, offset: int, nbytes: int, pieces: list[Piece], fetched: list[Piece]) -> bool:
+        """A small read served from a read-ahead part that holds it (fetched or in flight), if there is one."""
+        with self._lock:
+            found = [(s0, f) for s0, s1, f in self._ahead if s0 <= offset and offset + nbytes <= s1]
+        if not found:
+            return False
+        s0, future = found[0]
+        try:
+            data = memoryview(future.result())
+        except CancelledError:
+            return False
+        pieces.append((offset, data[offset - s0 : offset - s0 + nbytes]))
+        fetched.append((s0, data))
+        return True
+
+    def _read_large(self, offset: int, nbytes: int, pieces: list[Piece], fetched: list[Piece]) -> None:
+        end, pos = offset + nbytes, offset
         sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
         kept: list[tuple[int, int, Future[bytes]]] = []
-        for s0, s1, future in self._ahead:  # prefetched segments, in file order
+        for s0, s1, future in self._ahead:
             if s1 <= offset:
                 future.cancel()  # behind the reads: not needed any more
                 continue
-            if s0 <= offset + done < s1 and done < len(out):
+            if s0 <= pos < s1 and pos < end:
+                n = min(s1, end) - pos
                 data = memoryview(future.result())
-                n = min(s1 - (offset + done), len(out) - done)
-                piece = data[offset + done - s0 : offset + done - s0 + n]
-                out[done : done + n] = piece
-                pieces.append((offset + done, piece))
-                done += n
+                pieces.append((pos, data[pos - s0 : pos - s0 + n]))
+                fetched.append((s0, data))
+                pos += n
             if s1 > end:
                 kept.append((s0, s1, future))
         self._ahead = kept
-        if done < len(out):
-            for data in self.read_ranges(self._parts(offset + done, end)):
-                out[done : done + len(data)] = data
-                pieces.append((offset + done, memoryview(data)))
-                done += len(data)
+        if pos < end:
+            parts = self._parts(pos, end)
+            got = [(s, memoryview(data)) for (s, _), data in zip(parts, self.read_ranges(parts), strict=True)]
+            pieces += got
+            fetched += got
         self._last_end = end
+        if sequential:
+            self._read_ahead(end)
+
+    def _read_ahead(self, end: int) -> None:
+        """Keep the parts of the next ``AHEAD_BYTES`` after ``end`` fetched or in flight, a part per thread."""
         covered = max([end, *(s1 for _, s1, _ in self._ahead)])
         stop = min(self.size, end + AHEAD_BYTES)
-        if sequential and covered < stop and (stop - covered >= AHEAD_BYTES // 4 or stop == self.size):
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="llama-convert-ahead")
-            parts = self._parts(covered, stop)
-            self._ahead.append((covered, stop, self._pool.submit(lambda: b"".join(self.read_ranges(parts)))))
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(AHEAD_PARTS, thread_name_prefix="llama-convert-ahead")
+        while covered < stop and (stop - covered >= PART_BYTES or stop == self.size):
+            part = (covered, min(covered + PART_BYTES, stop))
+            self._ahead.append((*part, self._pool.submit(lambda part=part: self.read_ranges([part])[0])))
+            covered = part[1]
 
-    def _read_cached(self, offset: int, out: memoryview, pieces: list[tuple[int, memoryview]]) -> None:
+    def _read_cached(self, offset: int, nbytes: int, pieces: list[Piece], fetched: list[Piece]) -> None:
         done, store, key = 0, self.path.store, self.path.key
-        while done < len(out):
+        while done < nbytes:
             index, start = divmod(offset + done, BLOCK_BYTES)
-            block = store.block(key, index, self.size)
-            n = min(len(out) - done, len(block) - start)
-            piece = memoryview(block)[start : start + n]
-            out[done : done + n] = piece
-            pieces.append((offset + done, piece))
+            block = memoryview(store.block(key, index, self.size))
+            n = min(nbytes - done, len(block) - start)
+            pieces.append((offset + done, block[start : start + n]))
+            fetched.append((index * BLOCK_BYTES, block))
             done += n
 
     def close(self) -> None:

@@ -9,6 +9,8 @@ S3 server on 127.0.0.1 and runs, each as a whole process under ``/usr/bin/time``
 - ``S3 read limit``   every object fetched once with the same client (s3fs, 8 MiB parts, 4 at a time) and
                       discarded: what the server can deliver, the floor of any S3 conversion
 
+Each row runs ``--runs`` times, the rows alternating; the table shows the median run and lists them all.
+
 moto's server reads a whole object for every range request (O(object), not O(range)), which would
 measure moto rather than us; the server process here serves ``Range: bytes=a-b`` from the object's
 spool file instead (``--serve``, a patch of the benchmark's server only). Peak RSS is of the converter
@@ -111,6 +113,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "s3bench")
     parser.add_argument("--keep", action="store_true", help="keep the synthesized checkpoint and the outputs")
+    parser.add_argument("--runs", type=int, default=3, help="runs of each row, alternating; the median is shown")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -158,26 +161,37 @@ def main() -> None:
         upload = time.perf_counter() - started
         py = [sys.executable, "-m", "llama_convert"]
         remote = "s3://bench/Llama3.2-1B"
-        for name, source, flags in (
-            ("ours local", str(src), []),
-            ("ours S3", remote, []),
-            ("ours S3 --no-verify", remote, ["--no-verify"]),
-        ):
-            dst = work / ("out-local" if source == str(src) else "out-s3" if not flags else "out-s3-nv")
-            shutil.rmtree(dst, ignore_errors=True)
-            rows[name] = timed([*py, source, str(dst), "-q", *flags], env)
-        rows["S3 read limit"] = timed([sys.executable, "-c", READ_LIMIT, "bench/Llama3.2-1B"], env)
+        runs: dict[str, list[dict[str, float]]] = {}
+        for _ in range(args.runs):  # alternating, so that a slow spell of the machine hits every row alike
+            for name, source, flags in (
+                ("ours local", str(src), []),
+                ("ours S3", remote, []),
+                ("ours S3 --no-verify", remote, ["--no-verify"]),
+            ):
+                dst = work / ("out-local" if source == str(src) else "out-s3" if not flags else "out-s3-nv")
+                shutil.rmtree(dst, ignore_errors=True)
+                runs.setdefault(name, []).append(timed([*py, source, str(dst), "-q", *flags], env))
+            read = [sys.executable, "-c", READ_LIMIT, "bench/Llama3.2-1B"]
+            runs.setdefault("S3 read limit", []).append(timed(read, env))
+        for name, measured in runs.items():
+            by_time = sorted(measured, key=lambda r: r["seconds"])
+            rows[name] = {**by_time[len(by_time) // 2], "all_seconds": [r["seconds"] for r in measured]}
         same = subprocess.run(["diff", "-r", str(work / "out-local"), str(work / "out-s3")]).returncode == 0
     finally:
         server.terminate()
         server.wait(30)
     local = rows["ours local"]["seconds"]
     print(f"Llama 3.2 1B shapes, {size / 1e9:.2f} GB source; upload to moto {upload:.0f} s; outputs identical: {same}")
-    print("| run | wall s | × local | MB/s | peak RSS MiB |")
-    print("|---|---:|---:|---:|---:|")
+    print(f"median of {args.runs} alternating runs")
+    print("| run | wall s | × local | MB/s | peak RSS MiB | all runs s |")
+    print("|---|---:|---:|---:|---:|---|")
     for name, row in rows.items():
         mbps = size / row["seconds"] / 1e6
-        print(f"| {name} | {row['seconds']:.1f} | {row['seconds'] / local:.2f} | {mbps:.0f} | {row['rss_mib']:.0f} |")
+        every = " / ".join(f"{t:.1f}" for t in row["all_seconds"])
+        print(
+            f"| {name} | {row['seconds']:.1f} | {row['seconds'] / local:.2f} | {mbps:.0f} | {row['rss_mib']:.0f} "
+            f"| {every} |"
+        )
     results = work / "s3_bench.json"
     results.write_text(
         json.dumps({"source_bytes": size, "upload_seconds": upload, "same": same, "rows": rows}, indent=2)

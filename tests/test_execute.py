@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import os
 
+import numpy as np
+import pytest
 from conftest import tiny
 
 import llama_convert
@@ -22,3 +24,35 @@ def test_kernel_copy_and_buffered_fallback_write_identical_files(tmp_path, monke
     llama_convert.convert(src, tmp_path / "slow", verify=False)
     for name in ("model.safetensors", "config.json", "tokenizer.json"):
         assert (tmp_path / "fast" / name).read_bytes() == (tmp_path / "slow" / name).read_bytes(), name
+
+
+def test_writeback_drops_pages_behind_it_except_the_range_to_keep(tmp_path, monkeypatch):
+    """The stream drops what it wrote from the page cache (memory stays flat), but not a tensor read back right
+    after the stream (a tied embedding compared with the head a remote source fetches last)."""
+    from llama_convert.formats import stream
+    from llama_convert.formats.hf.safetensors_writer import SafetensorsWriter
+
+    dropped: list[tuple[int, int]] = []
+    real = os.posix_fadvise
+
+    def advise(fd, offset, length, advice):
+        if advice == os.POSIX_FADV_DONTNEED:
+            dropped.append((offset, offset + length))
+        return real(fd, offset, length, advice)
+
+    monkeypatch.setattr(os, "posix_fadvise", advise)
+    monkeypatch.setattr(stream, "WRITEBACK_WINDOW", 1 << 16)
+    sizes = {"a": 5 << 16, "kept": 3 << 16 | 100, "b": 6 << 16}
+    entries = [(name, "U8", (n,), n) for name, n in sizes.items()]
+    writer = SafetensorsWriter(tmp_path / "m.safetensors", entries, keep_cached=["kept"])
+    for n in sizes.values():  # in pieces, as a stream writes; one piece longer than a window
+        for piece in (3 << 15, *[1 << 14] * ((n - (3 << 15)) >> 14), (n - (3 << 15)) % (1 << 14)):
+            writer.write(np.ones(piece, dtype=np.uint8))
+    writer.close()
+    if stream._sync_file_range() is None:
+        pytest.skip("no sync_file_range here: nothing is dropped")
+    header = (tmp_path / "m.safetensors").stat().st_size - sum(sizes.values())
+    kept = (header + sizes["a"], header + sizes["a"] + sizes["kept"])
+    assert dropped and all(end <= kept[0] or start >= kept[1] for start, end in dropped)
+    covered = sum(end - start for start, end in dropped)
+    assert covered >= sum(sizes.values()) - sizes["kept"] - 3 * stream.WRITEBACK_WINDOW  # the rest is dropped

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import make_checkpoint, tiny
 
@@ -280,3 +281,99 @@ def test_a_watched_read_hashes_the_fetched_bytes_not_the_callers_buffer(tmp_path
     finally:
         source.close()
         watcher.close()
+
+
+def _memory_source(data: bytes):
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    from llama_convert.formats.storage.backends import BACKENDS
+    from llama_convert.formats.storage.remote import RemotePath, RemoteStore
+
+    fs = MemoryFileSystem()
+    fs.pipe_file("/bucket/blob", data)
+    path = RemotePath(RemoteStore(BACKENDS["s3"], fs), "/bucket/blob")
+    fetched = []
+    fetch = path.store.fetch
+
+    def counting(key, ranges):
+        fetched.append(sum(end - start for start, end in ranges))
+        return fetch(key, ranges)
+
+    path.store.fetch = counting  # type: ignore[method-assign]
+    return path, fetched
+
+
+def test_a_pass_in_file_order_fetches_each_byte_once_and_hashes_the_gaps_from_the_parts(monkeypatch):
+    """Reading a file as a conversion does (large reads in order with small gaps between them, small reads in
+    between, copies in chunks) fetches every byte once: small reads and the gaps' bytes (zip headers the
+    conversion skips) come from the read-ahead's parts, and the hash is computed from those parts too."""
+    import hashlib
+    import os
+
+    from llama_convert.formats.storage import remote
+    from llama_convert.verify_remote import HashOnRead
+
+    monkeypatch.setattr(remote, "PART_BYTES", 256 << 10)
+    monkeypatch.setattr(remote, "AHEAD_BYTES", 1 << 20)
+    monkeypatch.setattr(remote, "BLOCK_BYTES", 64 << 10)
+    data = os.urandom(9 << 20)
+    path, fetched = _memory_source(data)
+    watcher = HashOnRead(path, len(data))
+    path.store.watch(path.key, watcher)
+    source = path.open_bytes()
+    try:
+        offset, reads = 0, 0
+        while offset < len(data) - (1 << 20):
+            size = (700 << 10) if reads % 3 else 100  # two large reads, then a small one (a norm)
+            pieces = source.read_pieces(offset, size)
+            assert b"".join(bytes(p) for _, p in pieces) == data[offset : offset + size]
+            starts = [o for o, _ in pieces]
+            assert starts == [offset + sum(len(p) for _, p in pieces[:i]) for i in range(len(pieces))]
+            offset += size + 64  # a header's worth of bytes nobody asks for
+            reads += 1
+        assert watcher.hexdigest() == hashlib.md5(data).hexdigest()
+    finally:
+        source.close()
+        watcher.close()
+    # Read ahead of the last read, at most one window is fetched beyond what the pass needed.
+    assert sum(fetched) <= len(data) + remote.AHEAD_BYTES
+    assert watcher.fetched <= (1 << 20) + remote.AHEAD_BYTES  # only the tail nobody read, no gap
+    assert source._ahead == []
+
+
+def test_reads_out_of_order_still_give_the_bytes_and_the_hash():
+    import hashlib
+    import os
+
+    from llama_convert.verify_remote import HashOnRead
+
+    data = os.urandom(40 << 20)
+    path, _ = _memory_source(data)
+    watcher = HashOnRead(path, len(data))
+    path.store.watch(path.key, watcher)
+    source = path.open_bytes()
+    try:
+        for offset, size in ((0, 9 << 20), (30 << 20, 9 << 20), (9 << 20, 9 << 20), (5, 100), (18 << 20, 12 << 20)):
+            out = bytearray(size)
+            source.read_into(offset, memoryview(out))
+            assert bytes(out) == data[offset : offset + size]
+        assert watcher.hexdigest() == hashlib.md5(data).hexdigest()
+    finally:
+        source.close()
+        watcher.close()
+
+
+def test_a_remote_checkpoint_index_is_fetched_once_per_run(aws, checkpoint):
+    from llama_convert.formats.meta.torch_zip import TorchCheckpoint
+    from llama_convert.formats.storage import RemotePath
+
+    aws.create_bucket(Bucket="index")
+    upload(aws, checkpoint, "index", "m")
+    shard = RemotePath.from_url("s3://index/m/consolidated.00.pth")
+    with TorchCheckpoint(shard) as first:
+        requests = shard.store.requests
+        with TorchCheckpoint(shard) as second:  # detection, planning and the stream each open the shard
+            assert shard.store.requests == requests  # the central directory and headers are not asked again
+            assert list(second.tensors) == list(first.tensors)
+            name = next(iter(first.tensors))
+            np.testing.assert_array_equal(second.read_rows(name, 0, 1), first.read_rows(name, 0, 1))

@@ -77,6 +77,19 @@ def test_views_offsets_strides_and_shared_storages(tmp_path):
     np.testing.assert_array_equal(ckpt.read_rows("stepped", 2, 5), as_numpy(state["stepped"][2:5]))
 
 
+def test_row_blocks_in_one_batch_equal_rows_read_one_by_one(tmp_path):
+    storage = torch.randn(40, 16).to(torch.bfloat16)
+    state = {"contiguous": storage[4:36], "transposed": storage[:16].t()}
+    torch.save(state, tmp_path / "x.pth")
+    with TorchCheckpoint(tmp_path / "x.pth") as ckpt:
+        for name in state:
+            blocks = [(0, 4), (5, 6), (9, 16), (12, 16)]  # overlapping and single-row blocks too
+            got = ckpt.read_row_blocks(name, blocks)
+            for (start, stop), rows in zip(blocks, got, strict=True):
+                np.testing.assert_array_equal(rows, ckpt.read_rows(name, start, stop), err_msg=name)
+                np.testing.assert_array_equal(rows, as_numpy(state[name][start:stop]), err_msg=name)
+
+
 def test_parameters_and_ordered_dicts(tmp_path):
     state = torch.nn.Linear(4, 3).state_dict()
     state["p"] = torch.nn.Parameter(torch.ones(2))

@@ -38,7 +38,8 @@ class Writeback:
     def __init__(self, fd: int, keep: tuple[int, int] | None = None) -> None:
         self._fd = fd
         self._keep = keep  # a byte range that stays in the page cache (read back soon after)
-        self._flushed = 0  # start of the window whose writeback was started last
+        self._previous = 0  # start of the window whose writeback was started last
+        self._flushed = 0  # its end: bytes before it are being written back
         self._pending = 0  # bytes written since then
         self._call = _sync_file_range()
 
@@ -46,13 +47,12 @@ class Writeback:
         self._pending += n
         if self._call is None or self._pending < WRITEBACK_WINDOW:
             return
-        start = self._flushed
+        start, previous = self._flushed, self._previous
         self._call(self._fd, start, self._pending, self._WRITE)
-        if start:
-            previous = max(0, start - WRITEBACK_WINDOW)
+        if start:  # the window before (a write can make a window longer than WRITEBACK_WINDOW)
             self._call(self._fd, previous, start - previous, self._WAIT_BEFORE | self._WRITE | self._WAIT_AFTER)
             self._drop(previous, start)
-        self._flushed += self._pending
+        self._previous, self._flushed = start, start + self._pending
         self._pending = 0
 
     def _drop(self, start: int, end: int) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -24,8 +25,11 @@ _BUFFER = 256  # allocated generously: a struct larger than expected would show 
 
 @cache
 def _library() -> Any | None:
-    names = [ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.dylib"]
-    for name in filter(None, names):
+    def names() -> Iterator[str | None]:  # the usual names first: find_library runs ldconfig
+        yield from ("libcrypto.so.3", "libcrypto.so.1.1", "libcrypto.dylib")
+        yield ctypes.util.find_library("crypto")
+
+    for name in filter(None, names()):
         try:
             lib = ctypes.CDLL(name)  # CDLL releases the GIL around each call
             for fn in (lib.MD5_Init, lib.MD5_Update, lib.MD5_Final):

@@ -1,13 +1,17 @@
 """The journal of a staged conversion: which output files are proven complete, for which inputs.
 
-A file is recorded only after it was fsync'd, and the journal line is fsync'd in turn, so a recorded
-file survives a crash or power loss whole. A file written in one long pass (a GGUF file, Meta's shards
-written side by side) records checkpoints instead: after an fsync, how far it got (its size, a hash of
-the bytes before that point, and the writer's position), so a rerun truncates it there and continues.
-Source files whose checksum was verified are recorded too, so a rerun does not hash them again. The
-first line holds a fingerprint of the source files and of everything the run would write (plan,
-options, version); a rerun keeps what was recorded only when the fingerprint is the same and each file
-still has its recorded size (and, for complete files, modification time) and sample hash.
+A file is recorded only after it was fsync'd, so a recorded file survives a crash or power loss whole. The
+journal's own lines are not fsync'd (that would wait for the disk amid the writes, and at the end of every
+run): after a kill the page cache keeps them; after a power loss the last ones may be missing or torn, and a
+rerun then redoes what they would have kept (a torn line is skipped, never trusted).
+
+A file written in one long pass (a GGUF file, Meta's shards written side by side) records checkpoints
+instead: after an fsync, how far it got (its size, a hash of the bytes before that point, and the writer's
+position), so a rerun truncates it there and continues. Source files whose checksum was verified are
+recorded too, so a rerun does not hash them again. The first line holds a fingerprint of the source files
+and of everything the run would write (plan, options, version); a rerun keeps what was recorded only when
+the fingerprint is the same and each file still has its recorded size (and, for complete files,
+modification time) and sample hash.
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -133,9 +136,7 @@ class Journal:
 
     def hashing(self, name: str, offset: int, state: bytes) -> None:
         """Source file ``name``'s first ``offset`` bytes hash to the saved MD5 ``state`` (``md5state``)."""
-        # Not fsync'd: an fsync amid the conversion's writes waits for the disk, and the line is only a shortcut
-        # (after a kill the page cache keeps it; after a power loss it is missing or torn, then ignored).
-        self._write_line({"hashing": name, "offset": offset, "md5_state": state.hex()}, mode="a", sync=False)
+        self._write_line({"hashing": name, "offset": offset, "md5_state": state.hex()}, mode="a")
 
     def partial_hashes(self) -> dict[str, tuple[int, bytes]]:
         """The last saved MD5 state of each source file hashed part way: name → (offset, state)."""
@@ -150,10 +151,13 @@ class Journal:
     def _entries(self) -> list[dict[str, Any]]:
         """The entries after the fingerprint line, when it is this run's fingerprint."""
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
-            entries = [json.loads(line) for line in lines if line.strip()]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
             return []
+        entries = []
+        for line in lines:
+            with contextlib.suppress(json.JSONDecodeError):
+                entries.append(json.loads(line))
         if not entries or not isinstance(entries[0], dict) or entries[0].get("fingerprint") != self.fingerprint:
             return []
         return [e for e in entries[1:] if isinstance(e, dict)]
@@ -169,9 +173,6 @@ class Journal:
         }
         self._write_line(entry, mode="a")
 
-    def _write_line(self, value: dict[str, Any], *, mode: str, sync: bool = True) -> None:
-        with _LOCK, open(self.path, mode, encoding="utf-8") as f:
+    def _write_line(self, value: dict[str, Any], *, mode: str) -> None:
+        with _LOCK, open(self.path, mode, encoding="utf-8") as f:  # not fsync'd: see the module's docstring
             f.write(json.dumps(value) + "\n")
-            f.flush()
-            if sync:
-                os.fsync(f.fileno())

@@ -129,6 +129,24 @@ def test_the_journal_keeps_the_last_md5_state_of_each_file(tmp_path):
     assert Journal(tmp_path, "another fingerprint").partial_hashes() == {}
 
 
+def test_a_torn_journal_line_is_skipped_and_the_lines_before_it_are_kept(tmp_path):
+    """Journal lines are not fsync'd: after a power loss the last one may be cut short or hold garbage. The
+    complete files recorded before it are kept, the torn line is not trusted."""
+    from llama_convert.resume import Journal
+
+    for name in ("a.safetensors", "b.safetensors"):
+        (tmp_path / name).write_bytes(os.urandom(3000))
+    journal = Journal(tmp_path, "fp")
+    journal.start()
+    journal.record("a.safetensors")
+    journal.record("b.safetensors")
+    lines = journal.path.read_bytes().splitlines(keepends=True)
+    journal.path.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2] + b"\x00\xff\x00")
+    assert set(journal.completed()) == {"a.safetensors"}
+    journal.path.write_bytes(lines[0][:-5])  # the fingerprint line itself torn: nothing is kept
+    assert journal.completed() == {}
+
+
 def test_hash_file_continues_from_any_saved_state(tmp_path):
     import hashlib
 

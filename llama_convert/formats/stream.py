@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
@@ -65,11 +66,15 @@ class Writeback:
                     os.posix_fadvise(self._fd, a, b - a, os.POSIX_FADV_DONTNEED)
 
 
+@functools.cache
 def _sync_file_range():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        func = libc.sync_file_range
-    except (OSError, AttributeError):
+    # The C library this process already has (dlopen(NULL)) before ctypes.util.find_library, which runs ldconfig.
+    func = None
+    for find in (lambda: None, lambda: "libc.so.6", lambda: ctypes.util.find_library("c")):
+        with contextlib.suppress(OSError, AttributeError):
+            func = ctypes.CDLL(find(), use_errno=True).sync_file_range
+            break
+    if func is None:
         return None
     func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
     func.restype = ctypes.c_int

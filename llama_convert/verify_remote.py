@@ -3,9 +3,10 @@
 A local source is hashed by :class:`verify.BackgroundVerify` in threads beside the conversion (reading
 twice costs page cache, not a download). A remote source is not read twice: every large file listed in
 checklist.chk is *watched* — the range reads of the conversion, which arrive in file order, are hashed
-as they pass, gaps (zip headers) are fetched and hashed in order, and the tail nobody read is fetched at
-the end. Small files (params.json, tokenizer.model) are hashed whole. A mismatch raises before the output
-is renamed into place, so a corrupted object never produces an output.
+as they pass (whole fetched parts, so the zip headers between tensors come with them), other gaps are
+fetched and hashed in order, and the tail nobody read is fetched at the end. Small files (params.json,
+tokenizer.model) are hashed whole. A mismatch raises before the output is renamed into place, so a
+corrupted object never produces an output.
 """
 
 from __future__ import annotations

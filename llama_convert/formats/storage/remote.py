@@ -29,7 +29,7 @@ PART_BYTES = 8 << 20  # a large read is fetched as concurrent ranges of this siz
 BLOCK_BYTES = 1 << 20  # small reads (headers, norms, sampled rows) are served from cached blocks of this size
 CACHED_BLOCKS = 32  # at most this many blocks are kept, per store
 AHEAD_BYTES = 64 << 20  # reading a file in order, the next this many bytes are fetched while the last are used,
-AHEAD_PARTS = 4  # this many parts at a time
+AHEAD_PARTS = 4  # a part per thread, this many at a time
 SEQUENTIAL_SLACK = 1 << 20  # a read starting this close after the previous one continues a sequential pass
 ATTEMPTS = 5
 
@@ -302,12 +302,12 @@ class RemoteBytes:
         """A dict shared by every opening of this file in one run (readers keep what they parsed of it)."""
         return self.path.store.memo(self.path.key)
 
-    def read_pieces(self, offset: int, nbytes: int, *, verify: bool = True) -> list[tuple[int, memoryview]]:
+    def read_pieces(self, offset: int, nbytes: int, *, verify: bool = True) -> list[Piece]:
         """The bytes ``offset:offset + nbytes`` as (offset, view) pieces of the fetched, immutable bytes, in order."""
         if offset + nbytes > self.size:
             raise InputError(f"{self.name} is truncated (read past the end); upload it again.")
-        pieces: list[tuple[int, memoryview]] = []
-        fetched: list[tuple[int, memoryview]] = []  # whole parts and blocks the pieces came from, for the hash
+        pieces: list[Piece] = []
+        fetched: list[Piece] = []  # whole parts and blocks the pieces came from, for the hash
         if nbytes and (nbytes >= BLOCK_BYTES // 2 or not self._from_part(offset, nbytes, pieces, fetched)):
             if nbytes < BLOCK_BYTES // 2:
                 self._read_cached(offset, nbytes, pieces, fetched)

@@ -36,7 +36,7 @@ __all__ = [
 ]
 
 CHUNK_SIZE = 8 << 20
-STATE_EVERY = 256 << 20  # bytes hashed between saved MD5 states (a killed run loses at most this per file)
+STATE_EVERY = 64 << 20  # bytes hashed between saved MD5 states (a killed run loses at most this per file)
 LANES = True  # hash local files in lockstep (md5lanes) where the extension is built; False: hashlib per file
 LANE_CHUNK = 512 << 10  # bytes per file and round in lockstep: all lanes' chunks stay in cache until hashed
 _HEX32 = re.compile(r"[0-9a-fA-F]{32}")

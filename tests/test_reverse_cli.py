@@ -43,6 +43,8 @@ def test_refusals_exit_with_their_codes(capsys, tmp_path):
     assert "sets attention_bias; Meta's Llama has no bias terms, so it cannot be expressed." in err
     assert main(["convert", str(src), str(tmp_path / "again"), "--to", "meta"]) == 3  # Meta → Meta needs --mp
     assert "is already in Meta's format; pass --mp N" in capsys.readouterr().err
+    assert main(["convert", str(tmp_path / "typo"), str(tmp_path / "again"), "--to", "meta"]) == 3
+    assert "typo does not exist" in capsys.readouterr().err  # not "already in Meta's format"
     assert not (tmp_path / "meta").exists() and not (tmp_path / "again").exists()
 
 

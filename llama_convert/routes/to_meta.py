@@ -272,11 +272,11 @@ def _written_dtype(stored: DType, model: DType) -> DType:
 
 def plan_reshard(src: Path, dst: Path, opts: ConvertOptions) -> MetaPlan:
     """The same model at ``opts.mp`` shards: recipes reading the source, the target's layout and tensors."""
-    if opts.mp is None and not opts.adapters:
-        raise InputError(f"{src} is already in Meta's format; pass --mp N to write it with N shards.")
     if opts.dtype is not None:
         raise UnsupportedError("resharding keeps the checkpoint's dtype; drop --dtype.")
-    spec = detect_spec(src, opts, RESHARD_KEY)
+    spec = detect_spec(src, opts, RESHARD_KEY)  # first: a missing or damaged source is said as such
+    if opts.mp is None and not opts.adapters:
+        raise InputError(f"{src} is already in Meta's format; pass --mp N to write it with N shards.")
     mp = _degree(opts.mp) if opts.mp is not None else spec.mp
     family = family_of(spec)
     source_recipes, layout = family.reshard_layout(spec, mp)  # type: ignore[attr-defined]

@@ -56,3 +56,48 @@ def test_writeback_drops_pages_behind_it_except_the_range_to_keep(tmp_path, monk
     assert dropped and all(end <= kept[0] or start >= kept[1] for start, end in dropped)
     covered = sum(end - start for start, end in dropped)
     assert covered >= sum(sizes.values()) - sizes["kept"] - 3 * stream.WRITEBACK_WINDOW  # the rest is dropped
+
+
+def _recording_writeback(monkeypatch) -> list[tuple[int, int, int]]:
+    """sync_file_range replaced by a recorder of (offset, length, flags), writeback windows of 64 KiB."""
+    from llama_convert.formats import stream
+
+    calls: list[tuple[int, int, int]] = []
+    monkeypatch.setattr(
+        stream, "_sync_file_range", lambda: lambda fd, offset, n, flags: calls.append((offset, n, flags))
+    )
+    monkeypatch.setattr(stream, "WRITEBACK_WINDOW", 1 << 16)
+    return calls
+
+
+def test_a_resumed_file_is_written_back_where_its_writes_go(tmp_path, monkeypatch):
+    """A file an interrupted run left is appended to after the bytes it kept: writeback windows start there
+    (starting at 0 flushed nothing the run wrote, and dirty pages piled up until the kernel throttled it)."""
+    from gguf import GGMLQuantizationType, GGUFWriter
+
+    from llama_convert.formats.gguf.writer import GGUFStreamWriter, TensorEntry
+
+    calls = _recording_writeback(monkeypatch)
+    tensors = [TensorEntry(f"t{i}", (1 << 16,), GGMLQuantizationType.I8, 1 << 16) for i in range(8)]
+
+    def writer() -> GGUFWriter:
+        w = GGUFWriter(None, "llama")  # type: ignore[arg-type]
+        w.add_uint32("test.value", 7)
+        return w
+
+    first = GGUFStreamWriter(tmp_path / "m.gguf", writer(), tensors)
+    for _ in range(3):
+        first.write(np.ones(1 << 16, dtype=np.int8))
+        first.end_tensor()
+    first.sync()
+    kept = (tmp_path / "m.gguf").stat().st_size
+    os.close(first._fd)  # killed: nothing more of this run
+    calls.clear()
+    again = GGUFStreamWriter(tmp_path / "m.gguf", writer(), tensors, resume=(3, kept))
+    assert again.resumed
+    for _ in range(5):
+        again.write(np.ones(1 << 16, dtype=np.int8))
+        again.end_tensor()
+    assert calls and min(offset for offset, _, _ in calls) >= kept
+    assert max(offset + n for offset, n, _ in calls) <= (tmp_path / "m.gguf").stat().st_size
+    os.close(again._fd)

@@ -39,8 +39,8 @@ class Writeback:
     def __init__(self, fd: int, keep: tuple[int, int] | None = None) -> None:
         self._fd = fd
         self._keep = keep  # a byte range that stays in the page cache (read back soon after)
-        self._previous = 0  # start of the window whose writeback was started last
-        self._flushed = 0  # its end: bytes before it are being written back
+        # Windows start where the writes do: at the end of what a resumed file kept, not at 0.
+        self._previous = self._flushed = os.lseek(fd, 0, os.SEEK_CUR)  # the window last started, and its end
         self._pending = 0  # bytes written since then
         self._call = _sync_file_range()
 
@@ -50,7 +50,7 @@ class Writeback:
             return
         start, previous = self._flushed, self._previous
         self._call(self._fd, start, self._pending, self._WRITE)
-        if start:  # the window before (a write can make a window longer than WRITEBACK_WINDOW)
+        if start > previous:  # the window before (a write can make a window longer than WRITEBACK_WINDOW)
             self._call(self._fd, previous, start - previous, self._WAIT_BEFORE | self._WRITE | self._WAIT_AFTER)
             self._drop(previous, start)
         self._previous, self._flushed = start, start + self._pending

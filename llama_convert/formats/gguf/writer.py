@@ -78,8 +78,9 @@ class GGUFStreamWriter(AppendingFile):
             else:
                 os.replace(header, path)
             header.unlink(missing_ok=True)
-        super().__init__(os.open(path, os.O_WRONLY))
-        os.lseek(self._fd, 0, os.SEEK_END)
+        fd = os.open(path, os.O_WRONLY)
+        os.lseek(fd, 0, os.SEEK_END)  # before the writeback starts counting: a resumed file continues there
+        super().__init__(fd)
 
     @property
     def index(self) -> int:

@@ -104,20 +104,24 @@ class GGUFStreamWriter(AppendingFile):
     def counted(self, n: int) -> None:
         self._in_tensor += n
 
+    def _take_skip(self, n: int) -> int:
+        """How many of the next ``n`` bytes given are in the file already (and so dropped)."""
+        drop = min(self._skip, n)
+        self._skip -= drop
+        return drop
+
     def write(self, block: np.ndarray) -> int:
         """Append a block of tensor data; returns the bytes written (after dropping any still to skip)."""
         if not self._skip:
             return super().write(block)
         data = np.ascontiguousarray(block).reshape(-1).view(np.uint8)
-        drop = min(self._skip, data.nbytes)
-        self._skip -= drop
+        drop = self._take_skip(data.nbytes)
         return super().write(data[drop:]) if drop < data.nbytes else 0
 
     def copy_range(
         self, source: Any, offset: int, nbytes: int, advance: Callable[[int], None] = lambda n: None
     ) -> None:
-        drop = min(self._skip, nbytes)
-        self._skip -= drop
+        drop = self._take_skip(nbytes)
         if drop < nbytes:
             super().copy_range(source, offset + drop, nbytes - drop, advance)
 

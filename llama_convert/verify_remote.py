@@ -25,7 +25,8 @@ __all__ = ["HashOnRead", "StreamVerify"]
 
 FILL_BYTES = 8 << 20  # gaps are fetched in pieces of this size,
 FILL_PARTS = 4  # this many at a time
-QUEUED_BYTES = 256 << 20  # fed bytes waiting for the hashing thread, at most
+QUEUED_BYTES = 128 << 20  # fed bytes waiting for the hashing threads, at most, shared by the watched files
+MIN_QUEUED = 16 << 20  # a watched file's share of it, at least
 MAX_GAP = 64 << 20  # a read further ahead is not hashed now (a side job's, or out of file order): the stream
 # hashes those bytes when it gets there, or the end fetches them
 _SMALL = 64 << 20  # files hashed whole instead of watched
@@ -36,11 +37,12 @@ class HashOnRead:
     hashed are skipped, a small gap is fetched and hashed first, a read far ahead waits for its turn).
 
     The hashing runs on a thread of its own, off the conversion's path: the fed bytes are the fetched ones
-    (immutable), queued in order, at most ``QUEUED_BYTES`` of them before a feed waits."""
+    (immutable), queued in order, at most ``queued`` bytes of them before a feed waits."""
 
-    def __init__(self, path: RemotePath, size: int) -> None:
+    def __init__(self, path: RemotePath, size: int, queued: int = QUEUED_BYTES) -> None:
         self.path = path
         self.size = size
+        self.queued = queued
         self.position = 0
         self.fetched = 0  # bytes fetched only to hash them (gaps and the unread tail)
         self._md5 = hashlib.md5(usedforsecurity=False)
@@ -52,7 +54,7 @@ class HashOnRead:
     def feed(self, offset: int, data: memoryview) -> None:
         n = len(data)
         with self._room:  # in the order fed: the hashing thread takes them first in, first out
-            self._room.wait_for(lambda: self._queued == 0 or self._queued + n <= QUEUED_BYTES)
+            self._room.wait_for(lambda: self._queued == 0 or self._queued + n <= self.queued)
             self._queued += n
             self._jobs = [j for j in self._jobs if not j.done() or j.exception() is not None]
             self._jobs.append(self._pool.submit(self._hash, offset, data))
@@ -115,18 +117,22 @@ class StreamVerify:
             self.expected = expected_checksums(src)  # type: ignore[arg-type]
         except MissingFileError:
             return
+        large: dict[str, int] = {}
         for name in self.expected:
             if name in skip:
                 continue
-            path = src / name
-            info = path.store.info(path.key)
+            info = src.store.info((src / name).key)
             if info is None or info.get("type") != "file":
                 self.missing.append(name)
             elif int(info.get("size") or 0) > _SMALL:
-                self.watched[name] = HashOnRead(path, int(info["size"]))
-                path.store.watch(path.key, self.watched[name])
+                large[name] = int(info["size"])
             else:
                 self._small.append(name)
+        share = max(MIN_QUEUED, QUEUED_BYTES // max(1, len(large)))  # the shards of a model are read side by side
+        for name, size in large.items():
+            path = src / name
+            self.watched[name] = HashOnRead(path, size, share)
+            path.store.watch(path.key, self.watched[name])
 
     def check(self) -> None:
         """Nothing is known before a file's last byte: mismatches are raised by :meth:`result`."""

@@ -77,9 +77,10 @@ def _sentencepiece_version(folder: MetaFolder, hinted: Version | None, hint_name
     return "2", "SentencePiece tokenizer and norm_eps 1e-05"
 
 
-def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, samples: int = 64, rows: int = 4) -> bool:
+def rows_sampled_equal(checkpoints: list[TorchCheckpoint], a: str, b: str, samples: int = 16, rows: int = 16) -> bool:
     """Whether two tensors agree on ``samples`` evenly spread blocks of rows in every shard: cheap evidence of
-    tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion."""
+    tying (a fine-tuned head differs everywhere); every row is then compared beside the conversion. Few
+    blocks of many rows rather than many small ones: each block is a request on a remote source."""
     for ckpt in checkpoints:
         if a not in ckpt.tensors or b not in ckpt.tensors:
             return False  # the layout check names the missing tensor

@@ -78,7 +78,7 @@ class SafetensorsFile:
         if length > min(_MAX_HEADER, size - 8):
             raise self._damaged("not a safetensors file or truncated (bad header length)")
         try:
-            header = json.loads(self.source.read_ranges([(8, 8 + length)])[0])
+            header = json.loads(bytes(self.source.read_ranges([(8, 8 + length)])[0]))
         except (UnicodeDecodeError, ValueError):  # ValueError: JSON errors, numbers of over 4300 digits
             raise self._damaged("not a safetensors file (unreadable header)") from None
         if not isinstance(header, dict):

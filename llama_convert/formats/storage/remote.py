@@ -1,137 +1,34 @@
-"""A remote folder read through fsspec: a path object with the small part of ``pathlib.Path`` our readers
-use, and files read by byte ranges (no local copy), retried on transient errors.
+"""A remote folder: a path object with the small part of ``pathlib.Path`` our readers use, and files read by
+byte ranges (no local copy), retried on transient errors.
 
-Every path of one source shares one :class:`RemoteStore`: its filesystem, its retry policy and the files
-whose checksums a running conversion computes from the bytes it reads (``watch``).
+Every path of one source shares one :class:`~.store.RemoteStore`: its filesystem, its retry policy and the
+files whose checksums a running conversion computes from the bytes it reads (``watch``).
 """
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import io
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any
 
 from ...errors import InputError
-from .backends import Backend, backend_for, filesystem, is_transient, translate
 from .bytes import open_file
+from .store import Buffer, RemoteStore, Watcher
 
 __all__ = ["RemoteBytes", "RemotePath", "RemoteStat", "RemoteStore", "Watcher"]
 
-T = TypeVar("T")
 Piece = tuple[int, memoryview]  # (file offset, bytes)
-PART_BYTES = 8 << 20  # a large read is fetched as concurrent ranges of this size
+PART_BYTES = 16 << 20  # a large read is fetched as concurrent ranges of this size (a request costs a round trip)
 BLOCK_BYTES = 1 << 20  # small reads (headers, norms, sampled rows) are served from cached blocks of this size
-CACHED_BLOCKS = 32  # at most this many blocks are kept, per store
 AHEAD_BYTES = 64 << 20  # reading a file in order, the next this many bytes are fetched while the last are used,
 AHEAD_PARTS = 4  # a part per thread, this many at a time
+MERGE_GAP = 64 << 10  # ranges of one batch this close share a request (a request costs a round trip)
 SEQUENTIAL_SLACK = 1 << 20  # a read starting this close after the previous one continues a sequential pass
-ATTEMPTS = 5
-
-
-class Watcher(Protocol):
-    """Told of every verified read of one file (``offset``, the fetched bytes: immutable, so a watcher may keep
-    them and hash them later, on a thread of its own)."""
-
-    def feed(self, offset: int, data: memoryview) -> None: ...
-
-
-class RemoteStore:
-    """One remote store: the fsspec filesystem, retries with back-off, error sentences, watched files."""
-
-    def __init__(self, backend: Backend, fs: Any, *, attempts: int = ATTEMPTS, backoff: float = 0.25) -> None:
-        self.backend = backend
-        self.fs = fs
-        self.attempts = attempts
-        self.backoff = backoff
-        self.watchers: dict[str, Watcher] = {}
-        self.lock = threading.Lock()
-        self.requests = 0  # range and metadata requests made (for tests and benchmarks)
-        self._infos: dict[str, dict[str, Any] | None] = {}
-        self._blocks: OrderedDict[tuple[str, int], bytes] = OrderedDict()
-        self._memos: dict[str, dict[str, Any]] = {}
-
-    def memo(self, key: str) -> dict[str, Any]:
-        """The dict readers of ``key`` share in this run (what they parsed of its index, say)."""
-        with self.lock:
-            return self._memos.setdefault(key, {})
-
-    @classmethod
-    def for_url(cls, url: str) -> RemoteStore:
-        backend = backend_for(url)
-        return cls(backend, filesystem(backend))
-
-    def url(self, key: str) -> str:
-        return f"{self.backend.scheme}://{key}"
-
-    def call(self, key: str, fn: Callable[..., T], *args: Any, missing_ok: bool = False, **kwargs: Any) -> T | None:
-        """``fn(*args)``, tried again after transient failures; refusals become one sentence (``None`` for
-        a missing file when ``missing_ok``)."""
-        for attempt in range(self.attempts):
-            try:
-                self.requests += 1
-                return fn(*args, **kwargs)
-            except Exception as exc:
-                if missing_ok and isinstance(exc, FileNotFoundError):
-                    return None
-                if attempt + 1 == self.attempts or not is_transient(exc):
-                    raise translate(exc, self.url(key), self.backend) from None
-                time.sleep(self.backoff * 2**attempt)
-        raise AssertionError("unreachable")
-
-    def watch(self, key: str, watcher: Watcher) -> None:
-        with self.lock:
-            self.watchers[key] = watcher
-
-    def unwatch(self, key: str) -> None:
-        with self.lock:
-            self.watchers.pop(key, None)
-
-    def fetch(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        """The bytes of ``ranges`` of ``key`` (fetched concurrently by async stores), each checked complete."""
-        starts, ends = [s for s, _ in ranges], [e for _, e in ranges]
-
-        def get() -> list[bytes]:
-            if len(ranges) == 1:
-                parts = [self.fs.cat_file(key, start=starts[0], end=ends[0])]
-            else:
-                parts = self.fs.cat_ranges([key] * len(ranges), starts, ends, on_error="raise")
-            for (start, end), data in zip(ranges, parts, strict=True):
-                if len(data) != end - start:
-                    raise ConnectionError(f"short read at {start}: {len(data)} of {end - start} bytes")
-            return parts
-
-        return self.call(key, get)
-
-    def info(self, key: str) -> dict[str, Any] | None:
-        """fsspec's ``info`` of ``key`` (None when missing), asked once per store: a run reads a snapshot."""
-        with self.lock:
-            if key in self._infos:
-                return self._infos[key]
-        info = self.call(key, self.fs.info, key, missing_ok=True)
-        with self.lock:
-            self._infos[key] = info
-        return info
-
-    def block(self, key: str, index: int, size: int) -> bytes:
-        """Block ``index`` of ``key`` (a file of ``size`` bytes), from the cache or fetched into it."""
-        with self.lock:
-            data = self._blocks.get((key, index))
-            if data is not None:
-                self._blocks.move_to_end((key, index))
-                return data
-        start = index * BLOCK_BYTES
-        (data,) = self.fetch(key, [(start, min(size, start + BLOCK_BYTES))])
-        with self.lock:
-            self._blocks[(key, index)] = data
-            while len(self._blocks) > CACHED_BLOCKS:
-                self._blocks.popitem(last=False)
-        return data
 
 
 @dataclass(frozen=True)
@@ -283,7 +180,7 @@ class RemoteBytes:
         self.size = path.stat().st_size
         self._lock = threading.Lock()
         self._last_end = -1  # end of the previous large read
-        self._ahead: list[tuple[int, int, Future[bytes]]] = []  # prefetched parts in file order: (start, end, fetch)
+        self._ahead: list[tuple[int, int, Future[Buffer]]] = []  # prefetched parts in file order: (start, end, fetch)
         self._pool: ThreadPoolExecutor | None = None
         self._feeding = threading.Lock()
         self._fed = 0  # the watcher has been given the bytes before this offset (or skipped them)
@@ -291,8 +188,23 @@ class RemoteBytes:
     def fileno(self) -> None:
         return None
 
-    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
-        return self.path.store.fetch(self.path.key, list(ranges)) if ranges else []
+    def read_ranges(self, ranges: Sequence[tuple[int, int]]) -> list[Buffer]:
+        """The bytes of each range; ranges a few KiB apart (zip headers around a norm) share one request."""
+        spans: list[list[int]] = []  # [start, end] of each request
+        for start, end in sorted(ranges):
+            if spans and start - spans[-1][1] <= MERGE_GAP and end - spans[-1][0] <= PART_BYTES:
+                spans[-1][1] = max(spans[-1][1], end)
+            else:
+                spans.append([start, end])
+        if len(spans) == len(ranges):
+            return self.path.store.fetch(self.path.key, list(ranges)) if ranges else []
+        fetched = self.path.store.fetch(self.path.key, [(s, e) for s, e in spans])
+        out: list[Buffer] = []
+        for start, end in ranges:
+            index = bisect.bisect_right(spans, [start, float("inf")]) - 1
+            span_start = spans[index][0]
+            out.append(memoryview(fetched[index])[start - span_start : end - span_start])
+        return out
 
     def _parts(self, start: int, end: int) -> list[tuple[int, int]]:
         return [(s, min(s + PART_BYTES, end)) for s in range(start, end, PART_BYTES)]
@@ -348,7 +260,7 @@ class RemoteBytes:
     def _read_large(self, offset: int, nbytes: int, pieces: list[Piece], fetched: list[Piece]) -> None:
         end, pos = offset + nbytes, offset
         sequential = 0 <= offset - self._last_end <= SEQUENTIAL_SLACK
-        kept: list[tuple[int, int, Future[bytes]]] = []
+        kept: list[tuple[int, int, Future[Buffer]]] = []
         for s0, s1, future in self._ahead:
             if s1 <= offset:
                 future.cancel()  # behind the reads: not needed any more
@@ -386,7 +298,7 @@ class RemoteBytes:
         done, store, key = 0, self.path.store, self.path.key
         while done < nbytes:
             index, start = divmod(offset + done, BLOCK_BYTES)
-            block = memoryview(store.block(key, index, self.size))
+            block = memoryview(store.block(key, index, self.size, BLOCK_BYTES))
             n = min(nbytes - done, len(block) - start)
             pieces.append((offset + done, block[start : start + n]))
             fetched.append((index * BLOCK_BYTES, block))

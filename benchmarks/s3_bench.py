@@ -6,10 +6,13 @@ S3 server on 127.0.0.1 and runs, each as a whole process under ``/usr/bin/time``
 - ``ours local``      ``llama-convert SRC DST`` (checksums verified beside the stream)
 - ``ours S3``         ``llama-convert s3://bench/Llama3.2-1B DST`` (range reads, checksums on the bytes read)
 - ``ours S3 --no-verify``  the same without checklist.chk
-- ``S3 read limit``   every object fetched once with the same client (s3fs, 8 MiB parts, 4 at a time) and
-                      discarded: what the server can deliver, the floor of any S3 conversion
+- ``S3 read limit``   every object fetched once with the conversion's client (range GETs on signed URLs,
+                      16 MiB parts, 4 at a time) and discarded: what the server can deliver, the floor of
+                      any S3 conversion; ``(s3fs)`` the same through s3fs's own reads, for comparison
 
 Each row runs ``--runs`` times, the rows alternating; the table shows the median run and lists them all.
+The page cache is dropped before every run (the local source and the server's spool files alike) where
+the benchmark may (root); ``--warm`` keeps it.
 
 moto's server reads a whole object for every range request (O(object), not O(range)), which would
 measure moto rather than us; the server process here serves ``Range: bytes=a-b`` from the object's
@@ -99,14 +102,31 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict[str, float]:
 
 READ_LIMIT = """
 import sys, s3fs
+from llama_convert.formats.storage.direct import direct_ranges
+from llama_convert.formats.storage.remote import AHEAD_PARTS, PART_BYTES
 fs = s3fs.S3FileSystem()
+ranges = direct_ranges("s3", fs) if sys.argv[2] == "direct" else None
 for key in fs.find(sys.argv[1]):
     size = fs.info(key)["size"]
-    step = 8 << 20
-    for first in range(0, size, 4 * step):
-        starts = list(range(first, min(size, first + 4 * step), step))
-        fs.cat_ranges([key] * len(starts), starts, [min(size, s + step) for s in starts])
+    for first in range(0, size, AHEAD_PARTS * PART_BYTES):
+        starts = list(range(first, min(size, first + AHEAD_PARTS * PART_BYTES), PART_BYTES))
+        ends = [min(size, s + PART_BYTES) for s in starts]
+        if ranges is not None:
+            ranges.fetch(key, list(zip(starts, ends)))
+        else:
+            fs.cat_ranges([key] * len(starts), starts, ends)
 """
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+def drop_caches() -> bool:
+    """Cold page cache for the next run (the local source and the server's spool files alike), if allowed."""
+    try:
+        os.sync()
+        DROP_CACHES.write_text("3\n")
+        return True
+    except OSError:
+        return False
 
 
 def main() -> None:
@@ -114,6 +134,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "s3bench")
     parser.add_argument("--keep", action="store_true", help="keep the synthesized checkpoint and the outputs")
     parser.add_argument("--runs", type=int, default=3, help="runs of each row, alternating; the median is shown")
+    parser.add_argument("--warm", action="store_true", help="keep the page cache between runs (default: cold)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -136,6 +157,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     rows: dict[str, dict[str, float]] = {}
+    cold = False
     try:
         endpoint = f"http://127.0.0.1:{port}"
         env = aws_env(endpoint)
@@ -170,9 +192,12 @@ def main() -> None:
             ):
                 dst = work / ("out-local" if source == str(src) else "out-s3" if not flags else "out-s3-nv")
                 shutil.rmtree(dst, ignore_errors=True)
+                cold = not args.warm and drop_caches()
                 runs.setdefault(name, []).append(timed([*py, source, str(dst), "-q", *flags], env))
-            read = [sys.executable, "-c", READ_LIMIT, "bench/Llama3.2-1B"]
-            runs.setdefault("S3 read limit", []).append(timed(read, env))
+            for name, client in (("S3 read limit", "direct"), ("S3 read limit (s3fs)", "s3fs")):
+                cold = not args.warm and drop_caches()
+                read = [sys.executable, "-c", READ_LIMIT, "bench/Llama3.2-1B", client]
+                runs.setdefault(name, []).append(timed(read, env))
         for name, measured in runs.items():
             by_time = sorted(measured, key=lambda r: r["seconds"])
             rows[name] = {**by_time[len(by_time) // 2], "all_seconds": [r["seconds"] for r in measured]}
@@ -182,7 +207,7 @@ def main() -> None:
         server.wait(30)
     local = rows["ours local"]["seconds"]
     print(f"Llama 3.2 1B shapes, {size / 1e9:.2f} GB source; upload to moto {upload:.0f} s; outputs identical: {same}")
-    print(f"median of {args.runs} alternating runs")
+    print(f"median of {args.runs} alternating runs, {'cold' if cold else 'warm'} page cache")
     print("| run | wall s | × local | MB/s | peak RSS MiB | all runs s |")
     print("|---|---:|---:|---:|---:|---|")
     for name, row in rows.items():
@@ -194,7 +219,7 @@ def main() -> None:
         )
     results = work / "s3_bench.json"
     results.write_text(
-        json.dumps({"source_bytes": size, "upload_seconds": upload, "same": same, "rows": rows}, indent=2)
+        json.dumps({"source_bytes": size, "upload_seconds": upload, "same": same, "cold": cold, "rows": rows}, indent=2)
     )
     if not args.keep:
         for path in (src, work / "out-local", work / "out-s3", work / "out-s3-nv", work / "moto-tmp"):

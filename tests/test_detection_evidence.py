@@ -167,7 +167,10 @@ def test_llama_guard_3_converts_like_meta_and_as_published(
 
 @pytest.mark.parametrize("dtype", [None, "float16"])  # the written embedding: the source's bytes, or cast
 def test_a_tie_seen_on_sampled_rows_is_proven_on_every_row(made, tmp_path, dtype):
+    import inspect
+
     from llama_convert.errors import ConversionError
+    from llama_convert.families.llama.detect import rows_sampled_equal
     from llama_convert.formats.meta.torch_zip import TorchCheckpoint
 
     src = tmp_path / "Llama3.2-1B"
@@ -178,7 +181,9 @@ def test_a_tie_seen_on_sampled_rows_is_proven_on_every_row(made, tmp_path, dtype
         ref = ckpt.tensors["output.weight"]
         rows, row_bytes = ref.shape[0], ref.shape[1] * ref.dtype.itemsize
         offset = ref.storage.file_offset + ref.storage_offset * ref.dtype.itemsize
-    sampled = {i * (rows - 4) // 63 + j for i in range(64) for j in range(4)}
+    defaults = inspect.signature(rows_sampled_equal).parameters
+    samples, block = defaults["samples"].default, defaults["rows"].default
+    sampled = {i * (rows - block) // (samples - 1) + j for i in range(samples) for j in range(block)}
     row = next(r for r in range(rows) if r not in sampled)
     with open(shard, "r+b") as f:  # one row of the head, between the sampled ones, no longer the embedding's
         f.seek(offset + row * row_bytes)

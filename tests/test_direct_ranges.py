@@ -52,6 +52,7 @@ def _handler(script: _Script) -> type[BaseHTTPRequestHandler]:
             elif answer == "short":  # promises the range, sends half of it and hangs up
                 start, end = self._range()
                 self.send_response(206)
+                self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(DATA)}")
                 self.send_header("Content-Length", str(end - start))
                 self.send_header("Connection", "close")
                 self.end_headers()
@@ -59,6 +60,9 @@ def _handler(script: _Script) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
             elif answer == "whole":  # a server that ignores Range
                 self._reply(200, DATA, {})
+            elif answer == "elsewhere":  # the right length from the wrong place
+                start, end = self._range()
+                self._reply(206, DATA[start + 1 : end + 1], {"Content-Range": f"bytes {start + 1}-{end}/{len(DATA)}"})
             else:
                 start, end = self._range()
                 self._reply(206, DATA[start:end], {"Content-Range": f"bytes {start}-{end - 1}/{len(DATA)}"})
@@ -154,18 +158,27 @@ def test_answers_become_the_errors_the_store_retries_or_refuses(server):
         script.answers = ["whole"]
         with pytest.raises(ValueError, match="HTTP 200"):
             direct.get("bucket/blob", 10, 20)
+        script.answers = ["elsewhere"]
+        with pytest.raises(ValueError, match="answered the range at 10 with bytes 11-"):
+            direct.get("bucket/blob", 10, 20)
         script.answers = ["redirect"]
         assert bytes(direct.get("bucket/blob", 3, 9)) == DATA[3:9]
         assert script.requests[-1][0].startswith("/moved/")
+
+
+class _Refusing:
+    """A store's own client that refuses too (the credentials are wrong, not the signed URL)."""
+
+    def cat_file(self, *args, **kwargs):
+        raise PermissionError("AccessDenied: refused by the store's client too")
 
 
 def test_the_store_retries_transient_answers_and_names_refusals(server):
     """Through RemoteStore.fetch: throttling and a dropped body are tried again; a missing key and a
     refusal become one sentence naming the URL."""
     script, base = server
-    fs = object()  # never used: every range goes the direct way
     with _ranges(base, []) as direct:
-        store = RemoteStore(BACKENDS["s3"], fs, direct=direct, backoff=0.001)
+        store = RemoteStore(BACKENDS["s3"], _Refusing(), direct=direct, backoff=0.001)
         script.answers = ["503", "short", "503"]
         assert bytes(store.fetch("bucket/blob", [(10, 5000)])[0]) == DATA[10:5000]
         script.answers = ["404"]
@@ -174,6 +187,24 @@ def test_the_store_retries_transient_answers_and_names_refusals(server):
         script.answers = ["403", "403"]
         with pytest.raises(InputError, match=r"^s3://bucket/blob could not be read: access was refused"):
             store.fetch("bucket/blob", [(0, 10)])
+
+
+def test_a_signed_url_the_store_refuses_falls_back_to_the_stores_own_reads(server):
+    """A bucket in another region, or an object that needs headers, refuses a plain signed URL where the
+    store's client gets through: that client then reads the rest of the run."""
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    script, base = server
+    fs = MemoryFileSystem()
+    fs.pipe_file("/bucket/blob", DATA)
+    with _ranges(base, []) as direct:
+        store = RemoteStore(BACKENDS["s3"], fs, direct=direct, backoff=0.001)
+        script.answers = ["403"] * 4  # each range refused, signed again, refused again
+        assert bytes(store.fetch("/bucket/blob", [(10, 5000), (7000, 9000)])[1]) == DATA[7000:9000]
+        assert store.direct is None
+        served = len(script.requests)
+        assert bytes(store.fetch("/bucket/blob", [(0, 10)])[0]) == DATA[:10]
+        assert len(script.requests) == served
 
 
 def test_a_closing_server_gets_a_new_connection_per_request(server):

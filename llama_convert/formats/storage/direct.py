@@ -108,6 +108,9 @@ class DirectRanges:
                 return urllib.parse.urljoin(url, response.getheader("location"))
             if response.status != 206 and not (response.status == 200 and start == 0 and _length(response) == len(out)):
                 raise _refusal(response, url)
+            sent = _RANGE.match(response.getheader("content-range") or "")
+            if response.status == 206 and (sent is None or int(sent[1]) != start):
+                raise ValueError(f"the server answered the range at {start} with {response.getheader('content-range')}")
             got = 0
             while got < len(out):
                 n = response.readinto(out[got:])
@@ -193,6 +196,7 @@ def _length(response: http.client.HTTPResponse) -> int:
         return -1
 
 
+_RANGE = re.compile(r"bytes (\d+)-")
 _CODE = re.compile(rb"<Code>([^<]{1,100})</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]{1,300})</Message>")
 

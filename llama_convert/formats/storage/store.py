@@ -93,13 +93,23 @@ class RemoteStore:
         """The bytes of ``ranges`` of ``key`` (fetched concurrently), each checked complete."""
         starts, ends = [s for s, _ in ranges], [e for _, e in ranges]
 
+        def through_fs() -> list[Buffer]:
+            if len(ranges) == 1:
+                return [self.fs.cat_file(key, start=starts[0], end=ends[0])]
+            return self.fs.cat_ranges([key] * len(ranges), starts, ends, on_error="raise")
+
         def get() -> list[Buffer]:
-            if self.direct is not None:
-                parts: list[Buffer] = self.direct.fetch(key, ranges)
-            elif len(ranges) == 1:
-                parts = [self.fs.cat_file(key, start=starts[0], end=ends[0])]
+            direct = self.direct
+            if direct is None:
+                parts = through_fs()
             else:
-                parts = self.fs.cat_ranges([key] * len(ranges), starts, ends, on_error="raise")
+                try:
+                    parts = direct.fetch(key, ranges)
+                except (PermissionError, ValueError):
+                    # A signed URL may not be enough (a bucket in another region, headers the object needs):
+                    # the store's own client knows, and reads the rest of the run too.
+                    self.direct = None
+                    parts = through_fs()
             for (start, end), data in zip(ranges, parts, strict=True):
                 if len(data) != end - start:
                     raise ConnectionError(f"short read at {start}: {len(data)} of {end - start} bytes")

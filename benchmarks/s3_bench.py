@@ -1,10 +1,11 @@
 """S3 → Hugging Face for a full-size 1B-shaped checkpoint, against the same conversion from the local folder.
 
-Synthesizes Llama 3.2 1B's shapes (random weights, Meta's layout, checklist.chk), uploads them to moto's
-S3 server on 127.0.0.1 and runs, each as a whole process under ``/usr/bin/time``:
+Synthesizes Llama 3.2 1B's shapes (random weights, Meta's layout, checklist.chk; ``--model 70b-mp8-2layers``
+for 70B's eight shards at two layers), uploads them to moto's S3 server on 127.0.0.1 and runs, each as a
+whole process under ``/usr/bin/time``:
 
 - ``ours local``      ``llama-convert SRC DST`` (checksums verified beside the stream)
-- ``ours S3``         ``llama-convert s3://bench/Llama3.2-1B DST`` (range reads, checksums on the bytes read)
+- ``ours S3``         ``llama-convert s3://bench/FOLDER DST`` (range reads, checksums on the bytes read)
 - ``ours S3 --no-verify``  the same without checklist.chk
 - ``S3 read limit``   every object fetched once with the conversion's client (range GETs on signed URLs,
                       16 MiB parts, 4 at a time) and discarded: what the server can deliver, the floor of
@@ -19,7 +20,7 @@ measure moto rather than us; the server process here serves ``Range: bytes=a-b``
 spool file instead (``--serve``, a patch of the benchmark's server only). Peak RSS is of the converter
 process. The machine is shared: numbers are indicative.
 
-    PYTHONPATH=. python benchmarks/s3_bench.py [--work /big/disk/s3bench] [--keep]
+    PYTHONPATH=. python benchmarks/s3_bench.py [--work /big/disk/s3bench] [--model 1b] [--runs 5] [--keep]
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+import bench  # model shapes, synthesis, cold cache
 
 MIB = 1 << 20
 TIME_BIN = "/usr/bin/time"
@@ -116,23 +120,13 @@ for key in fs.find(sys.argv[1]):
         else:
             fs.cat_ranges([key] * len(starts), starts, ends)
 """
-DROP_CACHES = Path("/proc/sys/vm/drop_caches")
-
-
-def drop_caches() -> bool:
-    """Cold page cache for the next run (the local source and the server's spool files alike), if allowed."""
-    try:
-        os.sync()
-        DROP_CACHES.write_text("3\n")
-        return True
-    except OSError:
-        return False
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "s3bench")
     parser.add_argument("--keep", action="store_true", help="keep the synthesized checkpoint and the outputs")
+    parser.add_argument("--model", default="1b", help="1b, 3b, 8b or 70b-mp8-<N>layers")
     parser.add_argument("--runs", type=int, default=3, help="runs of each row, alternating; the median is shown")
     parser.add_argument("--warm", action="store_true", help="keep the page cache between runs (default: cold)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
@@ -140,13 +134,14 @@ def main() -> None:
     if args.serve:
         serve(args.serve)
         return
-    from llama_convert.testing.synth import PRESETS, synthesize
+    from llama_convert.testing.synth import synthesize
 
     work = args.work
-    src = work / "Llama3.2-1B"
+    case = bench.model_case(args.model)
+    src = work / case.folder
     if not (src / "checklist.chk").is_file():
         shutil.rmtree(src, ignore_errors=True)
-        synthesize(src, PRESETS["llama3.2-1b"])
+        synthesize(src, bench.synth_spec(case))
     size = sum(p.stat().st_size for p in src.iterdir())
     port = free_port()
     (work / "moto-tmp").mkdir(parents=True, exist_ok=True)
@@ -179,10 +174,10 @@ def main() -> None:
         client.create_bucket(Bucket="bench")
         started = time.perf_counter()
         for path in sorted(src.iterdir()):
-            client.upload_file(str(path), "bench", f"Llama3.2-1B/{path.name}")
+            client.upload_file(str(path), "bench", f"{case.folder}/{path.name}")
         upload = time.perf_counter() - started
         py = [sys.executable, "-m", "llama_convert"]
-        remote = "s3://bench/Llama3.2-1B"
+        remote = f"s3://bench/{case.folder}"
         runs: dict[str, list[dict[str, float]]] = {}
         for _ in range(args.runs):  # alternating, so that a slow spell of the machine hits every row alike
             for name, source, flags in (
@@ -192,11 +187,11 @@ def main() -> None:
             ):
                 dst = work / ("out-local" if source == str(src) else "out-s3" if not flags else "out-s3-nv")
                 shutil.rmtree(dst, ignore_errors=True)
-                cold = not args.warm and drop_caches()
+                cold = not args.warm and bench.drop_page_cache()
                 runs.setdefault(name, []).append(timed([*py, source, str(dst), "-q", *flags], env))
             for name, client in (("S3 read limit", "direct"), ("S3 read limit (s3fs)", "s3fs")):
-                cold = not args.warm and drop_caches()
-                read = [sys.executable, "-c", READ_LIMIT, "bench/Llama3.2-1B", client]
+                cold = not args.warm and bench.drop_page_cache()
+                read = [sys.executable, "-c", READ_LIMIT, f"bench/{case.folder}", client]
                 runs.setdefault(name, []).append(timed(read, env))
         for name, measured in runs.items():
             by_time = sorted(measured, key=lambda r: r["seconds"])
@@ -206,7 +201,7 @@ def main() -> None:
         server.terminate()
         server.wait(30)
     local = rows["ours local"]["seconds"]
-    print(f"Llama 3.2 1B shapes, {size / 1e9:.2f} GB source; upload to moto {upload:.0f} s; outputs identical: {same}")
+    print(f"{case.folder} shapes, {size / 1e9:.2f} GB source; upload to moto {upload:.0f} s; outputs identical: {same}")
     print(f"median of {args.runs} alternating runs, {'cold' if cold else 'warm'} page cache")
     print("| run | wall s | × local | MB/s | peak RSS MiB | all runs s |")
     print("|---|---:|---:|---:|---:|---|")

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import numpy as np
+from .buffers import ReceiveBuffers
 
 __all__ = ["DirectRanges", "direct_ranges"]
 
@@ -48,6 +48,7 @@ class DirectRanges:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._context: ssl.SSLContext | None = None
+        self.buffers = ReceiveBuffers()
 
     def fetch(self, key: str, ranges: Sequence[tuple[int, int]]) -> list[memoryview]:
         """The bytes of each range, as read-only views (a watcher may keep them; nobody can change them)."""
@@ -60,7 +61,7 @@ class DirectRanges:
         return list(pool.map(lambda r: self.get(key, *r), ranges))
 
     def get(self, key: str, start: int, end: int) -> memoryview:
-        buffer = memoryview(np.empty(end - start, np.uint8))  # not zeroed first: every byte is received into it
+        buffer = self.buffers.take(end - start)
         if end > start:
             try:
                 self._get(key, start, buffer)

@@ -17,15 +17,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...errors import InputError
+from .buffers import PART_BYTES
 from .bytes import open_file
 from .store import Buffer, RemoteStore, Watcher
 
 __all__ = ["RemoteBytes", "RemotePath", "RemoteStat", "RemoteStore", "Watcher"]
 
 Piece = tuple[int, memoryview]  # (file offset, bytes)
-PART_BYTES = 16 << 20  # a large read is fetched as concurrent ranges of this size (a request costs a round trip)
 BLOCK_BYTES = 1 << 20  # small reads (headers, norms, sampled rows) are served from cached blocks of this size
-AHEAD_BYTES = 64 << 20  # reading a file in order, the next this many bytes are fetched while the last are used,
+AHEAD_BYTES = 64 << 20  # reading files in order, the next this many bytes are fetched while the last are used,
+# shared by the files of a store read side by side (the eight shards of a 70B), a part each at least
 AHEAD_PARTS = 4  # a part per thread, this many at a time
 MERGE_GAP = 64 << 10  # ranges of one batch this close share a request (a request costs a round trip)
 SEQUENTIAL_SLACK = 1 << 20  # a read starting this close after the previous one continues a sequential pass
@@ -284,9 +285,10 @@ class RemoteBytes:
             self._read_ahead(end)
 
     def _read_ahead(self, end: int) -> None:
-        """Keep the parts of the next ``AHEAD_BYTES`` after ``end`` fetched or in flight, a part per thread."""
+        """Keep the parts of this file's share of the next ``AHEAD_BYTES`` after ``end`` fetched or in flight."""
+        readers = self.path.store.reading_ahead(self, end < self.size)
         covered = max([end, *(s1 for _, s1, _ in self._ahead)])
-        stop = min(self.size, end + AHEAD_BYTES)
+        stop = min(self.size, end + max(PART_BYTES, AHEAD_BYTES // max(1, readers)))
         if self._pool is None:
             self._pool = ThreadPoolExecutor(AHEAD_PARTS, thread_name_prefix="llama-convert-ahead")
         while covered < stop and (stop - covered >= PART_BYTES or stop == self.size):
@@ -305,6 +307,7 @@ class RemoteBytes:
             done += n
 
     def close(self) -> None:
+        self.path.store.reading_ahead(self, False)
         with self._lock:
             for _, _, future in self._ahead:
                 future.cancel()

@@ -51,6 +51,7 @@ class RemoteStore:
         self._infos: dict[str, dict[str, Any] | None] = {}
         self._blocks: OrderedDict[tuple[str, int], Buffer] = OrderedDict()
         self._memos: dict[str, dict[str, Any]] = {}
+        self._reading_ahead: set[int] = set()  # ids of the open files being read ahead (they share a budget)
 
     def memo(self, key: str) -> dict[str, Any]:
         """The dict readers of ``key`` share in this run (what they parsed of its index, say)."""
@@ -80,6 +81,12 @@ class RemoteStore:
                     raise translate(exc, self.url(key), self.backend) from None
                 time.sleep(self.backoff * 2**attempt)
         raise AssertionError("unreachable")
+
+    def reading_ahead(self, reader: object, active: bool = True) -> int:
+        """Count ``reader`` among the files being read ahead (or no longer): how many there are now."""
+        with self.lock:
+            (self._reading_ahead.add if active else self._reading_ahead.discard)(id(reader))
+            return len(self._reading_ahead)
 
     def watch(self, key: str, watcher: Watcher) -> None:
         with self.lock:

@@ -19,6 +19,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from .errors import MissingFileError
 from .formats.storage import RemotePath
+from .formats.storage.buffers import PART_BYTES
 from .verify import VerifyReport, expected_checksums, raise_for_report
 
 __all__ = ["HashOnRead", "StreamVerify"]
@@ -26,7 +27,7 @@ __all__ = ["HashOnRead", "StreamVerify"]
 FILL_BYTES = 8 << 20  # gaps are fetched in pieces of this size,
 FILL_PARTS = 4  # this many at a time
 QUEUED_BYTES = 128 << 20  # fed bytes waiting for the hashing threads, at most, shared by the watched files
-MIN_QUEUED = 16 << 20  # a watched file's share of it, at least (a part)
+MIN_QUEUED = PART_BYTES  # a watched file's share of it, at least (a part)
 MAX_GAP = 64 << 20  # a read further ahead is not hashed now (a side job's, or out of file order): the stream
 # hashes those bytes when it gets there, or the end fetches them
 _SMALL = 64 << 20  # files hashed whole instead of watched

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol, TypeVar
@@ -51,7 +52,7 @@ class RemoteStore:
         self._infos: dict[str, dict[str, Any] | None] = {}
         self._blocks: OrderedDict[tuple[str, int], Buffer] = OrderedDict()
         self._memos: dict[str, dict[str, Any]] = {}
-        self._reading_ahead: set[int] = set()  # ids of the open files being read ahead (they share a budget)
+        self._reading_ahead: weakref.WeakSet[object] = weakref.WeakSet()  # open files read ahead (sharing a budget)
 
     def memo(self, key: str) -> dict[str, Any]:
         """The dict readers of ``key`` share in this run (what they parsed of its index, say)."""
@@ -85,7 +86,7 @@ class RemoteStore:
     def reading_ahead(self, reader: object, active: bool = True) -> int:
         """Count ``reader`` among the files being read ahead (or no longer): how many there are now."""
         with self.lock:
-            (self._reading_ahead.add if active else self._reading_ahead.discard)(id(reader))
+            (self._reading_ahead.add if active else self._reading_ahead.discard)(reader)
             return len(self._reading_ahead)
 
     def watch(self, key: str, watcher: Watcher) -> None:

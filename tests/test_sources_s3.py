@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import filecmp
+import functools
 import hashlib
 import os
 import socket
@@ -377,3 +378,116 @@ def test_a_remote_checkpoint_index_is_fetched_once_per_run(aws, checkpoint):
             assert list(second.tensors) == list(first.tensors)
             name = next(iter(first.tensors))
             np.testing.assert_array_equal(second.read_rows(name, 0, 1), first.read_rows(name, 0, 1))
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_shards_watched_side_by_side_verify_and_catch_a_flipped_byte(aws, tmp_path, monkeypatch, small_reads, lanes):
+    """Every shard watched (as a full-size shard is) and hashed in md5lanes' shared lanes, or with OpenSSL per
+    file: the MP2 output is the local one, the checklist is verified from the bytes read, and a flipped byte
+    in the second shard stops the run with nothing written."""
+    from llama_convert import md5lanes, verify, verify_remote
+
+    if lanes and not md5lanes.available():
+        pytest.skip("md5lanes is not built here")
+    monkeypatch.setattr(verify_remote, "_SMALL", 0)
+    monkeypatch.setattr(verify, "LANES", lanes)
+    made: list[int] = []
+    shared = verify_remote.SharedLanes
+    monkeypatch.setattr(verify_remote, "SharedLanes", lambda n: made.append(n) or shared(n))
+    source = make_checkpoint(tmp_path / "src", "Llama-3.1-8B", tiny("llama3.1-8b", tokenizer="small-tiktoken", mp=2))
+    aws.create_bucket(Bucket="sides")
+    upload(aws, source, "sides", "m")
+    convert(source, tmp_path / "local")
+    result = convert("s3://sides/m", tmp_path / "remote")
+    assert result.verified
+    _same_tree(tmp_path / "local", tmp_path / "remote")
+    assert made == ([4] if lanes else [])  # two shards, params.json and tokenizer.model (all watched at _SMALL = 0)
+
+    data = bytearray((source / "consolidated.01.pth").read_bytes())
+    data[len(data) // 2] ^= 0x10
+    aws.put_object(Bucket="sides", Key="m/consolidated.01.pth", Body=bytes(data))
+    with pytest.raises(ChecksumError, match=r"consolidated\.01\.pth has md5"):
+        convert("s3://sides/m", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_shared_lanes_give_each_file_its_md5_whatever_the_threads_and_chunks():
+    import random
+    import threading
+
+    from llama_convert import md5lanes
+    from llama_convert.verify_remote import SharedLanes
+
+    if not md5lanes.available():
+        pytest.skip("md5lanes is not built here")
+    files = [os.urandom(random.Random(j).randrange(0, 5 << 20)) for j in range(5)]
+    lanes = SharedLanes(len(files))
+    released = [0] * len(files)
+
+    def release(j: int, n: int) -> None:
+        released[j] += n
+
+    def feed(j: int) -> None:
+        lane, view, at, rng = lanes.lane(j), memoryview(files[j]), 0, random.Random(j)
+        while at < len(view):
+            n = rng.choice((1, 63, 64, 65, 4096, 1 << 20, 3 << 20))
+            piece = view[at : at + n]
+            lane.update(piece, functools.partial(release, j, len(piece)))
+            at += len(piece)
+            if rng.random() < 0.3:
+                lane.settle(1 << 20)
+
+    try:
+        threads = [threading.Thread(target=feed, args=(j,)) for j in range(len(files))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        digests = [lanes.lane(j).hexdigest() for j in range(len(files))]
+    finally:
+        lanes.close()
+    assert digests == [hashlib.md5(f).hexdigest() for f in files]
+    assert released == [len(f) for f in files]  # every handed-over chunk's callback ran once it was hashed
+
+
+def test_a_hashing_error_in_the_shared_lanes_reaches_every_file(monkeypatch):
+    from llama_convert import md5lanes
+    from llama_convert.verify_remote import SharedLanes
+
+    if not md5lanes.available():
+        pytest.skip("md5lanes is not built here")
+    lanes = SharedLanes(2)
+    monkeypatch.setattr(lanes._lanes, "update", lambda chunks: (_ for _ in ()).throw(MemoryError("no room")))
+    released: list[int] = []
+    try:
+        lanes.lane(0).update(memoryview(b"x" * 100), lambda: released.append(0))
+        for j in (0, 1):
+            with pytest.raises(MemoryError, match="no room"):
+                lanes.lane(j).hexdigest()
+    finally:
+        lanes.close()
+    assert released == [0]  # the budget is released all the same
+
+
+def test_closing_the_shared_lanes_releases_what_was_not_hashed(monkeypatch):
+    """A cancelled run: chunks still waiting are dropped, their callbacks run (no feed waits forever)."""
+    import threading
+
+    from llama_convert import md5lanes
+    from llama_convert.verify_remote import SharedLanes
+
+    if not md5lanes.available():
+        pytest.skip("md5lanes is not built here")
+    lanes = SharedLanes(2)
+    gate = threading.Event()
+    update = lanes._lanes.update
+    monkeypatch.setattr(lanes._lanes, "update", lambda chunks: (gate.wait(), update(chunks)))
+    released: list[int] = []
+    for j in range(6):
+        lanes.lane(j % 2).update(memoryview(bytes(3 << 20)), functools.partial(released.append, j))
+    closing = threading.Thread(target=lanes.close)
+    closing.start()
+    gate.set()
+    closing.join(10)
+    assert not closing.is_alive()
+    assert sorted(released) == list(range(6))

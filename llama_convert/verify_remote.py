@@ -15,6 +15,7 @@ cost about what two cost with OpenSSL), else with OpenSSL on the file's thread.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -215,8 +216,8 @@ class HashOnRead:
             start = self.position - offset
             if start < len(data):
                 self.position = offset + len(data)
-                self._digest.update(data[start:], lambda: self._release(held))
-                held = 0
+                self._digest.update(data[start:], functools.partial(self._release, held))
+                held = 0  # released by the digest once hashed (later, on the shared lanes' thread)
         finally:
             if held:
                 self._release(held)

@@ -390,6 +390,8 @@ def test_shards_watched_side_by_side_verify_and_catch_a_flipped_byte(aws, tmp_pa
     if lanes and not md5lanes.available():
         pytest.skip("md5lanes is not built here")
     monkeypatch.setattr(verify_remote, "_SMALL", 0)
+    monkeypatch.setattr(verify_remote, "QUEUED_BYTES", 256 << 10)  # many times over: every feed's budget released
+    monkeypatch.setattr(verify_remote, "MIN_QUEUED", 64 << 10)
     monkeypatch.setattr(verify, "LANES", lanes)
     made: list[int] = []
     shared = verify_remote.SharedLanes
@@ -398,7 +400,7 @@ def test_shards_watched_side_by_side_verify_and_catch_a_flipped_byte(aws, tmp_pa
     aws.create_bucket(Bucket="sides")
     upload(aws, source, "sides", "m")
     convert(source, tmp_path / "local")
-    result = convert("s3://sides/m", tmp_path / "remote")
+    result = _within(60, convert, "s3://sides/m", tmp_path / "remote")
     assert result.verified
     _same_tree(tmp_path / "local", tmp_path / "remote")
     assert made == ([4] if lanes else [])  # two shards, params.json and tokenizer.model (all watched at _SMALL = 0)
@@ -409,6 +411,44 @@ def test_shards_watched_side_by_side_verify_and_catch_a_flipped_byte(aws, tmp_pa
     with pytest.raises(ChecksumError, match=r"consolidated\.01\.pth has md5"):
         convert("s3://sides/m", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def _within(seconds: float, fn, *args):
+    """fn(*args) on a daemon thread: a run that hangs fails the test instead of the suite."""
+    import threading
+
+    out: list = []
+    worker = threading.Thread(target=lambda: out.append(fn(*args)), daemon=True)
+    worker.start()
+    worker.join(seconds)
+    assert not worker.is_alive(), f"{getattr(fn, '__name__', fn)} did not finish in {seconds} s"
+    return out[0]
+
+
+@pytest.mark.parametrize("lanes", [True, False])
+def test_a_watched_file_fed_far_past_its_budget_is_hashed_whole(lanes):
+    """Each fed chunk's budget comes back once the chunk is hashed, by OpenSSL at once or by the shared lanes
+    later: feeding many times the budget never waits for good."""
+    from llama_convert import md5lanes
+    from llama_convert.verify_remote import HashOnRead, SharedLanes
+
+    if lanes and not md5lanes.available():
+        pytest.skip("md5lanes is not built here")
+    data = os.urandom(3 << 20)
+    shared = SharedLanes(2) if lanes else None
+    watched = HashOnRead(None, len(data), queued=100 << 10, digest=shared.lane(1) if shared else None)  # type: ignore[arg-type]
+
+    def feed_all() -> str:
+        for at in range(0, len(data), 40 << 10):
+            watched.feed(at, memoryview(data)[at : at + (40 << 10)])
+        return watched.hexdigest()
+
+    try:
+        assert _within(30, feed_all) == hashlib.md5(data).hexdigest()
+    finally:
+        watched.close()
+        if shared is not None:
+            shared.close()
 
 
 def test_shared_lanes_give_each_file_its_md5_whatever_the_threads_and_chunks():
